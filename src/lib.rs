@@ -1,0 +1,48 @@
+//! `concur`: the concurrent servers of Eli Bendersky's "Concurrent servers,
+//! part 2: threads" (2017), in Rust, side by side.
+//!
+//! Every server speaks the same small stateful byte protocol (`PROTOCOL.md`):
+//! the server greets a client with `*`; then, inside a message between `^`
+//! and `$`, each byte is answered with itself plus one. What differs between
+//! servers is only the concurrency model: which thread runs the data flow
+//! for which client, and when.
+//!
+//! # Layout
+//!
+//! - [`protocol`]: the state machine, pure and I/O-free. Whole buffers in,
+//!   answers appended to a buffer; the one implementation every model uses.
+//! - [`server`]: [`Config`](server::Config), [`Model`](server::Model),
+//!   [`run`](server::run) and [`start`](server::start), and the
+//!   [`Summary`](server::Summary) every model returns. Inside it,
+//!   `listener` binds and accepts (with the error policy), `conn` is the
+//!   blocking per-client loop, and `sequential`, `thread` and `pool` are the
+//!   models, each a short file that reads like the article.
+//! - [`shutdown`]: the one signal every model obeys: stop accepting, drain,
+//!   close the rest.
+//! - [`bench`]: the helpers the benchmarks share: a plain echo server as the
+//!   reference, and streaming and request/response load.
+//!
+//! # Example
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use concur::server::{self, Config, Model, listener};
+//!
+//! let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+//! let server = server::start(listener, Config::new(Model::Pool).threads(2)).unwrap();
+//!
+//! let mut client = std::net::TcpStream::connect(server.local_addr()).unwrap();
+//! client.write_all(b"^abc$").unwrap();
+//! client.shutdown(std::net::Shutdown::Write).unwrap();
+//! let mut reply = Vec::new();
+//! client.read_to_end(&mut reply).unwrap();
+//! assert_eq!(reply, b"*bcd");
+//!
+//! let summary = server.stop();
+//! assert_eq!(summary.served, 1);
+//! ```
+
+pub mod bench;
+pub mod protocol;
+pub mod server;
+pub mod shutdown;

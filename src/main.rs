@@ -1,0 +1,182 @@
+//! The `concur` command: parsing, then a call into the library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use concur::server::{self, Config, Model, listener};
+use concur::shutdown::Shutdown;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "concur",
+    version,
+    about = "Concurrent TCP servers from 'Concurrent servers, part 2: threads', in Rust",
+    long_about = "Concurrent TCP servers from Eli Bendersky's 'Concurrent servers, part 2: \
+                  threads', in Rust: one small stateful byte protocol served by several \
+                  concurrency models side by side.\n\n\
+                  The protocol: the server greets each client with '*'; between '^' and '$' \
+                  every byte b is answered with b+1. Try it:\n\n    \
+                  concur serve 9090   and, in another terminal,   nc localhost 9090"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a server until SIGINT or SIGTERM, then drain and print a summary.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Concurrency model.
+    #[arg(long, value_enum, default_value_t = Model::Pool)]
+    model: Model,
+
+    /// Worker threads of the pool [default: 64] (only with --model pool).
+    #[arg(short = 'n', long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    threads: Option<u32>,
+
+    /// Clients the pool's hand-off holds while all workers are busy; 0 means
+    /// the accept loop waits for a free worker and later clients wait in the
+    /// listen backlog, as in the article (only with --model pool).
+    #[arg(long, value_name = "Q", default_value_t = 0)]
+    queue: usize,
+
+    /// Address to listen on (a name, an IPv4 or an IPv6 address).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+
+    /// Port to listen on; 0 picks a free one (the banner shows which).
+    #[arg(long, default_value_t = 9090, conflicts_with = "port_arg")]
+    port: u16,
+
+    /// The port, given bare as the article's servers take it.
+    #[arg(value_name = "PORT")]
+    port_arg: Option<u16>,
+
+    /// Length of the kernel's queue of connections not yet accepted.
+    #[arg(long, value_name = "N", default_value_t = listener::DEFAULT_BACKLOG,
+          value_parser = clap::value_parser!(i32).range(1..=65_535))]
+    backlog: i32,
+
+    /// Seconds that clients being served may go on after SIGINT/SIGTERM
+    /// before they are closed (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    drain_timeout: Duration,
+
+    /// No per-connection log lines (warnings and the summary still show).
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (such as 5 or 0.5)"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{s:?} is not a usable number of seconds: give 0 or more"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn init_logging(quiet: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(if quiet {
+            "info,concur::conn=warn"
+        } else {
+            "info"
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_thread_names(true)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    if args.model != Model::Pool && (args.threads.is_some() || args.queue != 0) {
+        eprintln!(
+            "error: --threads and --queue size the pool; they do not apply to --model {} \
+             (use --model pool)",
+            args.model
+        );
+        return ExitCode::from(2);
+    }
+    init_logging(args.quiet);
+    let mut config = Config::new(args.model).drain_timeout(args.drain_timeout);
+    if let Some(n) = args.threads {
+        config.threads = n as usize;
+    }
+    config.queue = args.queue;
+
+    let port = args.port_arg.unwrap_or(args.port);
+    let listener = match listener::bind_host(&args.host, port, args.backlog) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: cannot read the listening address: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("Serving on {addr} ({})", config.describe());
+
+    let shutdown = Shutdown::new();
+    if let Err(e) = on_signals(shutdown.clone()) {
+        eprintln!("error: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    match server::run(listener, config, shutdown) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: server failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The first SIGINT or SIGTERM starts a graceful shutdown; a second one
+/// means the user will not wait for the drain.
+fn on_signals(shutdown: Shutdown) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    tracing::info!("signal {signal}: shutting down (again to exit at once)");
+                    shutdown.trigger();
+                } else {
+                    eprintln!("second signal: exiting without waiting for the drain");
+                    std::process::exit(128 + signal);
+                }
+            }
+        })?;
+    Ok(())
+}

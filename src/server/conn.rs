@@ -1,0 +1,140 @@
+//! The blocking per-client loop shared by the thread models.
+//!
+//! Read a buffer, run it through the protocol core, write everything it
+//! produced in one `write_all`: one write per read, never one per byte (the
+//! article's C server sends byte by byte, and with Nagle's algorithm and
+//! delayed ACKs a small request then stalls for about 40 ms).
+//!
+//! Whatever happens to one client ends here: an I/O error or even a panic
+//! while serving it is logged, counted and ends that client only.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::panic::{self, AssertUnwindSafe};
+
+use tracing::{info, warn};
+
+use super::Ctx;
+use crate::protocol::{ACK, Processor};
+
+/// Bytes read per `read` call, and the most a single reply write holds.
+pub(crate) const BUF_SIZE: usize = 64 * 1024;
+
+/// Per-connection log lines use this target, so that `--quiet` can silence
+/// them alone.
+pub(crate) const LOG_TARGET: &str = "concur::conn";
+
+/// Serves one client from `*` to close, on the calling thread.
+pub(crate) fn serve(ctx: &Ctx, stream: TcpStream, peer: SocketAddr) {
+    serve_with(ctx, stream, peer, session);
+}
+
+fn serve_with(
+    ctx: &Ctx,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    session: impl FnOnce(&Ctx, &mut TcpStream) -> io::Result<()>,
+) {
+    let guard = ctx.enter(&stream);
+    info!(target: LOG_TARGET, "{peer} connected");
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| session(ctx, &mut stream)));
+    match outcome {
+        Ok(Ok(())) => {
+            info!(target: LOG_TARGET, "{peer} done");
+            guard.served();
+        }
+        Ok(Err(e)) if is_client_gone(&e) => {
+            info!(target: LOG_TARGET, "{peer} went away: {e}");
+            ctx.count_failed();
+        }
+        Ok(Err(e)) => {
+            warn!(target: LOG_TARGET, "{peer} ended by an error: {e}");
+            ctx.count_failed();
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            warn!(target: LOG_TARGET, "{peer} ended by a panic while serving it: {what}");
+            ctx.count_failed();
+        }
+    }
+}
+
+/// The ordinary ways a client leaves abruptly; worth a line, not a warning.
+fn is_client_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted
+    )
+}
+
+fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.write_all(&[ACK])?;
+    ctx.count_bytes_out(1);
+    let mut processor = Processor::new();
+    let mut input = vec![0u8; BUF_SIZE];
+    let mut output = Vec::with_capacity(BUF_SIZE);
+    loop {
+        let n = match stream.read(&mut input) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        ctx.count_bytes_in(n);
+        output.clear();
+        processor.feed(&input[..n], &mut output);
+        if !output.is_empty() {
+            stream.write_all(&output)?;
+            ctx.count_bytes_out(output.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::{Config, Model, Stats, snapshot};
+    use crate::shutdown::Shutdown;
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    fn pair() -> (TcpStream, TcpStream, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        (client, server, peer)
+    }
+
+    #[test]
+    fn a_panic_ends_only_that_client_and_is_counted() {
+        let stats = Arc::<Stats>::default();
+        let ctx = Ctx::new(
+            Config::new(Model::Pool),
+            Shutdown::new(),
+            Arc::clone(&stats),
+        );
+        let (mut client, server, peer) = pair();
+        serve_with(&ctx, server, peer, |_, _| panic!("boom"));
+        // The server side is closed: the client reads end-of-file.
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).unwrap(), 0);
+
+        // The same thread goes on to serve the next client properly.
+        let (mut client, server, peer) = pair();
+        client.write_all(b"^hal$").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        serve(&ctx, server, peer);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"*ibm");
+
+        let s = snapshot(&stats);
+        assert_eq!((s.failed, s.served, s.clients_now), (1, 1, 0));
+        assert_eq!((s.bytes_in, s.bytes_out), (5, 4));
+    }
+}

@@ -1,0 +1,489 @@
+//! The servers: one [`Config`], one [`run`], many [`Model`]s.
+//!
+//! Every model is a way of deciding which thread runs the one data flow,
+//! socket → [`Processor`](crate::protocol::Processor) → socket, for which
+//! client and when. Everything else a server needs lives here once, outside
+//! the models:
+//!
+//! - [`listener`]: binding, and the accept loop with its error policy;
+//! - `conn`: the blocking per-client loop, its logging and its counting;
+//! - the [`Summary`] counters and the registry of connected clients that
+//!   lets a shutdown close whoever is still there when the drain ends;
+//! - [`Shutdown`]: stop accepting at once, drain for up to
+//!   [`Config::drain_timeout`], then close the rest.
+//!
+//! A model file is then only the article's idea: [`Model::Sequential`]
+//! serves inline in the accept loop, [`Model::Thread`] spawns a thread per
+//! client, [`Model::Pool`] hands clients to a fixed set of workers.
+//!
+//! ```no_run
+//! use concur::server::{self, Config, Model};
+//!
+//! let listener = server::listener::bind("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
+//! let server = server::start(listener, Config::new(Model::Thread)).unwrap();
+//! println!("serving on {}", server.local_addr());
+//! let summary = server.stop();
+//! println!("{summary}");
+//! ```
+
+mod conn;
+pub mod listener;
+mod pool;
+mod sequential;
+mod thread;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+pub use crate::shutdown::Shutdown;
+
+/// How a server admits and serves its clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Model {
+    /// One client at a time, in the accept loop (the article's part 1).
+    Sequential,
+    /// One thread per client (the article's C server).
+    Thread,
+    /// A fixed pool of worker threads fed through a bounded hand-off (the
+    /// article's Python server).
+    Pool,
+}
+
+impl Model {
+    /// Every model, so that tests and benchmarks can loop over them.
+    pub const ALL: [Model; 3] = [Model::Sequential, Model::Thread, Model::Pool];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Sequential => "sequential",
+            Model::Thread => "thread",
+            Model::Pool => "pool",
+        }
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Model {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Model::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Model::ALL.iter().map(|m| m.name()).collect();
+                format!("unknown model {s:?}; expected one of {}", names.join(", "))
+            })
+    }
+}
+
+/// What a server is asked to be. Every model reads the same fields and
+/// ignores the ones that are not about it.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The concurrency model.
+    pub model: Model,
+    /// Worker threads of [`Model::Pool`].
+    pub threads: usize,
+    /// Clients the pool's hand-off holds while every worker is busy. Zero
+    /// is a rendezvous: the accept loop waits for a free worker and further
+    /// clients wait in the kernel's listen backlog, as in the article.
+    pub queue: usize,
+    /// After a shutdown signal, how long clients being served may go on
+    /// before they are closed.
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// The defaults for `model`: 64 pool workers, a rendezvous hand-off and
+    /// a five-second drain.
+    pub fn new(model: Model) -> Self {
+        Config {
+            model,
+            threads: 64,
+            queue: 0,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Sets [`Config::threads`].
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Sets [`Config::drain_timeout`].
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// A short description for banners and chart titles, such as
+    /// `model pool, 64 threads`.
+    pub fn describe(&self) -> String {
+        match self.model {
+            Model::Pool => format!(
+                "model pool, {} thread{}",
+                self.threads,
+                if self.threads == 1 { "" } else { "s" }
+            ),
+            m => format!("model {m}"),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::new(Model::Pool)
+    }
+}
+
+/// What a server did, counted as it ran. A running server's
+/// [`Server::summary`] is a snapshot; [`run`] returns the final one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Connections taken from the listen backlog.
+    pub accepted: u64,
+    /// Clients that got `*` and ended without an error on our side.
+    pub served: u64,
+    /// Clients ended by an error: read, write, thread spawn or a panic.
+    pub failed: u64,
+    /// Clients accepted but closed without being served, because the
+    /// server was shutting down.
+    pub dropped: u64,
+    /// Errors from `accept` itself (not counted as clients).
+    pub accept_errors: u64,
+    /// Bytes read from clients.
+    pub bytes_in: u64,
+    /// Bytes written to clients, the `*`s included.
+    pub bytes_out: u64,
+    /// Clients being served at the moment of the snapshot.
+    pub clients_now: u64,
+    /// The most clients served at once.
+    pub max_clients: u64,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "served {} clients ({} failed, {} dropped at shutdown), {} bytes in, {} bytes out, \
+             at most {} at once, {} accept errors",
+            self.served,
+            self.failed,
+            self.dropped,
+            self.bytes_in,
+            self.bytes_out,
+            self.max_clients,
+            self.accept_errors
+        )
+    }
+}
+
+/// The live counters behind a [`Summary`].
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    accepted: AtomicU64,
+    served: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+    accept_errors: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    clients_now: AtomicU64,
+    max_clients: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// The server's shared state: its configuration, its counters, and the
+/// clients it is serving now.
+pub(crate) struct Ctx {
+    pub(crate) config: Config,
+    pub(crate) shutdown: Shutdown,
+    stats: Arc<Stats>,
+    clients: Mutex<Clients>,
+    // Signalled whenever a client leaves, for the drain.
+    left: Condvar,
+}
+
+#[derive(Default)]
+struct Clients {
+    next_id: u64,
+    // A second handle on each client's socket, so that the end of a drain
+    // can shut it down and wake the thread blocked on it.
+    open: HashMap<u64, TcpStream>,
+    // Set when the drain ends: late arrivals are closed at once.
+    closing: bool,
+}
+
+impl Ctx {
+    fn new(config: Config, shutdown: Shutdown, stats: Arc<Stats>) -> Self {
+        Ctx {
+            config,
+            shutdown,
+            stats,
+            clients: Mutex::new(Clients::default()),
+            left: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Clients> {
+        // Every update under this lock is a single insert or remove, so a
+        // panic elsewhere cannot leave it half-done.
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a client being served; it stays counted until the guard
+    /// drops.
+    pub(crate) fn enter(&self, stream: &TcpStream) -> ClientGuard<'_> {
+        let mut clients = self.lock();
+        let id = clients.next_id;
+        clients.next_id += 1;
+        match stream.try_clone() {
+            Ok(handle) => {
+                if clients.closing {
+                    let _ = handle.shutdown(Direction::Both);
+                }
+                clients.open.insert(id, handle);
+            }
+            // Without a second handle the drain cannot close this client
+            // early; it still ends when the client does.
+            Err(e) => warn!("cannot track a client for shutdown: {e}"),
+        }
+        let now = self.stats.clients_now.fetch_add(1, Ordering::Relaxed) + 1;
+        self.stats.max_clients.fetch_max(now, Ordering::Relaxed);
+        ClientGuard { ctx: self, id }
+    }
+
+    fn clients_now(&self) -> usize {
+        self.lock().open.len()
+    }
+
+    /// Waits until no client is being served, or `timeout` passes; true if
+    /// none is.
+    fn wait_idle(&self, timeout: Duration) -> bool {
+        let clients = self.lock();
+        let (clients, _) = self
+            .left
+            .wait_timeout_while(clients, timeout, |c| !c.open.is_empty())
+            .unwrap_or_else(|e| e.into_inner());
+        clients.open.is_empty()
+    }
+
+    /// Shuts down every client's socket, which wakes the threads serving
+    /// them: their reads see end-of-file, their writes fail.
+    fn close_all(&self) -> usize {
+        let mut clients = self.lock();
+        clients.closing = true;
+        for handle in clients.open.values() {
+            let _ = handle.shutdown(Direction::Both);
+        }
+        clients.open.len()
+    }
+
+    pub(crate) fn count_accepted(&self) {
+        bump(&self.stats.accepted, 1);
+    }
+
+    pub(crate) fn count_accept_error(&self) {
+        bump(&self.stats.accept_errors, 1);
+    }
+
+    pub(crate) fn count_failed(&self) {
+        bump(&self.stats.failed, 1);
+    }
+
+    pub(crate) fn count_dropped(&self) {
+        bump(&self.stats.dropped, 1);
+    }
+
+    pub(crate) fn count_bytes_in(&self, n: usize) {
+        bump(&self.stats.bytes_in, n as u64);
+    }
+
+    pub(crate) fn count_bytes_out(&self, n: usize) {
+        bump(&self.stats.bytes_out, n as u64);
+    }
+}
+
+/// A client counted as being served; dropping it ends the count.
+pub(crate) struct ClientGuard<'a> {
+    ctx: &'a Ctx,
+    id: u64,
+}
+
+impl ClientGuard<'_> {
+    /// Ends the client as served (no error on our side).
+    pub(crate) fn served(self) {
+        bump(&self.ctx.stats.served, 1);
+    }
+}
+
+impl Drop for ClientGuard<'_> {
+    fn drop(&mut self) {
+        self.ctx.stats.clients_now.fetch_sub(1, Ordering::Relaxed);
+        self.ctx.lock().open.remove(&self.id);
+        self.ctx.left.notify_all();
+    }
+}
+
+fn snapshot(stats: &Stats) -> Summary {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    Summary {
+        accepted: get(&stats.accepted),
+        served: get(&stats.served),
+        failed: get(&stats.failed),
+        dropped: get(&stats.dropped),
+        accept_errors: get(&stats.accept_errors),
+        bytes_in: get(&stats.bytes_in),
+        bytes_out: get(&stats.bytes_out),
+        clients_now: get(&stats.clients_now),
+        max_clients: get(&stats.max_clients),
+    }
+}
+
+/// Serves clients on `listener` with `config` until `shutdown` fires, then
+/// drains and returns what happened. Blocks the calling thread.
+///
+/// An error here is a failure to set the server up (the event queue, say);
+/// errors of one client, or of one `accept`, are logged and counted, never
+/// returned.
+pub fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> io::Result<Summary> {
+    run_with(listener, config, shutdown, Arc::default())
+}
+
+fn run_with(
+    listener: TcpListener,
+    config: Config,
+    shutdown: Shutdown,
+    stats: Arc<Stats>,
+) -> io::Result<Summary> {
+    let ctx = Arc::new(Ctx::new(config, shutdown.clone(), Arc::clone(&stats)));
+    // The drain runs beside the model rather than after it, because a
+    // model may be blocked serving a client (sequential serves in its
+    // accept loop) and only the end of the drain can unblock it.
+    let drainer = {
+        let ctx = Arc::clone(&ctx);
+        std::thread::Builder::new()
+            .name("drain".into())
+            .spawn(move || drain(&ctx))?
+    };
+    let result = match ctx.config.model {
+        Model::Sequential => sequential::run(listener, &ctx),
+        Model::Thread => thread::run(listener, &ctx),
+        Model::Pool => pool::run(listener, &ctx),
+    };
+    // A model that failed to start has not seen the signal; fire it so the
+    // drainer ends too.
+    shutdown.trigger();
+    let _ = drainer.join();
+    // Clients closed by the drain leave as soon as their threads notice.
+    if !ctx.wait_idle(Duration::from_secs(5)) {
+        warn!(
+            "{} clients still open after the drain; leaving them",
+            ctx.clients_now()
+        );
+    }
+    result?;
+    Ok(snapshot(&stats))
+}
+
+fn drain(ctx: &Ctx) {
+    ctx.shutdown.wait();
+    let now = ctx.clients_now();
+    if now > 0 {
+        tracing::info!(
+            "shutting down: no new clients; waiting up to {:?} for {now} being served",
+            ctx.config.drain_timeout
+        );
+    }
+    let deadline = Instant::now() + ctx.config.drain_timeout;
+    if !ctx.wait_idle(deadline.saturating_duration_since(Instant::now())) {
+        let closed = ctx.close_all();
+        warn!("drain timeout: closing {closed} clients still connected");
+    }
+}
+
+/// A server running on a thread of its own: the handle that tests, the
+/// simulated client and the benchmarks use.
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: Shutdown,
+    stats: Arc<Stats>,
+    thread: JoinHandle<io::Result<Summary>>,
+}
+
+/// Starts a server of `config.model` on `listener`, on a new thread.
+pub fn start(listener: TcpListener, config: Config) -> io::Result<Server> {
+    let addr = listener.local_addr()?;
+    let shutdown = Shutdown::new();
+    let stats = Arc::<Stats>::default();
+    let thread = {
+        let (shutdown, stats) = (shutdown.clone(), Arc::clone(&stats));
+        std::thread::Builder::new()
+            .name(format!("{}-server", config.model))
+            .spawn(move || run_with(listener, config, shutdown, stats))?
+    };
+    Ok(Server {
+        addr,
+        shutdown,
+        stats,
+        thread,
+    })
+}
+
+impl Server {
+    /// The address the server listens on (with the real port when it was
+    /// bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A handle that stops this server when triggered.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// The counters so far.
+    pub fn summary(&self) -> Summary {
+        snapshot(&self.stats)
+    }
+
+    /// Triggers the shutdown and waits for the drain to finish.
+    pub fn stop(self) -> Summary {
+        self.shutdown.trigger();
+        self.join()
+    }
+
+    /// Waits for the server to end (after someone triggers its shutdown).
+    ///
+    /// # Panics
+    ///
+    /// If the server could not set itself up, or its thread panicked: both
+    /// are bugs or a broken machine, not something a client can cause.
+    pub fn join(self) -> Summary {
+        match self.thread.join() {
+            Ok(Ok(summary)) => summary,
+            Ok(Err(e)) => panic!("server failed: {e}"),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Part 1's server: one client at a time.
+//!
+//! The accept loop serves each client itself, start to finish, before it
+//! accepts the next. Clients arriving meanwhile are complete TCP
+//! connections, but they wait in the kernel's listen backlog and see no `*`
+//! until everyone before them has left.
+
+use std::io;
+use std::net::TcpListener;
+use std::ops::ControlFlow;
+
+use super::{Ctx, conn, listener};
+
+pub(crate) fn run(listener: TcpListener, ctx: &Ctx) -> io::Result<()> {
+    listener::accept_loop(listener, ctx, |stream, peer| {
+        conn::serve(ctx, stream, peer);
+        ControlFlow::Continue(())
+    })
+}

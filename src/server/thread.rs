@@ -1,0 +1,34 @@
+//! The article's C server: one thread per client.
+//!
+//! Every accepted client gets a thread of its own, so nobody waits for
+//! anybody; the cost is a thread (a stack, a kernel task) per client, which
+//! is what `concur threads` measures. A thread that cannot be created closes
+//! that one client; the server goes on.
+
+use std::io;
+use std::net::TcpListener;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::thread;
+
+use tracing::warn;
+
+use super::{Ctx, conn, listener};
+
+pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
+    let mut next = 0u64;
+    listener::accept_loop(listener, ctx, |stream, peer| {
+        next += 1;
+        let ctx_for_client = Arc::clone(ctx);
+        let spawned = thread::Builder::new()
+            .name(format!("client-{next}"))
+            .spawn(move || conn::serve(&ctx_for_client, stream, peer));
+        // On failure the closure, and with it the socket, is dropped: the
+        // client is closed without a `*`.
+        if let Err(e) = spawned {
+            warn!("cannot start a thread for {peer}: {e}; closing that client");
+            ctx.count_failed();
+        }
+        ControlFlow::Continue(())
+    })
+}
