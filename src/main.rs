@@ -68,7 +68,8 @@ struct ServeArgs {
 
     /// Seconds that clients being served may go on after SIGINT/SIGTERM
     /// before they are closed (fractions allowed).
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs,
+          allow_hyphen_values = true)]
     drain_timeout: Duration,
 
     /// No per-connection log lines (warnings and the summary still show).

@@ -107,36 +107,6 @@ fn answer_span(span: &[u8], out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    fn run(sends: &[&[u8]]) -> Vec<u8> {
-        let mut p = Processor::new();
-        let mut out = Vec::new();
-        for s in sends {
-            p.feed(s, &mut out);
-        }
-        out
-    }
-
-    #[test]
-    fn protocol_md_vectors() {
-        let cases: &[(&[&[u8]], &[u8])] = &[
-            (
-                &[b"^abc$de^abte$f", b"xyz^123", b"25$^ab0000$abab"],
-                b"bcdbcuf23436bc1111",
-            ),
-            (
-                &[b"abcdef", b"^", b"f", b"1234", b"$", b"1234", b"^", b"xy"],
-                b"g2345yz",
-            ),
-            (&[b"^ab$^kl$^80$50"], b"bclm91"),
-            (&[b"^^a$"], b"_b"),
-            (&[b"$$a^", b"\xff\x00$"], b"\x00\x01"),
-            (&[b"^$^$$$foobar^$$"], b""),
-        ];
-        for (sends, want) in cases {
-            assert_eq!(run(sends), *want, "sends {sends:?}");
-        }
-    }
-
     #[test]
     fn state_carries_over_reads() {
         let mut p = Processor::new();

@@ -14,7 +14,9 @@ use std::panic::{self, AssertUnwindSafe};
 
 use tracing::{info, warn};
 
-use super::Ctx;
+use std::sync::Arc;
+
+use super::{ClientGuard, Ctx};
 use crate::protocol::{ACK, Processor};
 
 /// Bytes read per `read` call, and the most a single reply write holds.
@@ -24,41 +26,64 @@ pub(crate) const BUF_SIZE: usize = 64 * 1024;
 /// them alone.
 pub(crate) const LOG_TARGET: &str = "concur::conn";
 
-/// Serves one client from `*` to close, on the calling thread.
-pub(crate) fn serve(ctx: &Ctx, stream: TcpStream, peer: SocketAddr) {
-    serve_with(ctx, stream, peer, session);
+/// A client taken on by the server: counted, and known to the drain,
+/// from the moment it is admitted, even before a thread runs it.
+pub(crate) struct Client {
+    guard: ClientGuard,
+    stream: TcpStream,
+    peer: SocketAddr,
 }
 
-fn serve_with(
-    ctx: &Ctx,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    session: impl FnOnce(&Ctx, &mut TcpStream) -> io::Result<()>,
-) {
-    let guard = ctx.enter(&stream);
-    info!(target: LOG_TARGET, "{peer} connected");
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| session(ctx, &mut stream)));
-    match outcome {
-        Ok(Ok(())) => {
-            info!(target: LOG_TARGET, "{peer} done");
-            guard.served();
-        }
-        Ok(Err(e)) if is_client_gone(&e) => {
-            info!(target: LOG_TARGET, "{peer} went away: {e}");
-            ctx.count_failed();
-        }
-        Ok(Err(e)) => {
-            warn!(target: LOG_TARGET, "{peer} ended by an error: {e}");
-            ctx.count_failed();
-        }
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into());
-            warn!(target: LOG_TARGET, "{peer} ended by a panic while serving it: {what}");
-            ctx.count_failed();
+/// Takes on a client. The thread model admits on the accept thread, so
+/// that a shutdown cannot finish while a client's thread is still starting.
+pub(crate) fn admit(ctx: &Arc<Ctx>, stream: TcpStream, peer: SocketAddr) -> Client {
+    Client {
+        guard: ctx.enter(&stream),
+        stream,
+        peer,
+    }
+}
+
+impl Client {
+    /// Serves the client from `*` to close, on the calling thread.
+    pub(crate) fn serve(self) {
+        self.serve_with(session);
+    }
+
+    fn serve_with(self, session: impl FnOnce(&Ctx, &mut TcpStream) -> io::Result<()>) {
+        let Client {
+            guard,
+            mut stream,
+            peer,
+        } = self;
+        let ctx = guard.ctx();
+        info!(target: LOG_TARGET, "peer {peer} connected");
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| session(ctx, &mut stream)));
+        // Closed before the guard goes, so that a finished drain means
+        // every socket is closed too.
+        drop(stream);
+        match outcome {
+            Ok(Ok(())) => {
+                info!(target: LOG_TARGET, "peer {peer} done");
+                guard.served();
+            }
+            Ok(Err(e)) if is_client_gone(&e) => {
+                info!(target: LOG_TARGET, "peer {peer} went away: {e}");
+                ctx.count_failed();
+            }
+            Ok(Err(e)) => {
+                warn!(target: LOG_TARGET, "peer {peer} ended by an error: {e}");
+                ctx.count_failed();
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                warn!(target: LOG_TARGET, "peer {peer} ended by a panic while serving it: {what}");
+                ctx.count_failed();
+            }
         }
     }
 }
@@ -101,7 +126,6 @@ mod tests {
     use crate::server::{Config, Model, Stats, snapshot};
     use crate::shutdown::Shutdown;
     use std::net::TcpListener;
-    use std::sync::Arc;
 
     fn pair() -> (TcpStream, TcpStream, SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -113,13 +137,13 @@ mod tests {
     #[test]
     fn a_panic_ends_only_that_client_and_is_counted() {
         let stats = Arc::<Stats>::default();
-        let ctx = Ctx::new(
+        let ctx = Arc::new(Ctx::new(
             Config::new(Model::Pool),
             Shutdown::new(),
             Arc::clone(&stats),
-        );
+        ));
         let (mut client, server, peer) = pair();
-        serve_with(&ctx, server, peer, |_, _| panic!("boom"));
+        admit(&ctx, server, peer).serve_with(|_, _| panic!("boom"));
         // The server side is closed: the client reads end-of-file.
         let mut buf = [0u8; 1];
         assert_eq!(client.read(&mut buf).unwrap(), 0);
@@ -128,7 +152,7 @@ mod tests {
         let (mut client, server, peer) = pair();
         client.write_all(b"^hal$").unwrap();
         client.shutdown(std::net::Shutdown::Write).unwrap();
-        serve(&ctx, server, peer);
+        admit(&ctx, server, peer).serve();
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"*ibm");

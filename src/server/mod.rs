@@ -253,7 +253,7 @@ impl Ctx {
 
     /// Registers a client being served; it stays counted until the guard
     /// drops.
-    pub(crate) fn enter(&self, stream: &TcpStream) -> ClientGuard<'_> {
+    pub(crate) fn enter(self: &Arc<Self>, stream: &TcpStream) -> ClientGuard {
         let mut clients = self.lock();
         let id = clients.next_id;
         clients.next_id += 1;
@@ -270,7 +270,10 @@ impl Ctx {
         }
         let now = self.stats.clients_now.fetch_add(1, Ordering::Relaxed) + 1;
         self.stats.max_clients.fetch_max(now, Ordering::Relaxed);
-        ClientGuard { ctx: self, id }
+        ClientGuard {
+            ctx: Arc::clone(self),
+            id,
+        }
     }
 
     fn clients_now(&self) -> usize {
@@ -325,19 +328,23 @@ impl Ctx {
 }
 
 /// A client counted as being served; dropping it ends the count.
-pub(crate) struct ClientGuard<'a> {
-    ctx: &'a Ctx,
+pub(crate) struct ClientGuard {
+    ctx: Arc<Ctx>,
     id: u64,
 }
 
-impl ClientGuard<'_> {
+impl ClientGuard {
+    pub(crate) fn ctx(&self) -> &Ctx {
+        &self.ctx
+    }
+
     /// Ends the client as served (no error on our side).
     pub(crate) fn served(self) {
         bump(&self.ctx.stats.served, 1);
     }
 }
 
-impl Drop for ClientGuard<'_> {
+impl Drop for ClientGuard {
     fn drop(&mut self) {
         self.ctx.stats.clients_now.fetch_sub(1, Ordering::Relaxed);
         self.ctx.lock().open.remove(&self.id);

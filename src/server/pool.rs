@@ -68,7 +68,7 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
     result
 }
 
-fn work(ctx: &Ctx, queue: &Receiver<Job>) {
+fn work(ctx: &Arc<Ctx>, queue: &Receiver<Job>) {
     for (stream, peer) in queue {
         if ctx.shutdown.is_triggered() {
             // Accepted but never served: closing it is as if it had never
@@ -77,6 +77,6 @@ fn work(ctx: &Ctx, queue: &Receiver<Job>) {
             ctx.count_dropped();
             continue;
         }
-        conn::serve(ctx, stream, peer);
+        conn::admit(ctx, stream, peer).serve();
     }
 }

@@ -8,12 +8,13 @@
 use std::io;
 use std::net::TcpListener;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use super::{Ctx, conn, listener};
 
-pub(crate) fn run(listener: TcpListener, ctx: &Ctx) -> io::Result<()> {
+pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
     listener::accept_loop(listener, ctx, |stream, peer| {
-        conn::serve(ctx, stream, peer);
+        conn::admit(ctx, stream, peer).serve();
         ControlFlow::Continue(())
     })
 }

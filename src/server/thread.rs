@@ -19,12 +19,12 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
     let mut next = 0u64;
     listener::accept_loop(listener, ctx, |stream, peer| {
         next += 1;
-        let ctx_for_client = Arc::clone(ctx);
+        let client = conn::admit(ctx, stream, peer);
         let spawned = thread::Builder::new()
             .name(format!("client-{next}"))
-            .spawn(move || conn::serve(&ctx_for_client, stream, peer));
-        // On failure the closure, and with it the socket, is dropped: the
-        // client is closed without a `*`.
+            .spawn(move || client.serve());
+        // On failure the closure, and with it the client, is dropped: it is
+        // closed without a `*`.
         if let Err(e) = spawned {
             warn!("cannot start a thread for {peer}: {e}; closing that client");
             ctx.count_failed();

@@ -1,0 +1,88 @@
+//! The command line: bad input gets a clear error that says what is
+//! allowed, and nothing starts.
+
+use std::process::{Command, Output};
+
+fn concur(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_concur"))
+        .args(args)
+        .output()
+        .expect("run concur")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn an_unknown_model_lists_the_models() {
+    let o = concur(&["serve", "--model", "fibers"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    for name in ["sequential", "thread", "pool"] {
+        assert!(err.contains(name), "{err}");
+    }
+}
+
+#[test]
+fn out_of_range_numbers_are_refused() {
+    for args in [
+        &["serve", "-n", "0"][..],
+        &["serve", "--port", "70000"],
+        &["serve", "--backlog", "0"],
+        &["serve", "--drain-timeout", "soon"],
+        &["serve", "--drain-timeout", "-1"],
+    ] {
+        let o = concur(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains("error:"), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn pool_flags_with_another_model_are_refused() {
+    let o = concur(&["serve", "--model", "thread", "-n", "4"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--model pool"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_port_is_given_once() {
+    let o = concur(&["serve", "--port", "1", "2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_failure() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let o = concur(&["serve", &port]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(
+        o.stdout.is_empty(),
+        "no banner for a server that never started"
+    );
+}
+
+#[test]
+fn help_explains_the_models_and_flags() {
+    let o = concur(&["serve", "--help"]);
+    assert!(o.status.success());
+    let help = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "--model",
+        "sequential",
+        "--threads",
+        "--queue",
+        "--drain-timeout",
+        "[PORT]",
+    ] {
+        assert!(help.contains(needle), "missing {needle}: {help}");
+    }
+}

@@ -1,0 +1,144 @@
+//! Helpers shared by the integration tests: servers on free ports and
+//! clients whose every wait is bounded, so a broken server fails a test
+//! instead of hanging it.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use concur::server::{self, Config, Model, Server, listener};
+
+/// How long any single wait for the server may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Starts `config` on 127.0.0.1, port 0.
+pub fn start_with(config: Config) -> Server {
+    let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 1024).expect("bind");
+    server::start(listener, config).expect("start server")
+}
+
+/// Starts `model` with its defaults.
+pub fn start(model: Model) -> Server {
+    start_with(Config::new(model))
+}
+
+/// A connected client with bounded reads and writes.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.set_write_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
+/// Reads exactly `n` bytes or fails the test.
+pub fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    s.read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
+    buf
+}
+
+/// Waits for the server's `*`.
+pub fn expect_ack(s: &mut TcpStream) {
+    assert_eq!(read_n(s, 1), b"*", "the first byte must be the greeting");
+}
+
+/// A client that has been greeted.
+pub fn connect_served(addr: SocketAddr) -> TcpStream {
+    let mut s = connect(addr);
+    expect_ack(&mut s);
+    s
+}
+
+/// Reads until the server closes.
+pub fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read to end");
+    out
+}
+
+/// Sends each element with its own write, closes the sending side, and
+/// returns everything received after the `*`.
+pub fn session(addr: SocketAddr, sends: &[&[u8]]) -> Vec<u8> {
+    let mut s = connect_served(addr);
+    for chunk in sends {
+        s.write_all(chunk).unwrap();
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    read_to_end(&mut s)
+}
+
+/// True if nothing arrives on `s` within `window`. Used only for "this
+/// must not have happened yet" checks, where a correct server passes
+/// whatever the timing: the window bounds how long the test looks, it is
+/// never what makes a correct server pass.
+pub fn silent_for(s: &mut TcpStream, window: Duration) -> bool {
+    s.set_read_timeout(Some(window)).unwrap();
+    let mut b = [0u8; 1];
+    let silent = match s.read(&mut b) {
+        Ok(_) => false,
+        Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+    };
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    silent
+}
+
+/// Proves the client is being served: one message, one answer.
+pub fn round_trip(s: &mut TcpStream) {
+    s.write_all(b"^hi$").unwrap();
+    assert_eq!(read_n(s, 2), b"ij");
+}
+
+/// The byte-at-a-time reference for PROTOCOL.md, kept apart from the
+/// crate's core so the two can be compared.
+pub fn reference(input: &[u8]) -> Vec<u8> {
+    let mut in_message = false;
+    let mut out = Vec::new();
+    for &b in input {
+        match (in_message, b) {
+            (false, b'^') => in_message = true,
+            (false, _) => {}
+            (true, b'$') => in_message = false,
+            (true, _) => out.push(b.wrapping_add(1)),
+        }
+    }
+    out
+}
+
+/// PROTOCOL.md's vectors: the sends, one write each, and the answer.
+pub const VECTORS: &[(&[&[u8]], &[u8])] = &[
+    (
+        &[b"^abc$de^abte$f", b"xyz^123", b"25$^ab0000$abab"],
+        b"bcdbcuf23436bc1111",
+    ),
+    (
+        &[b"abcdef", b"^", b"f", b"1234", b"$", b"1234", b"^", b"xy"],
+        b"g2345yz",
+    ),
+    (&[b"^ab$^kl$^80$50"], b"bclm91"),
+    (&[b"^^a$"], b"_b"),
+    (&[b"$$a^", b"\xff\x00$"], b"\x00\x01"),
+    (&[b"^$^$$$foobar^$$"], b""),
+];
+
+/// Pool size used where a test needs the pool to be smaller than the
+/// number of clients, as in the article's `-n 2` run.
+pub const SMALL_POOL: usize = 2;
+
+/// The config under which `model` shows its admission policy: the pool
+/// with [`SMALL_POOL`] workers, the others as they come.
+pub fn small_config(model: Model) -> Config {
+    Config::new(model).threads(SMALL_POOL)
+}
+
+/// How many clients `small_config(model)` serves at once. A match with no
+/// catch-all, so a new model must say how it admits clients.
+pub fn serves_at_once(model: Model) -> usize {
+    match model {
+        Model::Sequential => 1,
+        Model::Thread => usize::MAX,
+        Model::Pool => SMALL_POOL,
+    }
+}

@@ -1,0 +1,146 @@
+//! Graceful shutdown, the same in every model: stop accepting at once, let
+//! clients being served finish for up to the drain timeout, close the rest.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use concur::server::{Config, Model, Summary};
+
+/// Waits for the server's final summary on a thread, so the test can check
+/// that it has *not* arrived yet.
+fn join_in_background(server: concur::server::Server) -> mpsc::Receiver<Summary> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(server.join());
+    });
+    rx
+}
+
+#[test]
+fn a_client_mid_session_gets_everything_it_is_owed() {
+    for model in Model::ALL {
+        let server = start_with(Config::new(model).drain_timeout(PATIENCE * 3));
+        let addr = server.local_addr();
+        let mut c = connect_served(addr);
+        c.write_all(b"zz^ab").unwrap();
+        assert_eq!(read_n(&mut c, 2), b"bc");
+
+        server.shutdown_handle().trigger();
+        let done = join_in_background(server);
+        assert!(
+            done.recv_timeout(Duration::from_millis(300)).is_err(),
+            "{model}: the server ended while a client was still being served"
+        );
+
+        c.write_all(b"cd$ignored^\xff").unwrap();
+        assert_eq!(read_n(&mut c, 3), b"de\x00");
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(
+            read_to_end(&mut c),
+            b"",
+            "{model}: EOF after the last answer"
+        );
+
+        let summary = done.recv_timeout(PATIENCE).expect("server ended");
+        assert_eq!((summary.served, summary.failed), (1, 0), "{model}");
+        assert_eq!(summary.bytes_in, 5 + 12, "{model}");
+        assert_eq!(summary.bytes_out, 1 + 2 + 3, "{model}");
+        assert_eq!(summary.clients_now, 0, "{model}");
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "{model}: a stopped server must refuse connections"
+        );
+    }
+}
+
+#[test]
+fn the_drain_timeout_closes_clients_that_stay() {
+    for model in Model::ALL {
+        let server = start_with(Config::new(model).drain_timeout(Duration::from_millis(100)));
+        let mut idle = connect_served(server.local_addr());
+        idle.write_all(b"^a").unwrap();
+        assert_eq!(read_n(&mut idle, 1), b"b");
+        let summary = server.stop();
+        // Closed by the server: end-of-file (or a reset), never a hang.
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut idle, &mut rest);
+        assert!(rest.is_empty(), "{model}: nothing more was owed");
+        assert_eq!(summary.clients_now, 0, "{model}");
+        assert_eq!(summary.served + summary.failed, 1, "{model}");
+    }
+}
+
+#[test]
+fn clients_queued_in_the_pool_are_closed_unserved() {
+    let mut config = Config::new(Model::Pool).threads(1).drain_timeout(PATIENCE);
+    config.queue = 1;
+    let server = start_with(config);
+    let addr = server.local_addr();
+    let mut first = connect_served(addr);
+    let mut queued = connect(addr);
+    // The queued client is accepted (into the hand-off) but not greeted.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while server.summary().accepted < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "second client never accepted"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    server.shutdown_handle().trigger();
+    round_trip(&mut first);
+    drop(first);
+    assert_eq!(read_to_end(&mut queued), b"", "closed without a greeting");
+    let summary = server.join();
+    assert_eq!((summary.served, summary.dropped), (1, 1));
+}
+
+/// The real binary: banner on stdout, SIGTERM drains the client in the
+/// middle of its session, prints the summary, exits 0.
+#[test]
+fn the_binary_drains_and_exits_zero_on_sigterm() {
+    for model in Model::ALL {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_concur"))
+            .args(["serve", "--port", "0", "--model", model.name()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run concur");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut banner = String::new();
+        out.read_line(&mut banner).unwrap();
+        let addr = banner
+            .strip_prefix("Serving on ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected banner {banner:?}"));
+        assert!(banner.contains(&format!("model {model}")), "{banner}");
+
+        let mut c = connect_served(addr.parse().unwrap());
+        c.write_all(b"^ab").unwrap();
+        assert_eq!(read_n(&mut c, 2), b"bc");
+
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+
+        c.write_all(b"c$").unwrap();
+        assert_eq!(read_n(&mut c, 1), b"d");
+        drop(c);
+
+        let status = child.wait().unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        assert!(status.success(), "{model}: exit {status:?}");
+        assert!(
+            rest.contains("served 1 clients (0 failed"),
+            "{model}: summary {rest:?}"
+        );
+    }
+}
