@@ -29,6 +29,8 @@ pub(crate) const LOG_TARGET: &str = "concur::conn";
 /// A client taken on by the server: counted, and known to the drain,
 /// from the moment it is admitted, even before a thread runs it.
 pub(crate) struct Client {
+    // Declared before the socket, so it drops first: the drain's registry
+    // must never hold a closed descriptor.
     guard: ClientGuard,
     stream: TcpStream,
     peer: SocketAddr,
@@ -56,36 +58,49 @@ impl Client {
             mut stream,
             peer,
         } = self;
-        let ctx = guard.ctx();
         info!(target: LOG_TARGET, "peer {peer} connected");
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| session(ctx, &mut stream)));
-        // Closed before the guard goes, so that a finished drain means
-        // every socket is closed too.
-        drop(stream);
-        match outcome {
-            Ok(Ok(())) => {
-                info!(target: LOG_TARGET, "peer {peer} done");
-                guard.served();
-            }
-            Ok(Err(e)) if is_client_gone(&e) => {
-                info!(target: LOG_TARGET, "peer {peer} went away: {e}");
-                ctx.count_failed();
-            }
-            Ok(Err(e)) => {
-                warn!(target: LOG_TARGET, "peer {peer} ended by an error: {e}");
-                ctx.count_failed();
-            }
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
-                warn!(target: LOG_TARGET, "peer {peer} ended by a panic while serving it: {what}");
-                ctx.count_failed();
-            }
+        let ctx = guard.ctx();
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| session(ctx, &mut stream)))
+            .map_err(|panic| panic_message(&*panic));
+        // Before `stream` drops: see `Client`.
+        finish(guard, peer, outcome);
+    }
+}
+
+/// How serving a client ended: the session's own result, or the message
+/// of a panic caught while serving it.
+pub(crate) type Outcome = Result<io::Result<()>, String>;
+
+/// Logs and counts the end of a client; every model ends its clients here.
+/// Call it while the client's socket is still open.
+pub(crate) fn finish(guard: ClientGuard, peer: SocketAddr, outcome: Outcome) {
+    let ctx = guard.ctx();
+    match outcome {
+        Ok(Ok(())) => {
+            info!(target: LOG_TARGET, "peer {peer} done");
+            guard.served();
+        }
+        Ok(Err(e)) if is_client_gone(&e) => {
+            info!(target: LOG_TARGET, "peer {peer} went away: {e}");
+            ctx.count_failed();
+        }
+        Ok(Err(e)) => {
+            warn!(target: LOG_TARGET, "peer {peer} ended by an error: {e}");
+            ctx.count_failed();
+        }
+        Err(what) => {
+            warn!(target: LOG_TARGET, "peer {peer} ended by a panic while serving it: {what}");
+            ctx.count_failed();
         }
     }
+}
+
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 /// The ordinary ways a client leaves abruptly; worth a line, not a warning.

@@ -35,7 +35,8 @@ mod thread;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -227,9 +228,11 @@ pub(crate) struct Ctx {
 #[derive(Default)]
 struct Clients {
     next_id: u64,
-    // A second handle on each client's socket, so that the end of a drain
-    // can shut it down and wake the thread blocked on it.
-    open: HashMap<u64, TcpStream>,
+    // Each client's socket, so that the end of a drain can shut it down and
+    // wake whoever is blocked on it. Only the descriptor is kept (no dup: a
+    // client costs one descriptor, not two); it is valid while it is here,
+    // because a client leaves this map before its socket is closed.
+    open: HashMap<u64, RawFd>,
     // Set when the drain ends: late arrivals are closed at once.
     closing: bool,
 }
@@ -252,22 +255,16 @@ impl Ctx {
     }
 
     /// Registers a client being served; it stays counted until the guard
-    /// drops.
-    pub(crate) fn enter(self: &Arc<Self>, stream: &TcpStream) -> ClientGuard {
+    /// drops. The guard must drop before `socket` closes.
+    pub(crate) fn enter(self: &Arc<Self>, socket: &impl AsRawFd) -> ClientGuard {
+        let fd = socket.as_raw_fd();
         let mut clients = self.lock();
         let id = clients.next_id;
         clients.next_id += 1;
-        match stream.try_clone() {
-            Ok(handle) => {
-                if clients.closing {
-                    let _ = handle.shutdown(Direction::Both);
-                }
-                clients.open.insert(id, handle);
-            }
-            // Without a second handle the drain cannot close this client
-            // early; it still ends when the client does.
-            Err(e) => warn!("cannot track a client for shutdown: {e}"),
+        if clients.closing {
+            shutdown_fd(fd);
         }
+        clients.open.insert(id, fd);
         let now = self.stats.clients_now.fetch_add(1, Ordering::Relaxed) + 1;
         self.stats.max_clients.fetch_max(now, Ordering::Relaxed);
         ClientGuard {
@@ -296,8 +293,8 @@ impl Ctx {
     fn close_all(&self) -> usize {
         let mut clients = self.lock();
         clients.closing = true;
-        for handle in clients.open.values() {
-            let _ = handle.shutdown(Direction::Both);
+        for &fd in clients.open.values() {
+            shutdown_fd(fd);
         }
         clients.open.len()
     }
@@ -324,6 +321,16 @@ impl Ctx {
 
     pub(crate) fn count_bytes_out(&self, n: usize) {
         bump(&self.stats.bytes_out, n as u64);
+    }
+}
+
+/// Shuts a registered client's socket down both ways.
+fn shutdown_fd(fd: RawFd) {
+    // SAFETY: `fd` is open: callers hold the clients lock, and a client
+    // leaves the map (under that lock) before its socket is closed. An
+    // error (the peer already gone) needs no handling.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
     }
 }
 
