@@ -49,6 +49,22 @@ struct ServeArgs {
     #[arg(long, value_name = "Q", default_value_t = 0)]
     queue: usize,
 
+    /// Event loops, each a thread [default: the number of cores] (only
+    /// with --model event).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    loops: Option<u32>,
+
+    /// Runtime threads [default: the number of cores] (only with --model
+    /// async).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    workers: Option<u32>,
+
+    /// Answer bytes held for one client before the server stops reading
+    /// from it until they drain (only with --model event).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    outbound_cap: u64,
+
     /// Address to listen on (a name, an IPv4 or an IPv6 address).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -110,13 +126,25 @@ fn init_logging(quiet: bool) {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    if args.model != Model::Pool && (args.threads.is_some() || args.queue != 0) {
-        eprintln!(
-            "error: --threads and --queue size the pool; they do not apply to --model {} \
-             (use --model pool)",
-            args.model
-        );
-        return ExitCode::from(2);
+    let misplaced = [
+        (Model::Pool, "--threads", args.threads.is_some()),
+        (Model::Pool, "--queue", args.queue != 0),
+        (Model::Event, "--loops", args.loops.is_some()),
+        (
+            Model::Event,
+            "--outbound-cap",
+            args.outbound_cap != 64 * 1024,
+        ),
+        (Model::Async, "--workers", args.workers.is_some()),
+    ];
+    for (model, flag, given) in misplaced {
+        if given && args.model != model {
+            eprintln!(
+                "error: {flag} does not apply to --model {}; it is for --model {model}",
+                args.model
+            );
+            return ExitCode::from(2);
+        }
     }
     init_logging(args.quiet);
     let mut config = Config::new(args.model).drain_timeout(args.drain_timeout);
@@ -124,6 +152,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         config.threads = n as usize;
     }
     config.queue = args.queue;
+    if let Some(n) = args.loops {
+        config.loops = n as usize;
+    }
+    if let Some(n) = args.workers {
+        config.workers = n as usize;
+    }
+    config.outbound_cap = args.outbound_cap as usize;
 
     let port = args.port_arg.unwrap_or(args.port);
     let listener = match listener::bind_host(&args.host, port, args.backlog) {

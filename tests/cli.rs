@@ -19,7 +19,7 @@ fn an_unknown_model_lists_the_models() {
     let o = concur(&["serve", "--model", "fibers"]);
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
-    for name in ["sequential", "thread", "pool"] {
+    for name in ["sequential", "thread", "pool", "event", "async"] {
         assert!(err.contains(name), "{err}");
     }
 }
@@ -41,9 +41,24 @@ fn out_of_range_numbers_are_refused() {
 
 #[test]
 fn pool_flags_with_another_model_are_refused() {
-    let o = concur(&["serve", "--model", "thread", "-n", "4"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("--model pool"), "{}", stderr(&o));
+    for (args, wanted) in [
+        (
+            &["serve", "--model", "thread", "-n", "4"][..],
+            "--model pool",
+        ),
+        (
+            &["serve", "--model", "pool", "--loops", "2"],
+            "--model event",
+        ),
+        (
+            &["serve", "--model", "event", "--workers", "2"],
+            "--model async",
+        ),
+    ] {
+        let o = concur(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(wanted), "{args:?}: {}", stderr(&o));
+    }
 }
 
 #[test]

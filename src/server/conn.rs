@@ -129,6 +129,7 @@ fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
         output.clear();
         processor.feed(&input[..n], &mut output);
         if !output.is_empty() {
+            ctx.note_buffered(output.len());
             stream.write_all(&output)?;
             ctx.count_bytes_out(output.len());
         }

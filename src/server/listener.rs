@@ -175,6 +175,14 @@ impl RateLimited {
     }
 }
 
+/// Whether a model serves its clients' sockets with blocking calls (the
+/// thread models) or readiness events (event, async).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Blocking {
+    Yes,
+    No,
+}
+
 const LISTENER: Token = Token(0);
 const WAKE: Token = Token(1);
 
@@ -188,6 +196,7 @@ const WAKE: Token = Token(1);
 pub(crate) fn accept_loop(
     listener: TcpListener,
     ctx: &Ctx,
+    blocking: Blocking,
     mut on_client: impl FnMut(TcpStream, SocketAddr) -> ControlFlow<()>,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
@@ -225,8 +234,8 @@ pub(crate) fn accept_loop(
                 Ok((stream, peer)) => {
                     ctx.count_accepted();
                     // Linux does not pass the listener's O_NONBLOCK on, but
-                    // other systems do; the thread models need blocking I/O.
-                    if let Err(e) = stream.set_nonblocking(false) {
+                    // other systems do: say what the model needs.
+                    if let Err(e) = stream.set_nonblocking(blocking == Blocking::No) {
                         warn!("cannot serve {peer}: {e}");
                         ctx.count_failed();
                         continue;

@@ -26,7 +26,9 @@
 //! println!("{summary}");
 //! ```
 
+mod asynchronous;
 mod conn;
+mod event;
 pub mod listener;
 mod pool;
 mod sequential;
@@ -57,11 +59,22 @@ pub enum Model {
     /// A fixed pool of worker threads fed through a bounded hand-off (the
     /// article's Python server).
     Pool,
+    /// mio event loops: no thread per client, per-client state and
+    /// outbound buffers (where the article points next).
+    Event,
+    /// tokio: one task per client on a few runtime threads.
+    Async,
 }
 
 impl Model {
     /// Every model, so that tests and benchmarks can loop over them.
-    pub const ALL: [Model; 3] = [Model::Sequential, Model::Thread, Model::Pool];
+    pub const ALL: [Model; 5] = [
+        Model::Sequential,
+        Model::Thread,
+        Model::Pool,
+        Model::Event,
+        Model::Async,
+    ];
 
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -69,6 +82,8 @@ impl Model {
             Model::Sequential => "sequential",
             Model::Thread => "thread",
             Model::Pool => "pool",
+            Model::Event => "event",
+            Model::Async => "async",
         }
     }
 }
@@ -108,17 +123,34 @@ pub struct Config {
     /// After a shutdown signal, how long clients being served may go on
     /// before they are closed.
     pub drain_timeout: Duration,
+    /// Event loops (threads) of [`Model::Event`].
+    pub loops: usize,
+    /// Runtime threads of [`Model::Async`].
+    pub workers: usize,
+    /// Answers [`Model::Event`] holds for one client before it stops
+    /// reading from that client until they drain.
+    pub outbound_cap: usize,
+}
+
+/// The machine's core count, the default number of event loops and async
+/// workers.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Config {
-    /// The defaults for `model`: 64 pool workers, a rendezvous hand-off and
-    /// a five-second drain.
+    /// The defaults for `model`: 64 pool workers, a rendezvous hand-off,
+    /// a five-second drain, an event loop or async worker per core, and a
+    /// 64 KiB outbound cap.
     pub fn new(model: Model) -> Self {
         Config {
             model,
             threads: 64,
             queue: 0,
             drain_timeout: Duration::from_secs(5),
+            loops: cores(),
+            workers: cores(),
+            outbound_cap: 64 * 1024,
         }
     }
 
@@ -137,12 +169,11 @@ impl Config {
     /// A short description for banners and chart titles, such as
     /// `model pool, 64 threads`.
     pub fn describe(&self) -> String {
+        let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
         match self.model {
-            Model::Pool => format!(
-                "model pool, {} thread{}",
-                self.threads,
-                if self.threads == 1 { "" } else { "s" }
-            ),
+            Model::Pool => format!("model pool, {}", count(self.threads, "thread")),
+            Model::Event => format!("model event, {}", count(self.loops, "loop")),
+            Model::Async => format!("model async, {}", count(self.workers, "worker")),
             m => format!("model {m}"),
         }
     }
@@ -177,6 +208,9 @@ pub struct Summary {
     pub clients_now: u64,
     /// The most clients served at once.
     pub max_clients: u64,
+    /// The most answer bytes held for one client at once, waiting to be
+    /// written: what backpressure bounds.
+    pub max_buffered: u64,
 }
 
 impl fmt::Display for Summary {
@@ -208,6 +242,7 @@ pub(crate) struct Stats {
     bytes_out: AtomicU64,
     clients_now: AtomicU64,
     max_clients: AtomicU64,
+    max_buffered: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -279,7 +314,7 @@ impl Ctx {
 
     /// Waits until no client is being served, or `timeout` passes; true if
     /// none is.
-    fn wait_idle(&self, timeout: Duration) -> bool {
+    pub(crate) fn wait_idle(&self, timeout: Duration) -> bool {
         let clients = self.lock();
         let (clients, _) = self
             .left
@@ -322,6 +357,13 @@ impl Ctx {
     pub(crate) fn count_bytes_out(&self, n: usize) {
         bump(&self.stats.bytes_out, n as u64);
     }
+
+    /// Records how many answer bytes one client has waiting to be written.
+    pub(crate) fn note_buffered(&self, n: usize) {
+        self.stats
+            .max_buffered
+            .fetch_max(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// Shuts a registered client's socket down both ways.
@@ -353,6 +395,12 @@ impl ClientGuard {
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Only an async task unwinds past its guard (tokio catches the
+            // panic); the blocking and event models catch theirs first.
+            warn!(target: conn::LOG_TARGET, "a client's task panicked; that client is closed");
+            self.ctx.count_failed();
+        }
         self.ctx.stats.clients_now.fetch_sub(1, Ordering::Relaxed);
         self.ctx.lock().open.remove(&self.id);
         self.ctx.left.notify_all();
@@ -371,6 +419,7 @@ fn snapshot(stats: &Stats) -> Summary {
         bytes_out: get(&stats.bytes_out),
         clients_now: get(&stats.clients_now),
         max_clients: get(&stats.max_clients),
+        max_buffered: get(&stats.max_buffered),
     }
 }
 
@@ -404,6 +453,8 @@ fn run_with(
         Model::Sequential => sequential::run(listener, &ctx),
         Model::Thread => thread::run(listener, &ctx),
         Model::Pool => pool::run(listener, &ctx),
+        Model::Event => event::run(listener, &ctx),
+        Model::Async => asynchronous::run(listener, &ctx),
     };
     // A model that failed to start has not seen the signal; fire it so the
     // drainer ends too.

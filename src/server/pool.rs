@@ -20,7 +20,8 @@ use std::thread;
 
 use crossbeam_channel::{Receiver, select};
 
-use super::{Ctx, conn, listener};
+use super::listener::{self, Blocking};
+use super::{Ctx, conn};
 
 type Job = (TcpStream, SocketAddr);
 
@@ -48,7 +49,7 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
     drop(queue);
 
     let stop = ctx.shutdown.channel();
-    let result = listener::accept_loop(listener, ctx, |stream, peer| {
+    let result = listener::accept_loop(listener, ctx, Blocking::Yes, |stream, peer| {
         select! {
             send(jobs, (stream, peer)) -> sent => match sent {
                 Ok(()) => ControlFlow::Continue(()),

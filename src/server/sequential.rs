@@ -10,10 +10,11 @@ use std::net::TcpListener;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use super::{Ctx, conn, listener};
+use super::listener::{self, Blocking};
+use super::{Ctx, conn};
 
 pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
-    listener::accept_loop(listener, ctx, |stream, peer| {
+    listener::accept_loop(listener, ctx, Blocking::Yes, |stream, peer| {
         conn::admit(ctx, stream, peer).serve();
         ControlFlow::Continue(())
     })

@@ -13,11 +13,12 @@ use std::thread;
 
 use tracing::warn;
 
-use super::{Ctx, conn, listener};
+use super::listener::{self, Blocking};
+use super::{Ctx, conn};
 
 pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
     let mut next = 0u64;
-    listener::accept_loop(listener, ctx, |stream, peer| {
+    listener::accept_loop(listener, ctx, Blocking::Yes, |stream, peer| {
         next += 1;
         let client = conn::admit(ctx, stream, peer);
         let spawned = thread::Builder::new()

@@ -140,5 +140,6 @@ pub fn serves_at_once(model: Model) -> usize {
         Model::Sequential => 1,
         Model::Thread => usize::MAX,
         Model::Pool => SMALL_POOL,
+        Model::Event | Model::Async => usize::MAX,
     }
 }

@@ -1,0 +1,109 @@
+//! The async server: one tokio task per client on a few runtime threads.
+//!
+//! It reads like the thread-per-client server (`thread.rs`), with `.await`
+//! where that one blocks; the runtime multiplexes the tasks over
+//! `workers` threads with epoll, as the event model does by hand.
+//!
+//! - The shared accept loop (with its back-off on descriptor exhaustion)
+//!   runs on its own thread and spawns a task per client onto the runtime,
+//!   rather than a second accept loop written in async.
+//! - A task waits for readability, then reads into its worker thread's
+//!   64 KiB buffer, so an idle client holds no read buffer of its own.
+//! - Backpressure is `write_all(..).await`: a client that does not read
+//!   stalls only its own task, which stops reading it; at most one read's
+//!   answers (64 KiB) are buffered per client.
+//! - Shutdown is the same as everywhere: the accept loop stops, tasks
+//!   finish or are closed at the end of the drain, then the runtime goes.
+
+use std::cell::RefCell;
+use std::io::{self, ErrorKind};
+use std::net::{SocketAddr, TcpListener};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use super::conn::{self, BUF_SIZE, LOG_TARGET};
+use super::listener::{self, Blocking};
+use super::{ClientGuard, Ctx};
+use crate::protocol::{ACK, Processor};
+
+thread_local! {
+    // Each runtime thread's read buffer. A task borrows it only between
+    // awaits, so tasks on one thread never see each other's bytes.
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; BUF_SIZE].into_boxed_slice());
+}
+
+pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(ctx.config.workers)
+        .thread_name("async-worker")
+        .enable_io()
+        .build()?;
+    let result = listener::accept_loop(listener, ctx, Blocking::No, |stream, peer| {
+        // Registered with the runtime here, on the accept thread, so that a
+        // socket the runtime refuses is closed before it is ever counted.
+        let _runtime = runtime.enter();
+        match TcpStream::from_std(stream) {
+            Ok(stream) => {
+                let guard = ctx.enter(&stream);
+                runtime.spawn(serve(guard, stream, peer));
+            }
+            Err(e) => {
+                warn!("cannot serve {peer}: {e}");
+                ctx.count_failed();
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    // The tasks live on the runtime: keep it until the drain has ended
+    // them all (it closes whoever stays past the drain timeout).
+    ctx.wait_idle(ctx.config.drain_timeout + Duration::from_secs(5));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn serve(guard: ClientGuard, mut stream: TcpStream, peer: SocketAddr) {
+    info!(target: LOG_TARGET, "peer {peer} connected");
+    let outcome = session(&mut stream, guard.ctx()).await;
+    // Before `stream` drops: see `conn::Client`.
+    conn::finish(guard, peer, Ok(outcome));
+}
+
+async fn session(stream: &mut TcpStream, ctx: &Ctx) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.write_all(&[ACK]).await?;
+    ctx.count_bytes_out(1);
+    let mut processor = Processor::new();
+    let mut out = Vec::new();
+    loop {
+        stream.readable().await?;
+        let read = READ_BUF.with_borrow_mut(|buf| {
+            let n = stream.try_read(buf)?;
+            processor.feed(&buf[..n], &mut out);
+            Ok::<_, io::Error>(n)
+        });
+        match read {
+            Ok(0) => return Ok(()),
+            Ok(n) => ctx.count_bytes_in(n),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                // Going idle: an idle client keeps no large buffer.
+                if out.capacity() > BUF_SIZE / 4 {
+                    out = Vec::new();
+                }
+                continue;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        if !out.is_empty() {
+            ctx.note_buffered(out.len());
+            stream.write_all(&out).await?;
+            ctx.count_bytes_out(out.len());
+            out.clear();
+        }
+    }
+}

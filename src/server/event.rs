@@ -1,0 +1,355 @@
+//! The event-driven server: a few mio event loops, no thread per client.
+//!
+//! Where the thread models park a thread in `read` for every client, an
+//! event loop asks the kernel (epoll) which of its clients can make
+//! progress and serves exactly those, never blocking. A client is then just
+//! a small struct: its protocol state and an outbound buffer.
+//!
+//! - **Reads** drain the socket (readiness is edge-triggered) through one
+//!   64 KiB buffer per loop; the answers go into the client's outbound
+//!   buffer.
+//! - **Writes** drain the outbound buffer until the kernel takes no more.
+//!   The client is watched for writability only while something is pending.
+//! - **Backpressure**: once a client's pending output exceeds
+//!   [`Config::outbound_cap`](super::Config::outbound_cap) the loop stops
+//!   reading from it until the output drains. A client that sends and never
+//!   reads thus costs at most the cap plus one read, and loses nothing: its
+//!   unread bytes wait in the kernel, and TCP flow control slows it down.
+//!
+//! **Several loops, one acceptor.** `loops` threads each run an event loop;
+//! the shared accept loop (with its back-off on descriptor exhaustion)
+//! hands each new client to the next loop in turn, over a channel plus a
+//! waker. The alternative, one `SO_REUSEPORT` listener per loop, lets the
+//! kernel spread clients by a hash of their addresses, which can leave one
+//! loop with most of them, and it needs every listener bound by the server
+//! itself, while `run` is handed one listener that is already bound.
+//! Round-robin keeps the loops even and every model on the same accept code.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::ops::ControlFlow;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use tracing::info;
+
+use super::conn::{self, BUF_SIZE, LOG_TARGET, Outcome};
+use super::listener::{self, Blocking};
+use super::{ClientGuard, Ctx};
+use crate::protocol::{ACK, Processor};
+
+/// The waker's token; clients use their slab keys, which never reach it.
+const WAKE: Token = Token(usize::MAX);
+
+/// New clients a loop may have waiting to be registered before the
+/// acceptor waits for it (and further clients wait in the backlog).
+const HANDOFF: usize = 1024;
+
+type NewClient = (std::net::TcpStream, SocketAddr);
+
+struct LoopHandle {
+    clients: Sender<NewClient>,
+    waker: Arc<Waker>,
+    thread: thread::JoinHandle<()>,
+}
+
+pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
+    let mut loops = Vec::with_capacity(ctx.config.loops);
+    for id in 0..ctx.config.loops {
+        match start_loop(id, ctx) {
+            Ok(handle) => loops.push(handle),
+            Err(e) => {
+                ctx.shutdown.trigger();
+                stop_loops(loops);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot start event loop {id}: {e}"),
+                ));
+            }
+        }
+    }
+
+    let stop = ctx.shutdown.channel();
+    let mut next = 0;
+    let result = listener::accept_loop(listener, ctx, Blocking::No, |stream, peer| {
+        let target = &loops[next % loops.len()];
+        next += 1;
+        select! {
+            send(target.clients, (stream, peer)) -> sent => match sent {
+                Ok(()) => {
+                    // A loop that cannot be woken is gone; its channel
+                    // reports that on the next send.
+                    let _ = target.waker.wake();
+                    ControlFlow::Continue(())
+                }
+                Err(_) => ControlFlow::Break(()),
+            },
+            recv(stop) -> _ => {
+                ctx.count_dropped();
+                ControlFlow::Break(())
+            }
+        }
+    });
+    stop_loops(loops);
+    result
+}
+
+/// Closes the loops' channels and waits for them: each loop ends once the
+/// shutdown has fired, its channel is closed and its last client has left.
+fn stop_loops(loops: Vec<LoopHandle>) {
+    let mut threads = Vec::with_capacity(loops.len());
+    for handle in loops {
+        drop(handle.clients);
+        let _ = handle.waker.wake();
+        threads.push(handle.thread);
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+}
+
+fn start_loop(id: usize, ctx: &Arc<Ctx>) -> io::Result<LoopHandle> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+    ctx.shutdown.register_waker(Arc::clone(&waker));
+    let (clients, incoming) = crossbeam_channel::bounded(HANDOFF);
+    let event_loop = EventLoop {
+        poll,
+        clients: Slab::new(),
+        incoming,
+        incoming_closed: false,
+        ctx: Arc::clone(ctx),
+        buf: vec![0; BUF_SIZE].into_boxed_slice(),
+    };
+    let thread = thread::Builder::new()
+        .name(format!("event-{id}"))
+        .spawn(move || event_loop.run())?;
+    Ok(LoopHandle {
+        clients,
+        waker,
+        thread,
+    })
+}
+
+struct EventLoop {
+    poll: Poll,
+    clients: Slab<Client>,
+    incoming: Receiver<NewClient>,
+    incoming_closed: bool,
+    ctx: Arc<Ctx>,
+    // Shared by all of this loop's clients: reading is synchronous, so no
+    // client needs a read buffer of its own between events.
+    buf: Box<[u8]>,
+}
+
+impl EventLoop {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if self.ctx.shutdown.is_triggered() && self.incoming_closed && self.clients.is_empty() {
+                return;
+            }
+            match self.poll.poll(&mut events, None) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Without its poll a loop cannot serve anyone; its
+                    // clients are closed as failed.
+                    tracing::error!("event loop failed: {e}; closing its clients");
+                    for client in self.clients.drain() {
+                        client.close(Ok(Err(io::Error::new(e.kind(), e.to_string()))));
+                    }
+                    return;
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKE => self.take_new_clients(),
+                    Token(key) => self.drive(key),
+                }
+            }
+        }
+    }
+
+    fn take_new_clients(&mut self) {
+        loop {
+            match self.incoming.try_recv() {
+                Ok((stream, peer)) => {
+                    if self.ctx.shutdown.is_triggered() {
+                        drop(stream);
+                        self.ctx.count_dropped();
+                    } else {
+                        self.add(stream, peer);
+                    }
+                }
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    self.incoming_closed = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, stream: std::net::TcpStream, peer: SocketAddr) {
+        let guard = self.ctx.enter(&stream);
+        info!(target: LOG_TARGET, "peer {peer} connected");
+        let entry = self.clients.vacant_entry();
+        let key = entry.key();
+        let mut socket = TcpStream::from_std(stream);
+        let setup = socket.set_nodelay(true).and_then(|()| {
+            self.poll
+                .registry()
+                .register(&mut socket, Token(key), Interest::READABLE)
+        });
+        let client = Client {
+            guard,
+            socket,
+            peer,
+            processor: Processor::new(),
+            out: vec![ACK],
+            sent: 0,
+            read_closed: false,
+            watching_writes: false,
+        };
+        if let Err(e) = setup {
+            client.close(Ok(Err(e)));
+            return;
+        }
+        entry.insert(client);
+        // The greeting goes out now; the socket is writable from the start.
+        self.drive(key);
+    }
+
+    /// Lets one client make all the progress it can.
+    fn drive(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else {
+            // An event for a client closed earlier in this batch.
+            return;
+        };
+        let (registry, buf, ctx) = (self.poll.registry(), &mut self.buf, &self.ctx);
+        let step = panic::catch_unwind(AssertUnwindSafe(|| {
+            client.progress(buf, ctx)?;
+            client.watch_writes_while_pending(registry, Token(key))?;
+            Ok(client.finished())
+        }));
+        let outcome: Outcome = match step {
+            Ok(Ok(false)) => return,
+            Ok(Ok(true)) => Ok(Ok(())),
+            Ok(Err(e)) => Ok(Err(e)),
+            Err(panic) => Err(conn::panic_message(&*panic)),
+        };
+        let mut client = self.clients.remove(key);
+        let _ = self.poll.registry().deregister(&mut client.socket);
+        client.close(outcome);
+    }
+}
+
+/// One client of an event loop.
+struct Client {
+    // Declared before the socket, so it drops first: the drain's registry
+    // must never hold a closed descriptor.
+    guard: ClientGuard,
+    socket: TcpStream,
+    peer: SocketAddr,
+    processor: Processor,
+    /// Answers not yet written; `out[sent..]` is pending.
+    out: Vec<u8>,
+    sent: usize,
+    /// The client has closed its sending side; what is pending still goes.
+    read_closed: bool,
+    watching_writes: bool,
+}
+
+impl Client {
+    fn pending(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// Everything owed has been sent after the client's end-of-file.
+    fn finished(&self) -> bool {
+        self.read_closed && self.pending() == 0
+    }
+
+    /// Writes and reads until the kernel says "would block", the client
+    /// has said everything, or its pending output is over the cap.
+    fn progress(&mut self, buf: &mut [u8], ctx: &Ctx) -> io::Result<()> {
+        loop {
+            self.flush(ctx)?;
+            if self.read_closed || self.pending() > ctx.config.outbound_cap {
+                // Flushing stopped on "would block": a writable event will
+                // bring us back here.
+                return Ok(());
+            }
+            match self.socket.read(buf) {
+                Ok(0) => self.read_closed = true,
+                Ok(n) => {
+                    ctx.count_bytes_in(n);
+                    self.processor.feed(&buf[..n], &mut self.out);
+                    ctx.note_buffered(self.pending());
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn flush(&mut self, ctx: &Ctx) -> io::Result<()> {
+        while self.pending() > 0 {
+            match self.socket.write(&self.out[self.sent..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.sent += n;
+                    ctx.count_bytes_out(n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // All sent: start the buffer over, and give back a large one so an
+        // idle client costs next to nothing.
+        if self.out.capacity() > BUF_SIZE {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
+        self.sent = 0;
+        Ok(())
+    }
+
+    fn watch_writes_while_pending(
+        &mut self,
+        registry: &mio::Registry,
+        token: Token,
+    ) -> io::Result<()> {
+        let want = self.pending() > 0;
+        if want != self.watching_writes {
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            registry.reregister(&mut self.socket, token, interest)?;
+            self.watching_writes = want;
+        }
+        Ok(())
+    }
+
+    fn close(self, outcome: Outcome) {
+        let Client {
+            guard,
+            socket,
+            peer,
+            ..
+        } = self;
+        conn::finish(guard, peer, outcome);
+        drop(socket);
+    }
+}
