@@ -160,6 +160,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     config.outbound_cap = args.outbound_cap as usize;
 
+    if let Err(e) = server::raise_fd_limit() {
+        tracing::warn!("cannot raise the descriptor limit: {e}");
+    }
     let port = args.port_arg.unwrap_or(args.port);
     let listener = match listener::bind_host(&args.host, port, args.backlog) {
         Ok(l) => l,

@@ -132,6 +132,30 @@ pub struct Config {
     pub outbound_cap: usize,
 }
 
+/// Raises this process's soft limit on open descriptors to its hard limit,
+/// and returns the new soft limit. Every client costs a descriptor, and the
+/// usual soft limit (1024) is far below what a server of many clients
+/// needs; a limit lowered on purpose (`ulimit -n` lowers both) stays.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: both calls get a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// The machine's core count, the default number of event loops and async
 /// workers.
 pub fn cores() -> usize {
