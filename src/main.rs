@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use concur::server::{self, Config, Model, listener};
+use concur::server::{self, Config, Model, OverLimit, listener};
 use concur::shutdown::Shutdown;
 use tracing_subscriber::EnvFilter;
 
@@ -77,6 +77,31 @@ struct ServeArgs {
     #[arg(value_name = "PORT")]
     port_arg: Option<u16>,
 
+    /// The most clients served at once.
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_CONNS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_conns: u64,
+
+    /// What a client over --max-conns gets: `wait` in the listen backlog
+    /// until a client leaves, or `reject`ion (closed at once, no `*`).
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = OverLimit::Wait)]
+    over_limit: OverLimit,
+
+    /// Close a client that sends nothing for this many seconds [default:
+    /// off].
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
+    idle_timeout: Option<Duration>,
+
+    /// Close a client that takes none of its answers for this many
+    /// seconds; `off` to wait forever.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_timeout)]
+    write_timeout: Timeout,
+
+    /// Log the live figures (clients now, accepted, rejected, timed out,
+    /// bytes in and out) every this many seconds [default: never].
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
+    stats_interval: Option<Duration>,
+
     /// Length of the kernel's queue of connections not yet accepted.
     #[arg(long, value_name = "N", default_value_t = listener::DEFAULT_BACKLOG,
           value_parser = clap::value_parser!(i32).range(1..=65_535))]
@@ -91,6 +116,26 @@ struct ServeArgs {
     /// No per-connection log lines (warnings and the summary still show).
     #[arg(short, long)]
     quiet: bool,
+}
+
+/// A timeout that may be switched off.
+#[derive(Clone, Copy)]
+struct Timeout(Option<Duration>);
+
+fn parse_timeout(s: &str) -> Result<Timeout, String> {
+    if s == "off" {
+        return Ok(Timeout(None));
+    }
+    parse_positive_secs(s)
+        .map(|d| Timeout(Some(d)))
+        .map_err(|e| format!("{e}, or `off`"))
+}
+
+fn parse_positive_secs(s: &str) -> Result<Duration, String> {
+    match parse_secs(s)? {
+        d if d.is_zero() => Err(format!("{s:?} is no time at all: give more than 0 seconds")),
+        d => Ok(d),
+    }
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -159,6 +204,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         config.workers = n as usize;
     }
     config.outbound_cap = args.outbound_cap as usize;
+    config.max_conns = args.max_conns as usize;
+    config.over_limit = args.over_limit;
+    config.idle_timeout = args.idle_timeout;
+    config.write_timeout = args.write_timeout.0;
+    config.stats_interval = args.stats_interval;
 
     if let Err(e) = server::raise_fd_limit() {
         tracing::warn!("cannot raise the descriptor limit: {e}");

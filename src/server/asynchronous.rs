@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time;
 use tracing::{info, warn};
 
 use super::conn::{self, BUF_SIZE, LOG_TARGET};
@@ -42,6 +43,7 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
         .worker_threads(ctx.config.workers)
         .thread_name("async-worker")
         .enable_io()
+        .enable_time()
         .build()?;
     let result = listener::accept_loop(listener, ctx, Blocking::No, |stream, peer| {
         // Registered with the runtime here, on the accept thread, so that a
@@ -75,12 +77,19 @@ async fn serve(guard: ClientGuard, mut stream: TcpStream, peer: SocketAddr) {
 
 async fn session(stream: &mut TcpStream, ctx: &Ctx) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    stream.write_all(&[ACK]).await?;
+    let (idle, write) = (ctx.config.idle_timeout, ctx.config.write_timeout);
+    send(stream, &[ACK], write).await?;
     ctx.count_bytes_out(1);
     let mut processor = Processor::new();
     let mut out = Vec::new();
     loop {
-        stream.readable().await?;
+        match idle {
+            Some(limit) => match time::timeout(limit, stream.readable()).await {
+                Ok(ready) => ready?,
+                Err(_) => return Err(conn::idle_timeout(limit)),
+            },
+            None => stream.readable().await?,
+        }
         let read = READ_BUF.with_borrow_mut(|buf| {
             let n = stream.try_read(buf)?;
             processor.feed(&buf[..n], &mut out);
@@ -101,9 +110,27 @@ async fn session(stream: &mut TcpStream, ctx: &Ctx) -> io::Result<()> {
         }
         if !out.is_empty() {
             ctx.note_buffered(out.len());
-            stream.write_all(&out).await?;
+            send(stream, &out, write).await?;
             ctx.count_bytes_out(out.len());
             out.clear();
         }
     }
+}
+
+/// Writes everything, or fails once the client has taken none of it for
+/// `limit`.
+async fn send(stream: &mut TcpStream, bytes: &[u8], limit: Option<Duration>) -> io::Result<()> {
+    let Some(limit) = limit else {
+        return stream.write_all(bytes).await;
+    };
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match time::timeout(limit, stream.write(rest)).await {
+            Ok(Ok(0)) => return Err(ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => rest = &rest[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(conn::write_timeout(limit)),
+        }
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
+use std::time::Duration;
 
 use tracing::{info, warn};
 
@@ -80,6 +81,10 @@ pub(crate) fn finish(guard: ClientGuard, peer: SocketAddr, outcome: Outcome) {
             info!(target: LOG_TARGET, "peer {peer} done");
             guard.served();
         }
+        Ok(Err(e)) if e.kind() == ErrorKind::TimedOut => {
+            info!(target: LOG_TARGET, "peer {peer} closed: {e}");
+            ctx.count_timed_out();
+        }
         Ok(Err(e)) if is_client_gone(&e) => {
             info!(target: LOG_TARGET, "peer {peer} went away: {e}");
             ctx.count_failed();
@@ -111,9 +116,38 @@ fn is_client_gone(e: &io::Error) -> bool {
     )
 }
 
+/// The error that ends a client idle for `after`.
+pub(crate) fn idle_timeout(after: Duration) -> io::Error {
+    io::Error::new(
+        ErrorKind::TimedOut,
+        format!("sent nothing for {after:?} (idle timeout)"),
+    )
+}
+
+/// The error that ends a client that read none of its answers for `after`.
+pub(crate) fn write_timeout(after: Duration) -> io::Error {
+    io::Error::new(
+        ErrorKind::TimedOut,
+        format!("took none of its answers for {after:?} (write timeout)"),
+    )
+}
+
+/// A blocking call that ran out of its socket timeout. Linux reports it as
+/// EAGAIN, which std calls `WouldBlock`.
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
 fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    stream.write_all(&[ACK])?;
+    let (idle, write) = (ctx.config.idle_timeout, ctx.config.write_timeout);
+    stream.set_read_timeout(idle)?;
+    stream.set_write_timeout(write)?;
+    let send = |stream: &mut TcpStream, bytes: &[u8]| match stream.write_all(bytes) {
+        Err(e) if is_timeout(&e) => Err(write_timeout(write.unwrap_or_default())),
+        other => other,
+    };
+    send(stream, &[ACK])?;
     ctx.count_bytes_out(1);
     let mut processor = Processor::new();
     let mut input = vec![0u8; BUF_SIZE];
@@ -123,6 +157,7 @@ fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if is_timeout(&e) => return Err(idle_timeout(idle.unwrap_or_default())),
             Err(e) => return Err(e),
         };
         ctx.count_bytes_in(n);
@@ -130,7 +165,7 @@ fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
         processor.feed(&input[..n], &mut output);
         if !output.is_empty() {
             ctx.note_buffered(output.len());
-            stream.write_all(&output)?;
+            send(stream, &output)?;
             ctx.count_bytes_out(output.len());
         }
     }

@@ -31,6 +31,7 @@ use std::ops::ControlFlow;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
 use mio::net::TcpStream;
@@ -40,7 +41,7 @@ use tracing::info;
 
 use super::conn::{self, BUF_SIZE, LOG_TARGET, Outcome};
 use super::listener::{self, Blocking};
-use super::{ClientGuard, Ctx};
+use super::{ClientGuard, Config, Ctx};
 use crate::protocol::{ACK, Processor};
 
 /// The waker's token; clients use their slab keys, which never reach it.
@@ -50,7 +51,9 @@ const WAKE: Token = Token(usize::MAX);
 /// acceptor waits for it (and further clients wait in the backlog).
 const HANDOFF: usize = 1024;
 
-type NewClient = (std::net::TcpStream, SocketAddr);
+/// A client admitted (counted) by the acceptor, on its way to a loop.
+/// The guard comes first so that it drops before the socket.
+type NewClient = (ClientGuard, std::net::TcpStream, SocketAddr);
 
 struct LoopHandle {
     clients: Sender<NewClient>,
@@ -79,8 +82,11 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
     let result = listener::accept_loop(listener, ctx, Blocking::No, |stream, peer| {
         let target = &loops[next % loops.len()];
         next += 1;
+        // Admitted here, not in the loop, so that the connection limit
+        // counts clients still on their way to a loop.
+        let guard = ctx.enter(&stream);
         select! {
-            send(target.clients, (stream, peer)) -> sent => match sent {
+            send(target.clients, (guard, stream, peer)) -> sent => match sent {
                 Ok(()) => {
                     // A loop that cannot be woken is gone; its channel
                     // reports that on the next send.
@@ -136,6 +142,17 @@ fn start_loop(id: usize, ctx: &Arc<Ctx>) -> io::Result<LoopHandle> {
     })
 }
 
+/// How often a loop looks for clients past a timeout: an eighth of the
+/// shortest timeout, so a client is closed at most 12.5% late, within
+/// bounds that keep the scan rare.
+fn sweep_interval(config: &Config) -> Option<Duration> {
+    let shortest = [config.idle_timeout, config.write_timeout]
+        .into_iter()
+        .flatten()
+        .min()?;
+    Some((shortest / 8).clamp(Duration::from_millis(5), Duration::from_secs(1)))
+}
+
 struct EventLoop {
     poll: Poll,
     clients: Slab<Client>,
@@ -150,11 +167,14 @@ struct EventLoop {
 impl EventLoop {
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
+        let sweep_every = sweep_interval(&self.ctx.config);
+        let mut next_sweep = sweep_every.map(|every| Instant::now() + every);
         loop {
             if self.ctx.shutdown.is_triggered() && self.incoming_closed && self.clients.is_empty() {
                 return;
             }
-            match self.poll.poll(&mut events, None) {
+            let timeout = next_sweep.map(|at| at.saturating_duration_since(Instant::now()));
+            match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -173,18 +193,42 @@ impl EventLoop {
                     Token(key) => self.drive(key),
                 }
             }
+            if let (Some(at), Some(every)) = (next_sweep, sweep_every) {
+                let now = Instant::now();
+                if now >= at {
+                    self.close_expired(now);
+                    next_sweep = Some(now + every);
+                }
+            }
+        }
+    }
+
+    /// Closes the clients that ran out of a timeout. A scan of every client
+    /// every few milliseconds is cheap next to a timer per client: ten
+    /// thousand clients take microseconds to scan.
+    fn close_expired(&mut self, now: Instant) {
+        let expired: Vec<(usize, io::Error)> = self
+            .clients
+            .iter()
+            .filter_map(|(key, c)| c.expired(now, &self.ctx.config).map(|e| (key, e)))
+            .collect();
+        for (key, error) in expired {
+            let mut client = self.clients.remove(key);
+            let _ = self.poll.registry().deregister(&mut client.socket);
+            client.close(Ok(Err(error)));
         }
     }
 
     fn take_new_clients(&mut self) {
         loop {
             match self.incoming.try_recv() {
-                Ok((stream, peer)) => {
+                Ok(client) => {
                     if self.ctx.shutdown.is_triggered() {
-                        drop(stream);
+                        drop(client);
                         self.ctx.count_dropped();
                     } else {
-                        self.add(stream, peer);
+                        let (guard, stream, peer) = client;
+                        self.add(guard, stream, peer);
                     }
                 }
                 Err(TryRecvError::Empty) => return,
@@ -196,8 +240,7 @@ impl EventLoop {
         }
     }
 
-    fn add(&mut self, stream: std::net::TcpStream, peer: SocketAddr) {
-        let guard = self.ctx.enter(&stream);
+    fn add(&mut self, guard: ClientGuard, stream: std::net::TcpStream, peer: SocketAddr) {
         info!(target: LOG_TARGET, "peer {peer} connected");
         let entry = self.clients.vacant_entry();
         let key = entry.key();
@@ -216,6 +259,8 @@ impl EventLoop {
             sent: 0,
             read_closed: false,
             watching_writes: false,
+            last_heard: Instant::now(),
+            last_progress: Instant::now(),
         };
         if let Err(e) = setup {
             client.close(Ok(Err(e)));
@@ -264,6 +309,12 @@ struct Client {
     /// The client has closed its sending side; what is pending still goes.
     read_closed: bool,
     watching_writes: bool,
+    /// When the client last sent anything (or arrived), for the idle
+    /// timeout.
+    last_heard: Instant,
+    /// When its pending output last moved (or started pending), for the
+    /// write timeout.
+    last_progress: Instant,
 }
 
 impl Client {
@@ -290,6 +341,10 @@ impl Client {
                 Ok(0) => self.read_closed = true,
                 Ok(n) => {
                     ctx.count_bytes_in(n);
+                    self.last_heard = Instant::now();
+                    if self.pending() == 0 {
+                        self.last_progress = self.last_heard;
+                    }
                     self.processor.feed(&buf[..n], &mut self.out);
                     ctx.note_buffered(self.pending());
                 }
@@ -307,6 +362,7 @@ impl Client {
                 Ok(n) => {
                     self.sent += n;
                     ctx.count_bytes_out(n);
+                    self.last_progress = Instant::now();
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -340,6 +396,17 @@ impl Client {
             self.watching_writes = want;
         }
         Ok(())
+    }
+
+    /// The timeout this client has run out of at `now`, if any.
+    fn expired(&self, now: Instant, config: &Config) -> Option<io::Error> {
+        if self.pending() > 0 {
+            let limit = config.write_timeout?;
+            (now.duration_since(self.last_progress) >= limit).then(|| conn::write_timeout(limit))
+        } else {
+            let limit = config.idle_timeout?;
+            (now.duration_since(self.last_heard) >= limit).then(|| conn::idle_timeout(limit))
+        }
     }
 
     fn close(self, outcome: Outcome) {

@@ -26,7 +26,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
 
-use super::Ctx;
+use super::{Ctx, OverLimit};
 
 /// The listen backlog used when none is given.
 pub const DEFAULT_BACKLOG: i32 = 1024;
@@ -213,6 +213,7 @@ pub(crate) fn accept_loop(
     ctx.shutdown.register_waker(Arc::clone(&waker));
     let mut events = Events::with_capacity(4);
     let mut log = RateLimited::new(Duration::from_secs(1));
+    let mut reject_log = RateLimited::new(Duration::from_secs(1));
     let mut backoff = None;
     loop {
         if ctx.shutdown.is_triggered() {
@@ -227,12 +228,28 @@ pub(crate) fn accept_loop(
         // Readiness is edge-triggered: accept until the backlog is empty.
         // After a back-off this runs on the timeout, with no event.
         loop {
+            if ctx.config.over_limit == OverLimit::Wait && ctx.full() {
+                // Newcomers wait in the backlog until a client leaves.
+                ctx.wait_for_room();
+            }
             if ctx.shutdown.is_triggered() {
                 return Ok(());
             }
             match listener.accept() {
                 Ok((stream, peer)) => {
                     ctx.count_accepted();
+                    if ctx.config.over_limit == OverLimit::Reject && ctx.full() {
+                        drop(stream);
+                        ctx.count_rejected();
+                        if let Some(held_back) = reject_log.allow(Instant::now()) {
+                            warn!(
+                                "{peer} rejected: already serving {} clients, the limit \
+                                 ({held_back} more rejections not shown)",
+                                ctx.config.max_conns
+                            );
+                        }
+                        continue;
+                    }
                     // Linux does not pass the listener's O_NONBLOCK on, but
                     // other systems do: say what the model needs.
                     if let Err(e) = stream.set_nonblocking(blocking == Blocking::No) {

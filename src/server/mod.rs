@@ -130,7 +130,36 @@ pub struct Config {
     /// Answers [`Model::Event`] holds for one client before it stops
     /// reading from that client until they drain.
     pub outbound_cap: usize,
+    /// The most clients served at once; see [`OverLimit`] for what happens
+    /// to the next one.
+    pub max_conns: usize,
+    /// What the server does with a client over [`Config::max_conns`].
+    pub over_limit: OverLimit,
+    /// Close a client that sends nothing for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Close a client whose answers cannot be written for this long,
+    /// because it does not read them.
+    pub write_timeout: Option<Duration>,
+    /// Log a line of live figures this often.
+    pub stats_interval: Option<Duration>,
 }
+
+/// What happens to a client that arrives while the server already serves
+/// [`Config::max_conns`] clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OverLimit {
+    /// Stop accepting until a client leaves; newcomers wait in the listen
+    /// backlog (and, once that is full, in their SYN retries).
+    Wait,
+    /// Accept and close at once, without a `*`; counted as rejected.
+    Reject,
+}
+
+/// The default of [`Config::max_conns`].
+pub const DEFAULT_MAX_CONNS: usize = 10_000;
+
+/// The default of [`Config::write_timeout`].
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Raises this process's soft limit on open descriptors to its hard limit,
 /// and returns the new soft limit. Every client costs a descriptor, and the
@@ -175,6 +204,11 @@ impl Config {
             loops: cores(),
             workers: cores(),
             outbound_cap: 64 * 1024,
+            max_conns: DEFAULT_MAX_CONNS,
+            over_limit: OverLimit::Wait,
+            idle_timeout: None,
+            write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
+            stats_interval: None,
         }
     }
 
@@ -219,6 +253,11 @@ pub struct Summary {
     pub served: u64,
     /// Clients ended by an error: read, write, thread spawn or a panic.
     pub failed: u64,
+    /// Clients closed by the idle or the write timeout.
+    pub timed_out: u64,
+    /// Clients over the connection limit, closed unserved
+    /// ([`OverLimit::Reject`]).
+    pub rejected: u64,
     /// Clients accepted but closed without being served, because the
     /// server was shutting down.
     pub dropped: u64,
@@ -241,15 +280,32 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "served {} clients ({} failed, {} dropped at shutdown), {} bytes in, {} bytes out, \
-             at most {} at once, {} accept errors",
+            "served {} clients ({} failed, {} timed out, {} rejected, {} dropped at shutdown), \
+             {} bytes in, {} bytes out, at most {} at once, {} accept errors",
             self.served,
             self.failed,
+            self.timed_out,
+            self.rejected,
             self.dropped,
             self.bytes_in,
             self.bytes_out,
             self.max_clients,
             self.accept_errors
+        )
+    }
+}
+
+impl Summary {
+    /// The live figures, for the `--stats-interval` line.
+    pub fn live_line(&self) -> String {
+        format!(
+            "clients now {}, accepted {}, rejected {}, timed out {}, bytes in {}, bytes out {}",
+            self.clients_now,
+            self.accepted,
+            self.rejected,
+            self.timed_out,
+            self.bytes_in,
+            self.bytes_out
         )
     }
 }
@@ -260,6 +316,8 @@ pub(crate) struct Stats {
     accepted: AtomicU64,
     served: AtomicU64,
     failed: AtomicU64,
+    timed_out: AtomicU64,
+    rejected: AtomicU64,
     dropped: AtomicU64,
     accept_errors: AtomicU64,
     bytes_in: AtomicU64,
@@ -297,7 +355,13 @@ struct Clients {
 }
 
 impl Ctx {
-    fn new(config: Config, shutdown: Shutdown, stats: Arc<Stats>) -> Self {
+    fn new(mut config: Config, shutdown: Shutdown, stats: Arc<Stats>) -> Self {
+        // A zero timeout would close every client at once; it means "off".
+        for timeout in [&mut config.idle_timeout, &mut config.write_timeout] {
+            if timeout.is_some_and(|t| t.is_zero()) {
+                *timeout = None;
+            }
+        }
         Ctx {
             config,
             shutdown,
@@ -370,6 +434,31 @@ impl Ctx {
         bump(&self.stats.failed, 1);
     }
 
+    pub(crate) fn count_timed_out(&self) {
+        bump(&self.stats.timed_out, 1);
+    }
+
+    pub(crate) fn count_rejected(&self) {
+        bump(&self.stats.rejected, 1);
+    }
+
+    /// Whether the server serves as many clients as it may.
+    pub(crate) fn full(&self) -> bool {
+        self.lock().open.len() >= self.config.max_conns
+    }
+
+    /// Blocks while the server is full, until a client leaves or the
+    /// shutdown fires.
+    pub(crate) fn wait_for_room(&self) {
+        let clients = self.lock();
+        let _clients = self
+            .left
+            .wait_while(clients, |c| {
+                c.open.len() >= self.config.max_conns && !self.shutdown.is_triggered()
+            })
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
     pub(crate) fn count_dropped(&self) {
         bump(&self.stats.dropped, 1);
     }
@@ -437,6 +526,8 @@ fn snapshot(stats: &Stats) -> Summary {
         accepted: get(&stats.accepted),
         served: get(&stats.served),
         failed: get(&stats.failed),
+        timed_out: get(&stats.timed_out),
+        rejected: get(&stats.rejected),
         dropped: get(&stats.dropped),
         accept_errors: get(&stats.accept_errors),
         bytes_in: get(&stats.bytes_in),
@@ -473,6 +564,21 @@ fn run_with(
             .name("drain".into())
             .spawn(move || drain(&ctx))?
     };
+    let reporter = match ctx.config.stats_interval {
+        Some(every) => {
+            let (shutdown, stats) = (shutdown.clone(), Arc::clone(&stats));
+            Some(
+                std::thread::Builder::new()
+                    .name("stats".into())
+                    .spawn(move || {
+                        while !shutdown.wait_timeout(every) {
+                            tracing::info!("{}", snapshot(&stats).live_line());
+                        }
+                    })?,
+            )
+        }
+        None => None,
+    };
     let result = match ctx.config.model {
         Model::Sequential => sequential::run(listener, &ctx),
         Model::Thread => thread::run(listener, &ctx),
@@ -484,6 +590,9 @@ fn run_with(
     // drainer ends too.
     shutdown.trigger();
     let _ = drainer.join();
+    if let Some(reporter) = reporter {
+        let _ = reporter.join();
+    }
     // Clients closed by the drain leave as soon as their threads notice.
     if !ctx.wait_idle(Duration::from_secs(5)) {
         warn!(
@@ -497,6 +606,12 @@ fn run_with(
 
 fn drain(ctx: &Ctx) {
     ctx.shutdown.wait();
+    // An accept loop waiting for room must see the signal too; notifying
+    // under the lock means it cannot be between its check and its wait.
+    {
+        let _clients = ctx.lock();
+        ctx.left.notify_all();
+    }
     let now = ctx.clients_now();
     if now > 0 {
         tracing::info!(
