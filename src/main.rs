@@ -1,6 +1,6 @@
 //! The `concur` command: parsing, then a call into the library.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -228,7 +228,13 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("Serving on {addr} ({})", config.describe());
+    // Whoever reads the banner may be gone by the time the summary comes:
+    // a closed stdout must not turn a clean shutdown into a panic.
+    let _ = writeln!(
+        std::io::stdout(),
+        "Serving on {addr} ({})",
+        config.describe()
+    );
 
     let shutdown = Shutdown::new();
     if let Err(e) = on_signals(shutdown.clone()) {
@@ -237,7 +243,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     match server::run(listener, config, shutdown) {
         Ok(summary) => {
-            println!("{summary}");
+            let _ = writeln!(std::io::stdout(), "{summary}");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -40,7 +40,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -338,6 +338,9 @@ pub(crate) struct Ctx {
     pub(crate) shutdown: Shutdown,
     stats: Arc<Stats>,
     clients: Mutex<Clients>,
+    // Clients the pool's accept loop has handed off that no worker has
+    // admitted yet: the connection cap counts them too.
+    in_transit: AtomicUsize,
     // Signalled whenever a client leaves, for the drain.
     left: Condvar,
 }
@@ -367,6 +370,7 @@ impl Ctx {
             shutdown,
             stats,
             clients: Mutex::new(Clients::default()),
+            in_transit: AtomicUsize::new(0),
             left: Condvar::new(),
         }
     }
@@ -444,7 +448,20 @@ impl Ctx {
 
     /// Whether the server serves as many clients as it may.
     pub(crate) fn full(&self) -> bool {
-        self.lock().open.len() >= self.config.max_conns
+        self.lock().open.len() + self.in_transit.load(Ordering::SeqCst) >= self.config.max_conns
+    }
+
+    /// A client is on its way to a thread that will admit it.
+    pub(crate) fn set_off(&self) {
+        self.in_transit.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A client set off has arrived: admitted (call this after
+    /// [`Ctx::enter`], so it is never uncounted), or closed unserved.
+    pub(crate) fn arrived(&self) {
+        let _clients = self.lock();
+        self.in_transit.fetch_sub(1, Ordering::SeqCst);
+        self.left.notify_all();
     }
 
     /// Blocks while the server is full, until a client leaves or the
@@ -454,7 +471,8 @@ impl Ctx {
         let _clients = self
             .left
             .wait_while(clients, |c| {
-                c.open.len() >= self.config.max_conns && !self.shutdown.is_triggered()
+                c.open.len() + self.in_transit.load(Ordering::SeqCst) >= self.config.max_conns
+                    && !self.shutdown.is_triggered()
             })
             .unwrap_or_else(|e| e.into_inner());
     }
@@ -514,8 +532,10 @@ impl Drop for ClientGuard {
             warn!(target: conn::LOG_TARGET, "a client's task panicked; that client is closed");
             self.ctx.count_failed();
         }
-        self.ctx.stats.clients_now.fetch_sub(1, Ordering::Relaxed);
+        // Out of the map before the count drops, so that a count below the
+        // cap means there is room (`Ctx::full` reads the map).
         self.ctx.lock().open.remove(&self.id);
+        self.ctx.stats.clients_now.fetch_sub(1, Ordering::Relaxed);
         self.ctx.left.notify_all();
     }
 }

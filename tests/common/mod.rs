@@ -143,3 +143,62 @@ pub fn serves_at_once(model: Model) -> usize {
         Model::Event | Model::Async => usize::MAX,
     }
 }
+
+/// Long enough for a wrongly sent `*` to arrive over loopback; a correct
+/// server sends none, so it passes whatever this is.
+pub const WINDOW: Duration = Duration::from_millis(300);
+
+/// Connects `count` clients in turn and checks that exactly the first
+/// `at_once` are greeted; then, each time the longest-served one leaves,
+/// that exactly the next waiting one is greeted, and that the others being
+/// served never notice. Leaves every client closed.
+pub fn check_admission(model: Model, addr: SocketAddr, count: usize, at_once: usize) {
+    let at_once = at_once.min(count);
+    let mut clients: Vec<_> = (0..count).map(|_| connect(addr)).collect();
+    for c in clients.iter_mut().take(at_once) {
+        expect_ack(c);
+        round_trip(c);
+    }
+    for (i, c) in clients.iter_mut().enumerate().skip(at_once) {
+        assert!(
+            silent_for(c, WINDOW),
+            "{model}: client {i} was greeted while {at_once} were being served"
+        );
+    }
+
+    // The first leaves: exactly the next waiting client is admitted.
+    let mut waiting: Vec<_> = clients.drain(at_once..).collect();
+    let mut served: Vec<_> = clients;
+    while !waiting.is_empty() {
+        drop(served.remove(0));
+        let mut next = waiting.remove(0);
+        expect_ack(&mut next);
+        round_trip(&mut next);
+        for (i, c) in waiting.iter_mut().enumerate() {
+            assert!(
+                silent_for(c, WINDOW),
+                "{model}: waiting client {i} was greeted out of turn"
+            );
+        }
+        // Those still being served are unaffected by the change.
+        for c in served.iter_mut() {
+            round_trip(c);
+        }
+        served.push(next);
+    }
+    drop(served);
+}
+
+/// Waits, bounded by [`PATIENCE`], until `done` holds; fails the test if it
+/// never does. For conditions the server reaches by itself (a client
+/// counted out), not for timing.
+pub fn wait_until(mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition never reached"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}

@@ -1,0 +1,554 @@
+//! The article's simulated client: N concurrent connections on a fixed
+//! schedule, a timeline of each, and a check of every reply.
+//!
+//! Each connection runs on a thread of its own, as in the article's Python
+//! client: connect; wait for `*`; then follow the [`Script`] (by default
+//! the article's three sends, 1.0 s, 1.0 s and 0.2 s apart) while a second
+//! thread reads and logs whatever the server sends back; wait for the whole
+//! reply; close. The article's reader stops when the reply ends in `1111`;
+//! ours stops once it holds as many bytes as the schedule's reply (which,
+//! for the article's schedule, is the same moment), so that any schedule
+//! works.
+//!
+//! Beyond the original, every reply is checked against the one the
+//! protocol core computes for the schedule ([`Script::expected_reply`]),
+//! and each connection's timeline (arrival, admission, end, and every chunk
+//! sent and received) is kept in the [`Report`] for the time chart
+//! ([`chart`]) and for `--json`.
+//!
+//! ```no_run
+//! use concur::client::{self, Options};
+//!
+//! let addr = "127.0.0.1:9090".parse().unwrap();
+//! let report = client::run(addr, &Options::new(3));
+//! println!("Elapsed: {}", report.elapsed);
+//! for failure in report.failures() {
+//!     eprintln!("{failure}");
+//! }
+//! ```
+
+pub mod chart;
+pub mod log;
+pub mod script;
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::protocol::ACK;
+use log::{Level, Log, py_bytes};
+pub use script::{Script, Step};
+
+/// How a run goes.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Concurrent connections (`-n`).
+    pub connections: usize,
+    /// What each connection sends, and when.
+    pub script: Script,
+    /// Connection `i` starts connecting `i * stagger` after the run starts.
+    pub stagger: Duration,
+    /// The longest any one wait may take: to connect, for the `*`, for a
+    /// write, and after the last step for the rest of the reply.
+    pub timeout: Duration,
+    /// Print the log to standard error as it happens (it is always kept in
+    /// [`Report::log`]).
+    pub echo: bool,
+    /// What the server is, for reports and chart titles (such as
+    /// `model pool, 2 threads`); unknown for a server we did not start.
+    pub server: Option<String>,
+}
+
+impl Options {
+    /// `connections` connections on the article's schedule, all at once,
+    /// waiting up to 60 s for anything, not echoing the log.
+    pub fn new(connections: usize) -> Self {
+        Options {
+            connections,
+            script: Script::article(),
+            stagger: Duration::ZERO,
+            timeout: Duration::from_secs(60),
+            echo: false,
+            server: None,
+        }
+    }
+
+    /// Sets [`Options::script`].
+    pub fn script(mut self, script: Script) -> Self {
+        self.script = script;
+        self
+    }
+
+    /// Sets [`Options::stagger`].
+    pub fn stagger(mut self, stagger: Duration) -> Self {
+        self.stagger = stagger;
+        self
+    }
+
+    /// Sets [`Options::timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets [`Options::echo`].
+    pub fn echo(mut self, echo: bool) -> Self {
+        self.echo = echo;
+        self
+    }
+
+    /// Sets [`Options::server`].
+    pub fn server(mut self, description: impl Into<String>) -> Self {
+        self.server = Some(description.into());
+        self
+    }
+}
+
+/// Bytes sent or received at a moment of a connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Chunk {
+    /// Seconds since the run started.
+    pub at: f64,
+    /// The bytes, shown in JSON as a Python bytes literal.
+    #[serde(serialize_with = "as_py_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// One connection's timeline and outcome. Times are seconds since the run
+/// started.
+#[derive(Clone, Debug, Serialize)]
+pub struct Connection {
+    /// `conn0`, `conn1`, ... as in the article.
+    pub name: String,
+    /// When it started to connect.
+    pub arrival: f64,
+    /// When its `*` arrived: from then on the server was serving it.
+    /// `None` if it never did.
+    pub admitted: Option<f64>,
+    /// When it closed (or gave up).
+    pub done: f64,
+    /// What it sent, when.
+    pub sent: Vec<Chunk>,
+    /// What it received after the `*`, chunk by chunk, as the reads
+    /// returned it.
+    pub received: Vec<Chunk>,
+    /// Everything received after the `*`.
+    #[serde(serialize_with = "as_py_bytes")]
+    pub reply: Vec<u8>,
+    /// Why this connection failed, if it did: no `*`, an I/O error, a
+    /// timeout, or a reply that differs from the protocol's.
+    pub failure: Option<String>,
+}
+
+impl Connection {
+    /// True if the connection was served and got exactly the reply it
+    /// was owed.
+    pub fn ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The server, as described by [`Options::server`] or by its address.
+    pub server: String,
+    /// The address the connections went to.
+    pub addr: SocketAddr,
+    /// When the run started, local time.
+    pub started: String,
+    /// Seconds from the start until the last connection ended.
+    pub elapsed: f64,
+    /// The schedule each connection followed, as text in the script format.
+    pub script: String,
+    /// The reply each connection was owed.
+    #[serde(serialize_with = "as_py_bytes")]
+    pub expected: Vec<u8>,
+    /// Every connection, in the order they were named.
+    pub connections: Vec<Connection>,
+    /// The log lines, in the order they were written.
+    #[serde(skip)]
+    pub log: Vec<String>,
+}
+
+impl Report {
+    /// True if every connection was served and got the right reply.
+    pub fn ok(&self) -> bool {
+        self.connections.iter().all(Connection::ok)
+    }
+
+    /// One line per failed connection: `conn2: ...`.
+    pub fn failures(&self) -> Vec<String> {
+        self.connections
+            .iter()
+            .filter_map(|c| c.failure.as_ref().map(|f| format!("{}: {f}", c.name)))
+            .collect()
+    }
+
+    /// The report as pretty-printed JSON.
+    pub fn to_json(&self) -> String {
+        // Every field is plain data with string keys: this cannot fail.
+        serde_json::to_string_pretty(self).expect("a report serialises")
+    }
+
+    /// Writes [`Report::to_json`] to `path`.
+    pub fn write_json(&self, path: &Path) -> io::Result<()> {
+        std::fs::write(path, self.to_json() + "\n")
+    }
+}
+
+fn as_py_bytes<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&py_bytes(bytes))
+}
+
+/// Runs `options.connections` connections against `addr` and waits for all
+/// of them. Never fails as a whole: what went wrong is in each
+/// [`Connection::failure`].
+pub fn run(addr: SocketAddr, options: &Options) -> Report {
+    let log = Log::new(options.echo);
+    let expected = options.script.expected_reply();
+    let started = chrono::Local::now()
+        .format("%Y-%m-%d %H:%M:%S,%3f")
+        .to_string();
+    let start = Instant::now();
+    let run = Run {
+        addr,
+        options,
+        expected: &expected,
+        start,
+        log: &log,
+    };
+
+    let connections = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..options.connections)
+            .map(|i| {
+                let name = format!("conn{i}");
+                let run = &run;
+                let spawned = std::thread::Builder::new()
+                    .name(name.clone())
+                    .spawn_scoped(scope, move || run.connection(i, name));
+                (format!("conn{i}"), spawned)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(name, spawned)| {
+                let failed = |why: String| {
+                    log.log(Level::Error, &format!("{name} {why}"));
+                    run.never_ran(name.clone(), why)
+                };
+                match spawned {
+                    Ok(handle) => handle
+                        .join()
+                        .unwrap_or_else(|_| failed("its thread panicked".into())),
+                    Err(e) => failed(format!("cannot start its thread: {e}")),
+                }
+            })
+            .collect()
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+
+    Report {
+        server: options
+            .server
+            .clone()
+            .unwrap_or_else(|| format!("server at {addr}")),
+        addr,
+        started,
+        elapsed,
+        script: script_text(&options.script),
+        expected,
+        connections,
+        log: log.into_lines(),
+    }
+}
+
+/// The script in its text format, for the JSON report.
+fn script_text(script: &Script) -> String {
+    let mut text = String::new();
+    for step in script.steps() {
+        match step {
+            Step::Send(bytes) => {
+                let shown = py_bytes(bytes);
+                text += &format!("send {}\n", &shown[2..shown.len() - 1]);
+            }
+            Step::Pause(d) => text += &format!("pause {}\n", d.as_secs_f64()),
+        }
+    }
+    text
+}
+
+/// What every connection of one run shares.
+struct Run<'a> {
+    addr: SocketAddr,
+    options: &'a Options,
+    expected: &'a [u8],
+    start: Instant,
+    log: &'a Log,
+}
+
+/// What the reader thread has seen, shared with the sender, which waits on
+/// it for the whole reply.
+#[derive(Default)]
+struct Received {
+    chunks: Vec<Chunk>,
+    reply: Vec<u8>,
+    /// Set when the reader stops: why it stopped.
+    ended: Option<String>,
+}
+
+impl Run<'_> {
+    fn secs(&self, at: Instant) -> f64 {
+        at.duration_since(self.start).as_secs_f64()
+    }
+
+    fn now(&self) -> f64 {
+        self.secs(Instant::now())
+    }
+
+    fn info(&self, name: &str, what: &str) {
+        self.log.log(Level::Info, &format!("{name} {what}"));
+    }
+
+    fn error(&self, name: &str, what: &str) {
+        self.log.log(Level::Error, &format!("{name} {what}"));
+    }
+
+    fn never_ran(&self, name: String, why: String) -> Connection {
+        let now = self.now();
+        Connection {
+            name,
+            arrival: now,
+            admitted: None,
+            done: now,
+            sent: Vec::new(),
+            received: Vec::new(),
+            reply: Vec::new(),
+            failure: Some(why),
+        }
+    }
+
+    fn connection(&self, i: usize, name: String) -> Connection {
+        let opts = self.options;
+        let arrive_at = self.start + opts.stagger.saturating_mul(i as u32);
+        std::thread::sleep(arrive_at.saturating_duration_since(Instant::now()));
+
+        let mut conn = Connection {
+            name,
+            arrival: self.now(),
+            admitted: None,
+            done: 0.0,
+            sent: Vec::new(),
+            received: Vec::new(),
+            reply: Vec::new(),
+            failure: None,
+        };
+        let name = conn.name.clone();
+        let stream = match TcpStream::connect_timeout(&self.addr, opts.timeout) {
+            Ok(s) => s,
+            Err(e) => {
+                let why = format!("cannot connect to {}: {e}", self.addr);
+                self.error(&name, &why);
+                conn.done = self.now();
+                conn.failure = Some(why);
+                return conn;
+            }
+        };
+        // Short scripts send small writes in quick succession; Nagle would
+        // hold them back for an ACK and blur the timeline.
+        let _ = stream.set_nodelay(true);
+        let timeouts = stream
+            .set_read_timeout(Some(opts.timeout))
+            .and_then(|()| stream.set_write_timeout(Some(opts.timeout)));
+        if let Err(e) = timeouts {
+            conn.failure = Some(format!("cannot set socket timeouts: {e}"));
+            conn.done = self.now();
+        } else if let Err(why) = self.greeting(&stream) {
+            self.error(&name, &format!("Something is wrong! Did not receive * ({why})"));
+            conn.failure = Some(format!("did not receive *: {why}"));
+            conn.done = self.now();
+        } else {
+            conn.admitted = Some(self.now());
+            self.info(&name, "connected...");
+            self.session(&stream, &mut conn);
+        }
+        drop(stream);
+        self.info(&name, "disconnecting");
+        conn
+    }
+
+    /// Waits for the `*`; on anything else says what came instead.
+    fn greeting(&self, mut stream: &TcpStream) -> Result<(), String> {
+        let mut first = [0u8; 1];
+        loop {
+            return match stream.read(&mut first) {
+                Ok(1) if first[0] == ACK => Ok(()),
+                Ok(0) => Err("the server closed the connection".into()),
+                Ok(_) => Err(format!("the first byte was {}", py_bytes(&first))),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if is_timeout(&e) => Err(format!(
+                    "nothing within {:?}",
+                    self.options.timeout
+                )),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+    }
+
+    /// The schedule, with a reader alongside; then the wait for the rest of
+    /// the reply, the close, and the check.
+    fn session(&self, stream: &TcpStream, conn: &mut Connection) {
+        let name = conn.name.as_str();
+        let received = (Mutex::new(Received::default()), Condvar::new());
+        let mut send_error = None;
+        let mut timed_out = false;
+        std::thread::scope(|scope| {
+            let reader = std::thread::Builder::new()
+                .name(format!("{name}-reader"))
+                .spawn_scoped(scope, || self.read_replies(stream, name, &received));
+            if let Err(e) = &reader {
+                send_error = Some(format!("cannot start its reader thread: {e}"));
+            } else {
+                send_error = self.follow_script(stream, conn);
+                let (lock, cond) = &received;
+                let state = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let (state, wait) = cond
+                    .wait_timeout_while(state, self.options.timeout, |r| {
+                        send_error.is_none()
+                            && r.ended.is_none()
+                            && r.reply.len() < self.expected.len()
+                    })
+                    .unwrap_or_else(|e| e.into_inner());
+                timed_out = wait.timed_out();
+                drop(state);
+            }
+            // Recorded before the close, so that a server which admits the
+            // next client on seeing our EOF admits it strictly after `done`.
+            conn.done = self.now();
+            // Also wakes the reader out of its blocking read.
+            let _ = stream.shutdown(Shutdown::Both);
+            if let Ok(reader) = reader {
+                let _ = reader.join();
+            }
+        });
+
+        let received = received.0.into_inner().unwrap_or_else(|e| e.into_inner());
+        conn.received = received.chunks;
+        conn.reply = received.reply;
+        conn.failure = send_error
+            .or_else(|| self.check(&conn.reply, timed_out, received.ended.as_deref()));
+    }
+
+    /// Sends and pauses as the script says; stops at the first failed write.
+    fn follow_script(&self, mut stream: &TcpStream, conn: &mut Connection) -> Option<String> {
+        for (k, step) in self.options.script.steps().iter().enumerate() {
+            match step {
+                Step::Send(bytes) => {
+                    self.info(&conn.name, &format!("sending {}", py_bytes(bytes)));
+                    conn.sent.push(Chunk {
+                        at: self.now(),
+                        bytes: bytes.clone(),
+                    });
+                    if let Err(e) = stream.write_all(bytes) {
+                        let why = format!("step {} (send) failed: {e}", k + 1);
+                        self.error(&conn.name, &why);
+                        return Some(why);
+                    }
+                }
+                Step::Pause(d) => std::thread::sleep(*d),
+            }
+        }
+        None
+    }
+
+    /// Reads until the server closes, the socket fails or the sender shuts
+    /// it down, logging each chunk as the article's client does.
+    fn read_replies(&self, mut stream: &TcpStream, name: &str, shared: &(Mutex<Received>, Condvar)) {
+        let (lock, cond) = shared;
+        let mut buf = vec![0u8; 8 * 1024];
+        let ended = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break "the server closed the connection".to_string(),
+                Ok(n) => {
+                    let at = self.now();
+                    self.info(name, &format!("received {}", py_bytes(&buf[..n])));
+                    let mut r = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    r.reply.extend_from_slice(&buf[..n]);
+                    r.chunks.push(Chunk {
+                        at,
+                        bytes: buf[..n].to_vec(),
+                    });
+                    cond.notify_all();
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // The read timeout only bounds each read; the sender
+                // decides when to stop waiting and shuts the socket down.
+                Err(e) if is_timeout(&e) => {}
+                Err(e) => break format!("reading failed: {e}"),
+            }
+        };
+        let mut r = lock.lock().unwrap_or_else(|e| e.into_inner());
+        r.ended = Some(ended);
+        cond.notify_all();
+    }
+
+    /// `None` if `reply` is exactly what the schedule is owed; otherwise
+    /// what is wrong with it.
+    fn check(&self, reply: &[u8], timed_out: bool, ended: Option<&str>) -> Option<String> {
+        let expected = self.expected;
+        if reply == expected {
+            return None;
+        }
+        if expected.starts_with(reply) {
+            let why = if timed_out {
+                format!("no more within {:?}", self.options.timeout)
+            } else {
+                ended.unwrap_or("the reader stopped").to_string()
+            };
+            return Some(format!(
+                "reply cut short: got {} of {} bytes ({why}): got {}, expected {}",
+                reply.len(),
+                expected.len(),
+                shorten(reply),
+                shorten(expected)
+            ));
+        }
+        if reply.starts_with(expected) {
+            return Some(format!(
+                "reply too long: {} bytes more than the {} expected: got {}, expected {}",
+                reply.len() - expected.len(),
+                expected.len(),
+                shorten(reply),
+                shorten(expected)
+            ));
+        }
+        let at = reply
+            .iter()
+            .zip(expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        Some(format!(
+            "wrong reply from byte {at} on: got {}, expected {}",
+            shorten(reply),
+            shorten(expected)
+        ))
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+/// A bytes literal short enough for an error line.
+fn shorten(bytes: &[u8]) -> String {
+    const MAX: usize = 64;
+    if bytes.len() <= MAX {
+        py_bytes(bytes)
+    } else {
+        format!("{}... ({} bytes)", py_bytes(&bytes[..MAX]), bytes.len())
+    }
+}

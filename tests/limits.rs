@@ -1,0 +1,224 @@
+//! The connection cap, the idle timeout and the live figures, in every
+//! model.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use concur::server::{Config, Model, OverLimit};
+
+const CAP: usize = 2;
+
+fn capped(model: Model, over_limit: OverLimit) -> Config {
+    let mut config = Config::new(model);
+    config.max_conns = CAP;
+    config.over_limit = over_limit;
+    config
+}
+
+#[test]
+fn over_the_cap_newcomers_wait_for_a_client_to_leave() {
+    for model in Model::ALL {
+        let server = start_with(capped(model, OverLimit::Wait));
+        let at_once = serves_at_once(model).min(CAP);
+        check_admission(model, server.local_addr(), 4, at_once);
+        let summary = server.stop();
+        assert_eq!((summary.served, summary.rejected), (4, 0), "{model}");
+        assert_eq!(summary.max_clients, at_once as u64, "{model}");
+    }
+}
+
+#[test]
+fn over_the_cap_with_reject_the_newcomer_is_closed_without_a_greeting() {
+    // Sequential never holds two clients, so it never reaches a cap of two.
+    for model in Model::ALL.into_iter().filter(|&m| serves_at_once(m) >= CAP) {
+        let server = start_with(capped(model, OverLimit::Reject));
+        let addr = server.local_addr();
+        let mut held: Vec<_> = (0..CAP).map(|_| connect_served(addr)).collect();
+        let mut extra = connect(addr);
+        assert_eq!(read_to_end(&mut extra), b"", "{model}: no `*`, just closed");
+        for c in held.iter_mut() {
+            round_trip(c);
+        }
+        // Room again once one leaves and the server has counted it out.
+        drop(held.remove(0));
+        wait_until(|| server.summary().clients_now < CAP as u64);
+        let mut next = connect_served(addr);
+        round_trip(&mut next);
+        drop((held, next));
+        let summary = server.stop();
+        assert_eq!(summary.rejected, 1, "{model}: {summary:?}");
+        assert_eq!(summary.max_clients, CAP as u64, "{model}");
+    }
+}
+
+#[test]
+fn idle_clients_are_closed_and_the_next_one_is_served() {
+    // The article's risk: with `pool -n 2`, two idle clients hold both
+    // workers and the third waits forever. The idle timeout frees them.
+    for model in Model::ALL {
+        let mut config = small_config(model);
+        config.idle_timeout = Some(Duration::from_millis(400));
+        let server = start_with(config);
+        let addr = server.local_addr();
+        let at_once = serves_at_once(model).min(SMALL_POOL);
+        let mut idle: Vec<_> = (0..at_once).map(|_| connect_served(addr)).collect();
+
+        let mut third = connect(addr);
+        // Greeted once an idle one is closed (at once where the model is
+        // not full).
+        expect_ack(&mut third);
+        // A client that keeps talking is not idle, however long it stays:
+        // ten round trips 40 ms apart outlast the 400 ms timeout.
+        for _ in 0..10 {
+            round_trip(&mut third);
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        for c in idle.iter_mut() {
+            assert_eq!(read_to_end(c), b"", "{model}: an idle client is closed");
+        }
+        drop(third);
+        let summary = server.stop();
+        assert!(summary.timed_out >= at_once as u64, "{model}: {summary:?}");
+        assert_eq!(summary.failed, 0, "{model}");
+    }
+}
+
+#[test]
+fn many_idle_clients_do_not_starve_a_small_pool() {
+    // Two thousand idle clients ahead of a newcomer, four workers: without
+    // the idle timeout the newcomer would wait for all of them, one timeout
+    // per four. Queued clients that have sent nothing for a whole timeout
+    // are closed without holding a worker, so the newcomer is served after
+    // about one timeout. (With `--queue 0` they would wait in the kernel's
+    // backlog, where the server cannot see them.)
+    let mut config = Config::new(Model::Pool).threads(4);
+    config.queue = 4096;
+    config.idle_timeout = Some(Duration::from_secs(1));
+    let server = start_with(config);
+    let addr = server.local_addr();
+    let idle: Vec<_> = (0..2000).map(|_| connect(addr)).collect();
+    // The newcomer speaks first (the protocol lets it): a queued client
+    // that has sent nothing for a whole timeout cannot be told from an
+    // idle one.
+    let mut newcomer = connect(addr);
+    newcomer.write_all(b"^hi$").unwrap();
+    assert_eq!(read_n(&mut newcomer, 3), b"*ij");
+    round_trip(&mut newcomer);
+    drop((idle, newcomer));
+    let summary = server.stop();
+    assert!(summary.timed_out >= 1996, "{summary:?}");
+}
+
+/// The real binary with `--stats-interval`: the live line names every
+/// counter and counts the client that is connected.
+#[test]
+fn the_stats_line_reports_live_figures() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_concur"))
+        .args(["serve", "--port", "0", "--model", "thread"])
+        .args(["--stats-interval", "0.1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run concur");
+    let mut banner = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut banner)
+        .unwrap();
+    let addr = banner.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let mut c = connect_served(addr);
+    round_trip(&mut c);
+
+    let mut found = None;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.contains("clients now 1, accepted 1,") {
+            found = Some(line);
+            break;
+        }
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = child.wait();
+    let line = found.expect("a stats line with the connected client");
+    for field in ["rejected 0", "timed out 0", "bytes in 4", "bytes out 3"] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+}
+
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name may hold spaces; the fields after it do not.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no memory effects.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// The real binary with 64 descriptors: 200 clients exhaust them. The
+/// server must neither crash nor spin (it backs off between accepts), and
+/// must serve again once the clients leave.
+#[test]
+fn descriptor_exhaustion_is_survived() {
+    for model in Model::ALL {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -n 64 && exec \"$0\" serve --port 0 -q --model \"$1\"")
+            .arg(env!("CARGO_BIN_EXE_concur"))
+            .arg(model.name())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run concur");
+        let pid = child.id();
+        let mut banner = String::new();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut banner).unwrap();
+        let addr = banner.split_whitespace().nth(2).unwrap().parse().unwrap();
+
+        let clients: Vec<_> = (0..200).map(|_| connect(addr)).collect();
+        // Enough time for a spinning accept loop to burn most of a core.
+        let before = cpu_secs(pid);
+        std::thread::sleep(Duration::from_secs(1));
+        let burnt = cpu_secs(pid) - before;
+        assert!(
+            burnt < 0.5,
+            "{model}: {burnt:.2} s of CPU in 1 s with descriptors exhausted"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "{model}: server died");
+
+        drop(clients);
+        let mut fresh = connect(addr);
+        // Queued clients ahead of it may be accepted (and go away) first.
+        fresh.write_all(b"^ok$").unwrap();
+        assert_eq!(read_n(&mut fresh, 3), b"*pl", "{model}");
+        drop(fresh);
+
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{model}: {status:?}");
+        let mut summary = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut summary).unwrap();
+        let accept_errors: u64 = summary
+            .trim_end()
+            .strip_suffix(" accept errors")
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{model}: no summary in {summary:?}"));
+        // Sequential accepts only between clients, so it never runs out;
+        // every other model must have met EMFILE, or this tested nothing.
+        if model != Model::Sequential {
+            assert!(accept_errors > 0, "{model}: descriptors never ran out");
+        }
+    }
+}
