@@ -86,14 +86,7 @@ fn clients_queued_in_the_pool_are_closed_unserved() {
     let mut first = connect_served(addr);
     let mut queued = connect(addr);
     // The queued client is accepted (into the hand-off) but not greeted.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while server.summary().accepted < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "second client never accepted"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(|| server.summary().accepted == 2);
     server.shutdown_handle().trigger();
     round_trip(&mut first);
     drop(first);
