@@ -18,7 +18,11 @@ use socket2::SockRef;
 
 fn still_serving(addr: std::net::SocketAddr, model: Model) {
     let (sends, want) = VECTORS[0];
-    assert_eq!(session(addr, sends), want, "{model}: a fresh client afterwards");
+    assert_eq!(
+        session(addr, sends),
+        want,
+        "{model}: a fresh client afterwards"
+    );
 }
 
 /// A deterministic byte stream (xorshift), so a failure can be replayed.
@@ -70,7 +74,11 @@ fn every_byte_value_in_and_out_of_messages_split_everywhere() {
             // Waiting for the head's answer makes the split a real one: the
             // tail cannot arrive in the same read.
             let head_answer = reference(head);
-            assert_eq!(read_n(&mut c, head_answer.len()), head_answer, "{model}: cut {cut}");
+            assert_eq!(
+                read_n(&mut c, head_answer.len()),
+                head_answer,
+                "{model}: cut {cut}"
+            );
             c.write_all(tail).unwrap();
             c.shutdown(std::net::Shutdown::Write).unwrap();
             let rest = read_to_end(&mut c);
