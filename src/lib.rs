@@ -19,6 +19,11 @@
 //!   models, each a short file that reads like the article.
 //! - [`shutdown`]: the one signal every model obeys: stop accepting, drain,
 //!   close the rest.
+//! - [`client`]: the article's simulated client (N connections on a
+//!   schedule, every reply checked), its timelines and the time chart.
+//! - [`demo`]: the article's experiment in one call: three servers, the
+//!   client against each, a table and a chart per model.
+//! - [`threads`]: the footnote's experiment: what idle threads cost.
 //! - [`bench`]: the helpers the benchmarks share: a plain echo server as the
 //!   reference, and streaming and request/response load.
 //!
@@ -43,6 +48,9 @@
 //! ```
 
 pub mod bench;
+pub mod client;
+pub mod demo;
 pub mod protocol;
 pub mod server;
 pub mod shutdown;
+pub mod threads;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use concur::server::{self, Config, Model, OverLimit, listener};
 use concur::shutdown::Shutdown;
+use concur::threads;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -30,6 +31,92 @@ struct Cli {
 enum Command {
     /// Run a server until SIGINT or SIGTERM, then drain and print a summary.
     Serve(ServeArgs),
+    /// The article's simulated client: N connections on its schedule, every
+    /// reply checked against the protocol.
+    Client(ClientArgs),
+    /// The article's experiment: sequential, thread and pool -n 2 servers,
+    /// three clients against each, a table and a time chart per server.
+    Demo(DemoArgs),
+    /// The footnote's experiment: start N idle threads and measure what
+    /// they cost the process.
+    Threads(ThreadsArgs),
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Script format (--script): one step a line, '#' comments:\n  \
+                        send BYTES   one write; escapes \\\\ \\n \\r \\t \\s \\xNN\n  \
+                        pause SECS   wait, fractions allowed\n\
+                        The default is the article's: send ^abc$de^abte$f, pause 1.0, \
+                        send xyz^123, pause 1.0, send 25$^ab0000$abab, pause 0.2."
+)]
+struct ClientArgs {
+    /// Server host name or address.
+    host: String,
+
+    /// Server port.
+    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+
+    /// Concurrent connections.
+    #[arg(short = 'n', long = "connections", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    connections: u32,
+
+    /// Run this schedule instead of the article's (format below).
+    #[arg(long, value_name = "FILE")]
+    script: Option<std::path::PathBuf>,
+
+    /// Milliseconds between one connection's arrival and the next.
+    #[arg(long, value_name = "MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    stagger: u64,
+
+    /// Longest wait, in seconds, to connect, for the '*', for a write, and
+    /// after the last step for the rest of the reply.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_positive_secs,
+          allow_hyphen_values = true)]
+    timeout: Duration,
+
+    /// Write each connection's timeline to FILE as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+
+    /// Draw the time chart of the run to FILE as SVG.
+    #[arg(long, value_name = "FILE")]
+    chart: Option<std::path::PathBuf>,
+
+    /// What the server is, for the chart's title and the JSON (such as
+    /// "model pool, 2 threads").
+    #[arg(long, value_name = "TEXT")]
+    label: Option<String>,
+
+    /// No log lines; only the elapsed time and errors.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Directory for the charts and timelines (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "demo")]
+    out: std::path::PathBuf,
+}
+
+#[derive(Args)]
+struct ThreadsArgs {
+    /// Threads to start.
+    #[arg(value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    threads: u32,
+
+    /// Seconds to measure once they are all started; then it exits.
+    #[arg(long, value_name = "S", default_value = "5", value_parser = parse_positive_secs,
+          allow_hyphen_values = true)]
+    secs: Duration,
+
+    /// Stack size of each thread in KiB [default: Rust's, 2048].
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    stack_kib: Option<u32>,
 }
 
 #[derive(Args)]
@@ -150,7 +237,40 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Client(args) => client(args),
+        Command::Demo(args) => ExitCode::from(concur::demo::command(&args.out)),
+        Command::Threads(args) => ExitCode::from(concur::threads::command(&threads::Options {
+            threads: args.threads as usize,
+            window: args.secs,
+            stack: args.stack_kib.map(|k| k as usize * 1024),
+            progress: true,
+        })),
     }
+}
+
+fn client(args: ClientArgs) -> ExitCode {
+    use concur::client::{self, Options, Outputs, Script};
+    let script = match &args.script {
+        Some(path) => match Script::load(path) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Script::article(),
+    };
+    let mut options = Options::new(args.connections as usize)
+        .script(script)
+        .stagger(Duration::from_millis(args.stagger))
+        .timeout(args.timeout)
+        .echo(!args.quiet);
+    options.server = args.label;
+    let outputs = Outputs {
+        json: args.json,
+        chart: args.chart,
+    };
+    ExitCode::from(client::command(&args.host, args.port, &options, &outputs))
 }
 
 fn init_logging(quiet: bool) {

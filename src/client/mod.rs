@@ -32,7 +32,7 @@ pub mod log;
 pub mod script;
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -109,7 +109,7 @@ impl Options {
 }
 
 /// Bytes sent or received at a moment of a connection.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Chunk {
     /// Seconds since the run started.
     pub at: f64,
@@ -260,26 +260,79 @@ pub fn run(addr: SocketAddr, options: &Options) -> Report {
         addr,
         started,
         elapsed,
-        script: script_text(&options.script),
+        script: options.script.to_text(),
         expected,
         connections,
         log: log.into_lines(),
     }
 }
 
-/// The script in its text format, for the JSON report.
-fn script_text(script: &Script) -> String {
-    let mut text = String::new();
-    for step in script.steps() {
-        match step {
-            Step::Send(bytes) => {
-                let shown = py_bytes(bytes);
-                text += &format!("send {}\n", &shown[2..shown.len() - 1]);
-            }
-            Step::Pause(d) => text += &format!("pause {}\n", d.as_secs_f64()),
+/// The address to connect to. Like the article's client, which opens an
+/// `AF_INET` socket, prefers IPv4 when a name has both (`localhost` often
+/// lists `::1` first, where an IPv4-only server is not listening).
+pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve {host:?}: {e}")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| io::Error::new(ErrorKind::NotFound, format!("{host:?} has no address")))
+}
+
+/// Where `concur client` writes what it found, besides the log.
+#[derive(Clone, Debug, Default)]
+pub struct Outputs {
+    /// The timelines as JSON.
+    pub json: Option<std::path::PathBuf>,
+    /// The time chart as SVG.
+    pub chart: Option<std::path::PathBuf>,
+}
+
+/// `concur client` once its arguments are parsed: runs, prints
+/// `Elapsed: SECS` as the article's client does, writes the outputs, and
+/// names every failed connection. Returns the exit status: 0 if every
+/// connection got the right reply and every file was written, else 1.
+pub fn command(host: &str, port: u16, options: &Options, outputs: &Outputs) -> u8 {
+    let addr = match resolve(host, port) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
         }
+    };
+    let report = run(addr, options);
+    println!("Elapsed: {}", report.elapsed);
+
+    let mut status = 0;
+    let mut written = |what: io::Result<()>, path: &Path| {
+        if let Err(e) = what {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            status = 1;
+        }
+    };
+    if let Some(path) = &outputs.json {
+        written(report.write_json(path), path);
     }
-    text
+    if let Some(path) = &outputs.chart {
+        written(chart::write(&report, path), path);
+    }
+    let failures = report.failures();
+    for f in &failures {
+        eprintln!("error: {f}");
+    }
+    if !failures.is_empty() {
+        eprintln!(
+            "error: {} of {} connections failed",
+            failures.len(),
+            report.connections.len()
+        );
+        status = 1;
+    }
+    status
 }
 
 /// What every connection of one run shares.
@@ -368,7 +421,10 @@ impl Run<'_> {
             conn.failure = Some(format!("cannot set socket timeouts: {e}"));
             conn.done = self.now();
         } else if let Err(why) = self.greeting(&stream) {
-            self.error(&name, &format!("Something is wrong! Did not receive * ({why})"));
+            self.error(
+                &name,
+                &format!("Something is wrong! Did not receive * ({why})"),
+            );
             conn.failure = Some(format!("did not receive *: {why}"));
             conn.done = self.now();
         } else {
@@ -390,10 +446,9 @@ impl Run<'_> {
                 Ok(0) => Err("the server closed the connection".into()),
                 Ok(_) => Err(format!("the first byte was {}", py_bytes(&first))),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if is_timeout(&e) => Err(format!(
-                    "nothing within {:?}",
-                    self.options.timeout
-                )),
+                Err(e) if is_timeout(&e) => {
+                    Err(format!("nothing within {:?}", self.options.timeout))
+                }
                 Err(e) => Err(e.to_string()),
             };
         }
@@ -402,7 +457,8 @@ impl Run<'_> {
     /// The schedule, with a reader alongside; then the wait for the rest of
     /// the reply, the close, and the check.
     fn session(&self, stream: &TcpStream, conn: &mut Connection) {
-        let name = conn.name.as_str();
+        let name = conn.name.clone();
+        let name = name.as_str();
         let received = (Mutex::new(Received::default()), Condvar::new());
         let mut send_error = None;
         let mut timed_out = false;
@@ -439,8 +495,8 @@ impl Run<'_> {
         let received = received.0.into_inner().unwrap_or_else(|e| e.into_inner());
         conn.received = received.chunks;
         conn.reply = received.reply;
-        conn.failure = send_error
-            .or_else(|| self.check(&conn.reply, timed_out, received.ended.as_deref()));
+        conn.failure =
+            send_error.or_else(|| self.check(&conn.reply, timed_out, received.ended.as_deref()));
     }
 
     /// Sends and pauses as the script says; stops at the first failed write.
@@ -467,7 +523,12 @@ impl Run<'_> {
 
     /// Reads until the server closes, the socket fails or the sender shuts
     /// it down, logging each chunk as the article's client does.
-    fn read_replies(&self, mut stream: &TcpStream, name: &str, shared: &(Mutex<Received>, Condvar)) {
+    fn read_replies(
+        &self,
+        mut stream: &TcpStream,
+        name: &str,
+        shared: &(Mutex<Received>, Condvar),
+    ) {
         let (lock, cond) = shared;
         let mut buf = vec![0u8; 8 * 1024];
         let ended = loop {

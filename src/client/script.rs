@@ -130,6 +130,30 @@ impl Script {
         Ok(Script { steps })
     }
 
+    /// Reads a script file; the error names the file and the line.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the script {}: {e}", path.display()))?;
+        Script::parse(&text).map_err(|e| format!("in the script {}, {e}", path.display()))
+    }
+
+    /// The script in the text format, such that [`Script::parse`] reads
+    /// it back to the same steps.
+    pub fn to_text(&self) -> String {
+        let mut text = String::new();
+        for step in &self.steps {
+            match step {
+                Step::Send(bytes) => {
+                    text.push_str("send ");
+                    text.push_str(&escape(bytes));
+                }
+                Step::Pause(d) => text.push_str(&format!("pause {}", d.as_secs_f64())),
+            }
+            text.push('\n');
+        }
+        text
+    }
+
     /// The steps, in order.
     pub fn steps(&self) -> &[Step] {
         &self.steps
@@ -176,9 +200,9 @@ impl Default for Script {
 }
 
 fn parse_pause(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.parse().map_err(|_| {
-        format!("`pause` takes a number of seconds such as `pause 1.0`, not {s:?}")
-    })?;
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("`pause` takes a number of seconds such as `pause 1.0`, not {s:?}"))?;
     Duration::try_from_secs_f64(secs)
         .ok()
         .filter(|d| *d <= MAX_PAUSE)
@@ -188,6 +212,24 @@ fn parse_pause(s: &str) -> Result<Duration, String> {
                 MAX_PAUSE.as_secs()
             )
         })
+}
+
+fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            // A trailing space would be invisible, and a leading one could
+            // be taken for the separator by a reader of the file.
+            b' ' if i == 0 || i == bytes.len() - 1 => out.push_str("\\s"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
 }
 
 fn unescape(s: &str) -> Result<Vec<u8>, String> {
@@ -264,6 +306,18 @@ mod tests {
                 Step::Send(b" x ".to_vec())
             ]
         );
+    }
+
+    #[test]
+    fn text_round_trips() {
+        let odd = Script::new(vec![
+            Step::Send(b" ^a\\b\n\r\t\x00\xff'\" ".to_vec()),
+            Step::Pause(Duration::from_millis(250)),
+            Step::Send(b"$".to_vec()),
+        ]);
+        for script in [Script::article(), odd] {
+            assert_eq!(Script::parse(&script.to_text()).unwrap(), script);
+        }
     }
 
     #[test]
