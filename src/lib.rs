@@ -11,6 +11,8 @@
 //!
 //! - [`protocol`]: the state machine, pure and I/O-free. Whole buffers in,
 //!   answers appended to a buffer; the one implementation every model uses.
+//! - [`prime`]: the primality protocol (`--protocol prime`): request lines,
+//!   trial division, answer lines; CPU-bound on purpose.
 //! - [`server`]: [`Config`](server::Config), [`Model`](server::Model),
 //!   [`run`](server::run) and [`start`](server::start), and the
 //!   [`Summary`](server::Summary) every model returns. Inside it,
@@ -50,6 +52,7 @@
 pub mod bench;
 pub mod client;
 pub mod demo;
+pub mod prime;
 pub mod protocol;
 pub mod server;
 pub mod shutdown;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use concur::server::{self, Config, Model, OverLimit, listener};
+use concur::server::{self, Config, Model, OverLimit, Protocol, listener};
 use concur::shutdown::Shutdown;
 use concur::threads;
 use tracing_subscriber::EnvFilter;
@@ -68,9 +68,9 @@ struct ClientArgs {
     script: Option<std::path::PathBuf>,
 
     /// Milliseconds between one connection's arrival and the next.
-    #[arg(long, value_name = "MS", default_value_t = 0,
-          value_parser = clap::value_parser!(u64).range(0..=600_000))]
-    stagger: u64,
+    #[arg(long, value_name = "MS", default_value = "0", allow_hyphen_values = true,
+          value_parser = parse_millis)]
+    stagger: Duration,
 
     /// Longest wait, in seconds, to connect, for the '*', for a write, and
     /// after the last step for the rest of the reply.
@@ -124,6 +124,12 @@ struct ServeArgs {
     /// Concurrency model.
     #[arg(long, value_enum, default_value_t = Model::Pool)]
     model: Model,
+
+    /// Protocol: `bytes` is PROTOCOL.md (`*`, then `^...$` messages
+    /// answered byte + 1); `prime` answers each line holding a number with
+    /// `prime` or `composite`, by trial division (CPU-bound on purpose).
+    #[arg(long, value_enum, default_value_t = Protocol::Bytes)]
+    protocol: Protocol,
 
     /// Worker threads of the pool [default: 64] (only with --model pool).
     #[arg(short = 'n', long, value_name = "N",
@@ -225,6 +231,14 @@ fn parse_positive_secs(s: &str) -> Result<Duration, String> {
     }
 }
 
+fn parse_millis(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .ok()
+        .filter(|ms| *ms <= 600_000)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is not a whole number of milliseconds from 0 to 600000"))
+}
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -262,7 +276,7 @@ fn client(args: ClientArgs) -> ExitCode {
     };
     let mut options = Options::new(args.connections as usize)
         .script(script)
-        .stagger(Duration::from_millis(args.stagger))
+        .stagger(args.stagger)
         .timeout(args.timeout)
         .echo(!args.quiet);
     options.server = args.label;
@@ -313,6 +327,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     init_logging(args.quiet);
     let mut config = Config::new(args.model).drain_timeout(args.drain_timeout);
+    config.protocol = args.protocol;
     if let Some(n) = args.threads {
         config.threads = n as usize;
     }

@@ -29,8 +29,9 @@ use tracing::{info, warn};
 
 use super::conn::{self, BUF_SIZE, LOG_TARGET};
 use super::listener::{self, Blocking};
+use super::responder::{Responder, Stop};
 use super::{ClientGuard, Ctx};
-use crate::protocol::{ACK, Processor};
+use crate::prime;
 
 thread_local! {
     // Each runtime thread's read buffer. A task borrows it only between
@@ -42,6 +43,7 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(ctx.config.workers)
         .thread_name("async-worker")
+        .max_blocking_threads(ctx.config.workers)
         .enable_io()
         .enable_time()
         .build()?;
@@ -78,10 +80,15 @@ async fn serve(guard: ClientGuard, mut stream: TcpStream, peer: SocketAddr) {
 async fn session(stream: &mut TcpStream, ctx: &Ctx) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let (idle, write) = (ctx.config.idle_timeout, ctx.config.write_timeout);
-    send(stream, &[ACK], write).await?;
-    ctx.count_bytes_out(1);
-    let mut processor = Processor::new();
+    let greeting = Responder::greeting(ctx.config.protocol);
+    if !greeting.is_empty() {
+        send(stream, greeting, write).await?;
+        ctx.count_bytes_out(greeting.len());
+    }
+    let mut responder = Responder::new(ctx.config.protocol);
     let mut out = Vec::new();
+    // Input read but not answered yet, while a number is being tested.
+    let mut unread = Vec::new();
     loop {
         match idle {
             Some(limit) => match time::timeout(limit, stream.readable()).await {
@@ -92,12 +99,16 @@ async fn session(stream: &mut TcpStream, ctx: &Ctx) -> io::Result<()> {
         }
         let read = READ_BUF.with_borrow_mut(|buf| {
             let n = stream.try_read(buf)?;
-            processor.feed(&buf[..n], &mut out);
-            Ok::<_, io::Error>(n)
+            let (used, stop) = responder.respond(&buf[..n], &mut out, true);
+            unread.extend_from_slice(&buf[used..n]);
+            Ok::<_, io::Error>((n, stop))
         });
-        match read {
-            Ok(0) => return Ok(()),
-            Ok(n) => ctx.count_bytes_in(n),
+        let mut stop = match read {
+            Ok((0, _)) => return Ok(()),
+            Ok((n, stop)) => {
+                ctx.count_bytes_in(n);
+                stop
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 // Going idle: an idle client keeps no large buffer.
                 if out.capacity() > BUF_SIZE / 4 {
@@ -107,12 +118,31 @@ async fn session(stream: &mut TcpStream, ctx: &Ctx) -> io::Result<()> {
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
-        }
-        if !out.is_empty() {
-            ctx.note_buffered(out.len());
-            send(stream, &out, write).await?;
-            ctx.count_bytes_out(out.len());
-            out.clear();
+        };
+        loop {
+            if !out.is_empty() {
+                ctx.note_buffered(out.len());
+                send(stream, &out, write).await?;
+                ctx.count_bytes_out(out.len());
+                out.clear();
+            }
+            match stop {
+                Stop::No => break,
+                Stop::Close(reason) => return Err(conn::protocol_violation(reason)),
+                Stop::Offload(n) => {
+                    // The runtime's blocking pool is capped at `workers`
+                    // threads, so heavy requests queue there while the
+                    // runtime threads go on serving everyone else.
+                    let prime = tokio::task::spawn_blocking(move || prime::is_prime(n))
+                        .await
+                        .map_err(io::Error::other)?;
+                    responder.answered(prime, &mut out);
+                    let input = std::mem::take(&mut unread);
+                    let (used, next) = responder.respond(&input, &mut out, true);
+                    unread.extend_from_slice(&input[used..]);
+                    stop = next;
+                }
+            }
         }
     }
 }

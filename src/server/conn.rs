@@ -17,8 +17,8 @@ use tracing::{info, warn};
 
 use std::sync::Arc;
 
+use super::responder::{Responder, Stop};
 use super::{ClientGuard, Ctx};
-use crate::protocol::{ACK, Processor};
 
 /// Bytes read per `read` call, and the most a single reply write holds.
 pub(crate) const BUF_SIZE: usize = 64 * 1024;
@@ -147,9 +147,12 @@ fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
         Err(e) if is_timeout(&e) => Err(write_timeout(write.unwrap_or_default())),
         other => other,
     };
-    send(stream, &[ACK])?;
-    ctx.count_bytes_out(1);
-    let mut processor = Processor::new();
+    let greeting = Responder::greeting(ctx.config.protocol);
+    if !greeting.is_empty() {
+        send(stream, greeting)?;
+        ctx.count_bytes_out(greeting.len());
+    }
+    let mut responder = Responder::new(ctx.config.protocol);
     let mut input = vec![0u8; BUF_SIZE];
     let mut output = Vec::with_capacity(BUF_SIZE);
     loop {
@@ -162,13 +165,23 @@ fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
         };
         ctx.count_bytes_in(n);
         output.clear();
-        processor.feed(&input[..n], &mut output);
+        // This thread is the client's own, so it may compute for as long as
+        // a request takes: nothing to offload.
+        let (_, stop) = responder.respond(&input[..n], &mut output, false);
         if !output.is_empty() {
             ctx.note_buffered(output.len());
             send(stream, &output)?;
             ctx.count_bytes_out(output.len());
         }
+        if let Stop::Close(reason) = stop {
+            return Err(protocol_violation(reason));
+        }
     }
+}
+
+/// The error that ends a client that broke the protocol's rules.
+pub(crate) fn protocol_violation(reason: String) -> io::Error {
+    io::Error::new(ErrorKind::InvalidData, reason)
 }
 
 #[cfg(test)]

@@ -41,8 +41,9 @@ use tracing::info;
 
 use super::conn::{self, BUF_SIZE, LOG_TARGET, Outcome};
 use super::listener::{self, Blocking};
-use super::{ClientGuard, Config, Ctx};
-use crate::protocol::{ACK, Processor};
+use super::responder::{Responder, Stop};
+use super::{ClientGuard, Config, Ctx, Protocol};
+use crate::prime;
 
 /// The waker's token; clients use their slab keys, which never reach it.
 const WAKE: Token = Token(usize::MAX);
@@ -62,9 +63,14 @@ struct LoopHandle {
 }
 
 pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
+    let compute = match ctx.config.protocol {
+        Protocol::Prime => Some(ComputePool::start(ctx.config.loops)?),
+        Protocol::Bytes => None,
+    };
     let mut loops = Vec::with_capacity(ctx.config.loops);
     for id in 0..ctx.config.loops {
-        match start_loop(id, ctx) {
+        let jobs = compute.as_ref().map(|c| c.jobs.clone());
+        match start_loop(id, ctx, jobs) {
             Ok(handle) => loops.push(handle),
             Err(e) => {
                 ctx.shutdown.trigger();
@@ -102,6 +108,9 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
         }
     });
     stop_loops(loops);
+    if let Some(compute) = compute {
+        compute.stop();
+    }
     result
 }
 
@@ -119,11 +128,12 @@ fn stop_loops(loops: Vec<LoopHandle>) {
     }
 }
 
-fn start_loop(id: usize, ctx: &Arc<Ctx>) -> io::Result<LoopHandle> {
+fn start_loop(id: usize, ctx: &Arc<Ctx>, jobs: Option<Sender<Job>>) -> io::Result<LoopHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
     ctx.shutdown.register_waker(Arc::clone(&waker));
     let (clients, incoming) = crossbeam_channel::bounded(HANDOFF);
+    let (reply, results) = crossbeam_channel::unbounded();
     let event_loop = EventLoop {
         poll,
         clients: Slab::new(),
@@ -131,6 +141,13 @@ fn start_loop(id: usize, ctx: &Arc<Ctx>) -> io::Result<LoopHandle> {
         incoming_closed: false,
         ctx: Arc::clone(ctx),
         buf: vec![0; BUF_SIZE].into_boxed_slice(),
+        next_id: 0,
+        offload: jobs.map(|jobs| Offloader {
+            jobs,
+            reply,
+            waker: Arc::clone(&waker),
+        }),
+        results,
     };
     let thread = thread::Builder::new()
         .name(format!("event-{id}"))
@@ -162,6 +179,80 @@ struct EventLoop {
     // Shared by all of this loop's clients: reading is synchronous, so no
     // client needs a read buffer of its own between events.
     buf: Box<[u8]>,
+    // Tells a client apart from a later one in the same slab slot, for
+    // results that come back after their client left.
+    next_id: u64,
+    offload: Option<Offloader>,
+    results: Receiver<Answer>,
+}
+
+/// A number to test off the loop, and where its answer goes.
+struct Job {
+    n: u64,
+    client: (usize, u64),
+    reply: Sender<Answer>,
+    waker: Arc<Waker>,
+}
+
+/// The answer to a [`Job`], for the client at this slab key with this id.
+type Answer = ((usize, u64), bool);
+
+/// A loop's way to the compute pool.
+struct Offloader {
+    jobs: Sender<Job>,
+    reply: Sender<Answer>,
+    waker: Arc<Waker>,
+}
+
+impl Offloader {
+    fn send(&self, n: u64, client: (usize, u64)) {
+        let job = Job {
+            n,
+            client,
+            reply: self.reply.clone(),
+            waker: Arc::clone(&self.waker),
+        };
+        // The pool outlives the loops; a send can only fail after stop().
+        let _ = self.jobs.send(job);
+    }
+}
+
+/// The threads that run trial divisions for the event loops, so that a
+/// request worth seconds of CPU never stalls a loop and its other clients.
+/// Bounded twice over: as many threads as loops, and at most one number in
+/// flight per client (a client's further input waits until its answer is
+/// in, which also keeps its answers in order).
+struct ComputePool {
+    jobs: Sender<Job>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl ComputePool {
+    fn start(size: usize) -> io::Result<Self> {
+        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let mut threads = Vec::with_capacity(size);
+        for id in 0..size {
+            let queue = queue.clone();
+            threads.push(thread::Builder::new().name(format!("compute-{id}")).spawn(
+                move || {
+                    for job in queue {
+                        let answer = (job.client, prime::is_prime(job.n));
+                        if job.reply.send(answer).is_ok() {
+                            let _ = job.waker.wake();
+                        }
+                    }
+                },
+            )?);
+        }
+        Ok(ComputePool { jobs, threads })
+    }
+
+    fn stop(self) {
+        drop(self.jobs);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl EventLoop {
@@ -189,7 +280,10 @@ impl EventLoop {
             }
             for event in events.iter() {
                 match event.token() {
-                    WAKE => self.take_new_clients(),
+                    WAKE => {
+                        self.take_new_clients();
+                        self.take_answers();
+                    }
                     Token(key) => self.drive(key),
                 }
             }
@@ -240,6 +334,20 @@ impl EventLoop {
         }
     }
 
+    fn take_answers(&mut self) {
+        while let Ok(((key, id), prime)) = self.results.try_recv() {
+            match self.clients.get_mut(key) {
+                Some(client) if client.id == id => {
+                    client.responder.answered(prime, &mut client.out);
+                    client.computing = false;
+                    self.drive(key);
+                }
+                // Its client left while the number was being tested.
+                _ => {}
+            }
+        }
+    }
+
     fn add(&mut self, guard: ClientGuard, stream: std::net::TcpStream, peer: SocketAddr) {
         info!(target: LOG_TARGET, "peer {peer} connected");
         let entry = self.clients.vacant_entry();
@@ -250,13 +358,19 @@ impl EventLoop {
                 .registry()
                 .register(&mut socket, Token(key), Interest::READABLE)
         });
+        self.next_id += 1;
+        let protocol = self.ctx.config.protocol;
         let client = Client {
             guard,
             socket,
             peer,
-            processor: Processor::new(),
-            out: vec![ACK],
+            id: self.next_id,
+            responder: Responder::new(protocol),
+            out: Responder::greeting(protocol).to_vec(),
             sent: 0,
+            unread: Vec::new(),
+            computing: false,
+            close_reason: None,
             read_closed: false,
             watching_writes: false,
             last_heard: Instant::now(),
@@ -278,14 +392,15 @@ impl EventLoop {
             return;
         };
         let (registry, buf, ctx) = (self.poll.registry(), &mut self.buf, &self.ctx);
+        let offload = self.offload.as_ref();
         let step = panic::catch_unwind(AssertUnwindSafe(|| {
-            client.progress(buf, ctx)?;
+            client.progress(buf, ctx, offload.map(|o| (o, key)))?;
             client.watch_writes_while_pending(registry, Token(key))?;
             Ok(client.finished())
         }));
         let outcome: Outcome = match step {
-            Ok(Ok(false)) => return,
-            Ok(Ok(true)) => Ok(Ok(())),
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(outcome))) => Ok(outcome),
             Ok(Err(e)) => Ok(Err(e)),
             Err(panic) => Err(conn::panic_message(&*panic)),
         };
@@ -302,10 +417,19 @@ struct Client {
     guard: ClientGuard,
     socket: TcpStream,
     peer: SocketAddr,
-    processor: Processor,
+    id: u64,
+    responder: Responder,
     /// Answers not yet written; `out[sent..]` is pending.
     out: Vec<u8>,
     sent: usize,
+    /// Input read but not yet answered, held while a number of this
+    /// client's is being tested off the loop (at most one read's worth:
+    /// the client is not read from meanwhile).
+    unread: Vec<u8>,
+    computing: bool,
+    /// Set when the client broke the protocol: close once its last answer
+    /// (the error line) is out.
+    close_reason: Option<String>,
     /// The client has closed its sending side; what is pending still goes.
     read_closed: bool,
     watching_writes: bool,
@@ -322,16 +446,38 @@ impl Client {
         self.out.len() - self.sent
     }
 
-    /// Everything owed has been sent after the client's end-of-file.
-    fn finished(&self) -> bool {
-        self.read_closed && self.pending() == 0
+    /// How the client ends, once everything owed has been sent: after its
+    /// end-of-file, or after the error line for a protocol violation.
+    fn finished(&self) -> Option<io::Result<()>> {
+        if self.pending() > 0 || self.computing || !self.unread.is_empty() {
+            return None;
+        }
+        match &self.close_reason {
+            Some(reason) => Some(Err(conn::protocol_violation(reason.clone()))),
+            None => self.read_closed.then_some(Ok(())),
+        }
     }
 
     /// Writes and reads until the kernel says "would block", the client
-    /// has said everything, or its pending output is over the cap.
-    fn progress(&mut self, buf: &mut [u8], ctx: &Ctx) -> io::Result<()> {
+    /// has said everything, its pending output is over the cap, or one of
+    /// its numbers is being tested elsewhere.
+    fn progress(
+        &mut self,
+        buf: &mut [u8],
+        ctx: &Ctx,
+        offload: Option<(&Offloader, usize)>,
+    ) -> io::Result<()> {
         loop {
             self.flush(ctx)?;
+            if self.computing || self.close_reason.is_some() {
+                // The answer, or the close, comes first.
+                return Ok(());
+            }
+            if !self.unread.is_empty() {
+                let unread = std::mem::take(&mut self.unread);
+                self.answer(&unread, ctx, offload);
+                continue;
+            }
             if self.read_closed || self.pending() > ctx.config.outbound_cap {
                 // Flushing stopped on "would block": a writable event will
                 // bring us back here.
@@ -345,14 +491,31 @@ impl Client {
                     if self.pending() == 0 {
                         self.last_progress = self.last_heard;
                     }
-                    self.processor.feed(&buf[..n], &mut self.out);
-                    ctx.note_buffered(self.pending());
+                    self.answer(&buf[..n], ctx, offload);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    fn answer(&mut self, input: &[u8], ctx: &Ctx, offload: Option<(&Offloader, usize)>) {
+        let (used, stop) = self
+            .responder
+            .respond(input, &mut self.out, offload.is_some());
+        match stop {
+            Stop::No => {}
+            Stop::Offload(n) => {
+                if let Some((offloader, key)) = offload {
+                    offloader.send(n, (key, self.id));
+                }
+                self.computing = true;
+                self.unread.extend_from_slice(&input[used..]);
+            }
+            Stop::Close(reason) => self.close_reason = Some(reason),
+        }
+        ctx.note_buffered(self.pending());
     }
 
     fn flush(&mut self, ctx: &Ctx) -> io::Result<()> {
@@ -400,7 +563,10 @@ impl Client {
 
     /// The timeout this client has run out of at `now`, if any.
     fn expired(&self, now: Instant, config: &Config) -> Option<io::Error> {
-        if self.pending() > 0 {
+        if self.computing {
+            // Waiting for us, not for the client.
+            None
+        } else if self.pending() > 0 {
             let limit = config.write_timeout?;
             (now.duration_since(self.last_progress) >= limit).then(|| conn::write_timeout(limit))
         } else {

@@ -31,6 +31,7 @@ mod conn;
 mod event;
 pub mod listener;
 mod pool;
+mod responder;
 mod sequential;
 mod thread;
 
@@ -48,6 +49,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 pub use crate::shutdown::Shutdown;
+pub use responder::Protocol;
 
 /// How a server admits and serves its clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -114,6 +116,8 @@ impl FromStr for Model {
 pub struct Config {
     /// The concurrency model.
     pub model: Model,
+    /// The protocol spoken to clients.
+    pub protocol: Protocol,
     /// Worker threads of [`Model::Pool`].
     pub threads: usize,
     /// Clients the pool's hand-off holds while every worker is busy. Zero
@@ -198,6 +202,7 @@ impl Config {
     pub fn new(model: Model) -> Self {
         Config {
             model,
+            protocol: Protocol::Bytes,
             threads: 64,
             queue: 0,
             drain_timeout: Duration::from_secs(5),
@@ -228,11 +233,15 @@ impl Config {
     /// `model pool, 64 threads`.
     pub fn describe(&self) -> String {
         let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-        match self.model {
+        let model = match self.model {
             Model::Pool => format!("model pool, {}", count(self.threads, "thread")),
             Model::Event => format!("model event, {}", count(self.loops, "loop")),
             Model::Async => format!("model async, {}", count(self.workers, "worker")),
             m => format!("model {m}"),
+        };
+        match self.protocol {
+            Protocol::Bytes => model,
+            Protocol::Prime => format!("{model}, protocol prime"),
         }
     }
 }

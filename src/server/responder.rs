@@ -1,0 +1,141 @@
+//! What a server says to a client, for either protocol, with no I/O: the
+//! one piece every model drives.
+//!
+//! The byte protocol (`PROTOCOL.md`) is answered entirely at once. The
+//! primality protocol may need seconds of CPU for one request: the thread
+//! models simply compute on the client's thread, but an event loop must
+//! not, so [`Responder::respond`] can stop at such a request and hand it
+//! back as [`Stop::Offload`]; the caller computes it elsewhere, appends
+//! the answer with [`Responder::answered`] and goes on with the rest of the
+//! input.
+
+use crate::prime::{self, Lines, Request};
+use crate::protocol::{ACK, Processor};
+
+/// The protocol a server speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// `PROTOCOL.md`: `*`, then `^`...`$` messages answered byte + 1.
+    #[default]
+    Bytes,
+    /// One decimal number per line, answered `prime` or `composite`.
+    Prime,
+}
+
+/// Why [`Responder::respond`] stopped before the end of its input.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// All input consumed.
+    No,
+    /// This number needs testing off the caller's thread; call
+    /// [`Responder::answered`] with the result before responding further.
+    Offload(u64),
+    /// Answer sent; the client must be closed, for this reason.
+    Close(String),
+}
+
+/// One client's protocol state.
+pub(crate) enum Responder {
+    Bytes(Processor),
+    Prime(Lines),
+}
+
+impl Responder {
+    pub(crate) fn new(protocol: Protocol) -> Self {
+        match protocol {
+            Protocol::Bytes => Responder::Bytes(Processor::new()),
+            Protocol::Prime => Responder::Prime(Lines::new()),
+        }
+    }
+
+    /// What the server sends first: `*` for the byte protocol, nothing for
+    /// the line protocol.
+    pub(crate) fn greeting(protocol: Protocol) -> &'static [u8] {
+        match protocol {
+            Protocol::Bytes => &[ACK],
+            Protocol::Prime => b"",
+        }
+    }
+
+    /// Answers `input` into `out`, and says how much of it was consumed
+    /// and why it stopped. With `offload` false every number is tested
+    /// here, so it stops only to close.
+    pub(crate) fn respond(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        offload: bool,
+    ) -> (usize, Stop) {
+        match self {
+            Responder::Bytes(p) => {
+                p.feed(input, out);
+                (input.len(), Stop::No)
+            }
+            Responder::Prime(lines) => {
+                let mut rest = input;
+                while let Some(request) = lines.next_request(&mut rest) {
+                    let consumed = input.len() - rest.len();
+                    match request {
+                        Request::Number(n) if offload && n > prime::INLINE_LIMIT => {
+                            return (consumed, Stop::Offload(n));
+                        }
+                        Request::Number(n) => prime::answer(prime::is_prime(n), out),
+                        Request::Invalid(what) => prime::answer_error(&what, out),
+                        Request::TooLong => {
+                            prime::answer_too_long(out);
+                            return (
+                                consumed,
+                                Stop::Close(format!(
+                                    "sent a line longer than {} bytes",
+                                    prime::MAX_LINE
+                                )),
+                            );
+                        }
+                    }
+                }
+                (input.len(), Stop::No)
+            }
+        }
+    }
+
+    /// Appends the answer to a number handed back as [`Stop::Offload`].
+    pub(crate) fn answered(&mut self, prime: bool, out: &mut Vec<u8>) {
+        prime::answer(prime, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_numbers_are_handed_back_in_order() {
+        let mut r = Responder::new(Protocol::Prime);
+        let mut out = Vec::new();
+        let input = b"7\n1000000000039\n8\n";
+        let (used, stop) = r.respond(input, &mut out, true);
+        assert_eq!(stop, Stop::Offload(1_000_000_000_039));
+        assert_eq!(out, b"prime\n");
+        r.answered(true, &mut out);
+        let (rest, stop) = r.respond(&input[used..], &mut out, true);
+        assert_eq!((rest, stop), (input.len() - used, Stop::No));
+        assert_eq!(out, b"prime\nprime\ncomposite\n");
+
+        // Without offloading, the same input is answered in one go.
+        let mut out = Vec::new();
+        let mut r = Responder::new(Protocol::Prime);
+        assert_eq!(r.respond(input, &mut out, false), (input.len(), Stop::No));
+        assert_eq!(out, b"prime\nprime\ncomposite\n");
+    }
+
+    #[test]
+    fn a_long_line_stops_with_its_answer() {
+        let mut r = Responder::new(Protocol::Prime);
+        let mut out = Vec::new();
+        let mut input = b"5\n".to_vec();
+        input.extend([b'9'; 100]);
+        let (_, stop) = r.respond(&input, &mut out, false);
+        assert!(matches!(stop, Stop::Close(_)));
+        assert!(out.starts_with(b"prime\nerror: line longer"), "{out:?}");
+    }
+}

@@ -1,0 +1,140 @@
+//! `--protocol prime`, every model: answers, malformed lines, the line
+//! limit, and small requests answered while heavy ones are computed.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use concur::server::{Config, Model, Protocol};
+
+fn prime_config(model: Model) -> Config {
+    let mut config = Config::new(model);
+    config.protocol = Protocol::Prime;
+    config
+}
+
+/// Reads one answer line.
+fn line(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    while got.last() != Some(&b'\n') {
+        got.extend(read_n(s, 1));
+    }
+    String::from_utf8(got).unwrap()
+}
+
+#[test]
+fn numbers_are_answered_in_order() {
+    // Above 2^32 the event-driven models test on their compute threads;
+    // the answers must still come back in request order.
+    let cases = [
+        ("0", "composite"),
+        ("1", "composite"),
+        ("2", "prime"),
+        ("3", "prime"),
+        ("4", "composite"),
+        ("97", "prime"),
+        ("4294967297", "composite"),
+        ("1000000000039", "prime"),
+        ("5", "prime"),
+        ("18446744073709551615", "composite"),
+        (" 4294967311\r", "prime"),
+    ];
+    let request: String = cases.iter().map(|(n, _)| format!("{n}\n")).collect();
+    let want: String = cases.iter().map(|(_, a)| format!("{a}\n")).collect();
+    for model in Model::ALL {
+        let server = start_with(prime_config(model));
+        let mut c = connect(server.local_addr());
+        c.write_all(request.as_bytes()).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let got = String::from_utf8(read_to_end(&mut c)).unwrap();
+        assert_eq!(got, want, "{model}");
+        let summary = server.stop();
+        assert_eq!((summary.served, summary.failed), (1, 0), "{model}");
+    }
+}
+
+#[test]
+fn malformed_lines_get_an_error_and_the_connection_goes_on() {
+    for model in Model::ALL {
+        let server = start_with(prime_config(model));
+        let mut c = connect(server.local_addr());
+        for bad in ["abc", "-5", "", "99999999999999999999", "7x"] {
+            c.write_all(format!("{bad}\n").as_bytes()).unwrap();
+            let answer = line(&mut c);
+            assert!(
+                answer.starts_with("error: "),
+                "{model}: {bad:?} got {answer:?}"
+            );
+        }
+        c.write_all(b"7\n").unwrap();
+        assert_eq!(line(&mut c), "prime\n", "{model}");
+        drop(c);
+        server.stop();
+    }
+}
+
+#[test]
+fn a_line_over_64_bytes_closes_the_client_with_an_error() {
+    for model in Model::ALL {
+        let server = start_with(prime_config(model));
+        let mut c = connect(server.local_addr());
+        c.write_all(b"11\n").unwrap();
+        c.write_all(&[b'1'; 100]).unwrap();
+        let got = String::from_utf8(read_to_end(&mut c)).unwrap();
+        assert_eq!(
+            got, "prime\nerror: line longer than 64 bytes; closing\n",
+            "{model}"
+        );
+        // The server goes on.
+        let mut next = connect(server.local_addr());
+        next.write_all(b"9\n").unwrap();
+        assert_eq!(line(&mut next), "composite\n", "{model}");
+        drop(next);
+        let summary = server.stop();
+        assert_eq!((summary.served, summary.failed), (1, 1), "{model}");
+    }
+}
+
+/// A prime whose trial division takes 5·10^8 divisions: about a second
+/// on this machine's cores, a thousand times the probe's round trips.
+const HEAVY: &str = "1000000000000000003\n";
+
+#[test]
+fn a_small_request_is_answered_while_heavy_ones_run() {
+    // More heavy clients than cores, so the event loops' compute pool and
+    // the async blocking pool are both full.
+    for model in Model::ALL.into_iter().filter(|&m| serves_at_once(m) >= 4) {
+        let server = start_with(prime_config(model));
+        let addr = server.local_addr();
+        let mut heavy: Vec<_> = (0..3)
+            .map(|_| {
+                let mut c = connect(addr);
+                c.write_all(HEAVY.as_bytes()).unwrap();
+                c
+            })
+            .collect();
+        let mut probe = connect(addr);
+        for n in ["7", "8", "65537"] {
+            probe.write_all(format!("{n}\n").as_bytes()).unwrap();
+            line(&mut probe);
+        }
+        // The ordering that matters: every small answer came back while no
+        // heavy answer had yet.
+        for (i, c) in heavy.iter_mut().enumerate() {
+            assert!(
+                silent_for(c, Duration::from_millis(1)),
+                "{model}: heavy request {i} finished before the probe was answered"
+            );
+        }
+        let answers: Vec<_> = heavy.iter_mut().map(line).collect();
+        assert!(
+            answers.iter().all(|a| a == "prime\n"),
+            "{model}: {answers:?}"
+        );
+        drop((heavy, probe));
+        server.stop();
+    }
+}
