@@ -131,10 +131,21 @@ struct ServeArgs {
     #[arg(long, value_enum, default_value_t = Protocol::Bytes)]
     protocol: Protocol,
 
-    /// Worker threads of the pool [default: 64] (only with --model pool).
-    #[arg(short = 'n', long, value_name = "N",
+    /// Worker threads of the pool [default: 64]; with --max-threads, the
+    /// fewest it shrinks to (only with --model pool).
+    #[arg(short = 'n', long, visible_alias = "min-threads", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     threads: Option<u32>,
+
+    /// Let the pool grow up to this many workers while every worker is
+    /// busy and clients wait [default: --threads, a fixed pool] (only with
+    /// --model pool).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_threads: Option<u32>,
+
+    /// Seconds a worker above --threads may sit idle before it leaves.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_positive_secs)]
+    keep_alive: Duration,
 
     /// Clients the pool's hand-off holds while all workers are busy; 0 means
     /// the accept loop waits for a free worker and later clients wait in the
@@ -308,6 +319,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let misplaced = [
         (Model::Pool, "--threads", args.threads.is_some()),
         (Model::Pool, "--queue", args.queue != 0),
+        (Model::Pool, "--max-threads", args.max_threads.is_some()),
         (Model::Event, "--loops", args.loops.is_some()),
         (
             Model::Event,
@@ -331,6 +343,18 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Some(n) = args.threads {
         config.threads = n as usize;
     }
+    if let Some(max) = args.max_threads {
+        if (max as usize) < config.threads {
+            eprintln!(
+                "error: --max-threads {max} is below the pool's {} threads; give at least that \
+                 (or lower --threads)",
+                config.threads
+            );
+            return ExitCode::from(2);
+        }
+        config.max_threads = max as usize;
+    }
+    config.keep_alive = args.keep_alive;
     config.queue = args.queue;
     if let Some(n) = args.loops {
         config.loops = n as usize;

@@ -58,8 +58,9 @@ pub enum Model {
     Sequential,
     /// One thread per client (the article's C server).
     Thread,
-    /// A fixed pool of worker threads fed through a bounded hand-off (the
-    /// article's Python server).
+    /// A pool of worker threads fed through a bounded hand-off (the
+    /// article's Python server); fixed, or growing and shrinking with the
+    /// load.
     Pool,
     /// mio event loops: no thread per client, per-client state and
     /// outbound buffers (where the article points next).
@@ -118,8 +119,16 @@ pub struct Config {
     pub model: Model,
     /// The protocol spoken to clients.
     pub protocol: Protocol,
-    /// Worker threads of [`Model::Pool`].
+    /// Worker threads of [`Model::Pool`]: all of them for a fixed pool,
+    /// the fewest for one that adapts (see [`Config::max_threads`]).
     pub threads: usize,
+    /// The most worker threads [`Model::Pool`] grows to while every worker
+    /// is busy and clients wait; at or below [`Config::threads`] the pool
+    /// is fixed.
+    pub max_threads: usize,
+    /// How long a worker beyond [`Config::threads`] may sit idle before it
+    /// leaves.
+    pub keep_alive: Duration,
     /// Clients the pool's hand-off holds while every worker is busy. Zero
     /// is a rendezvous: the accept loop waits for a free worker and further
     /// clients wait in the kernel's listen backlog, as in the article.
@@ -204,6 +213,8 @@ impl Config {
             model,
             protocol: Protocol::Bytes,
             threads: 64,
+            max_threads: 0,
+            keep_alive: Duration::from_secs(10),
             queue: 0,
             drain_timeout: Duration::from_secs(5),
             loops: cores(),
@@ -234,6 +245,12 @@ impl Config {
     pub fn describe(&self) -> String {
         let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
         let model = match self.model {
+            Model::Pool if self.max_threads > self.threads => {
+                format!(
+                    "model pool, {} to {} threads",
+                    self.threads, self.max_threads
+                )
+            }
             Model::Pool => format!("model pool, {}", count(self.threads, "thread")),
             Model::Event => format!("model event, {}", count(self.loops, "loop")),
             Model::Async => format!("model async, {}", count(self.workers, "worker")),
@@ -283,6 +300,9 @@ pub struct Summary {
     /// The most answer bytes held for one client at once, waiting to be
     /// written: what backpressure bounds.
     pub max_buffered: u64,
+    /// Worker threads of a pool at the moment of the snapshot (zero for
+    /// the other models).
+    pub pool_threads: u64,
 }
 
 impl fmt::Display for Summary {
@@ -300,14 +320,18 @@ impl fmt::Display for Summary {
             self.bytes_out,
             self.max_clients,
             self.accept_errors
-        )
+        )?;
+        if self.pool_threads > 0 {
+            write!(f, ", a pool of {} threads at shutdown", self.pool_threads)?;
+        }
+        Ok(())
     }
 }
 
 impl Summary {
     /// The live figures, for the `--stats-interval` line.
     pub fn live_line(&self) -> String {
-        format!(
+        let mut line = format!(
             "clients now {}, accepted {}, rejected {}, timed out {}, bytes in {}, bytes out {}",
             self.clients_now,
             self.accepted,
@@ -315,7 +339,11 @@ impl Summary {
             self.timed_out,
             self.bytes_in,
             self.bytes_out
-        )
+        );
+        if self.pool_threads > 0 {
+            line += &format!(", pool threads {}", self.pool_threads);
+        }
+        line
     }
 }
 
@@ -334,6 +362,7 @@ pub(crate) struct Stats {
     clients_now: AtomicU64,
     max_clients: AtomicU64,
     max_buffered: AtomicU64,
+    pub(crate) pool_threads: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -445,6 +474,10 @@ impl Ctx {
 
     pub(crate) fn count_failed(&self) {
         bump(&self.stats.failed, 1);
+    }
+
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     pub(crate) fn count_timed_out(&self) {
@@ -564,6 +597,7 @@ fn snapshot(stats: &Stats) -> Summary {
         clients_now: get(&stats.clients_now),
         max_clients: get(&stats.max_clients),
         max_buffered: get(&stats.max_buffered),
+        pool_threads: get(&stats.pool_threads),
     }
 }
 

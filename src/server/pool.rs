@@ -1,4 +1,4 @@
-//! The article's Python server: a fixed pool of worker threads.
+//! The article's Python server: a pool of worker threads.
 //!
 //! `threads` workers each take one client at a time from a bounded channel
 //! and serve it to the end. The accept loop puts each accepted client into
@@ -8,6 +8,12 @@
 //! pool rate-limits: at most `threads` clients are served at once, however
 //! many arrive, and the rest queue instead of costing threads.
 //!
+//! The article adds that the pool's size could follow the load. With
+//! `max_threads` above `threads` it does: when a client is accepted while
+//! no worker is idle, the accept loop starts another worker (up to
+//! `max_threads`) before handing the client over; a worker that then finds
+//! nothing to do for `keep_alive` leaves, down to `threads`.
+//!
 //! On shutdown the accept loop drops the sender; workers finish their
 //! clients, close any still queued without serving them, see the channel
 //! disconnect and exit, and are joined.
@@ -15,13 +21,14 @@
 use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::ControlFlow;
-use std::sync::Arc;
-use std::thread;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
-use tracing::info;
+use tracing::{info, warn};
 
-use crossbeam_channel::{Receiver, select};
+use crossbeam_channel::{Receiver, RecvTimeoutError, select};
 
 use super::listener::{self, Blocking};
 use super::{Ctx, conn};
@@ -29,32 +36,163 @@ use super::{Ctx, conn};
 /// A client waiting for a worker, with the moment it was accepted.
 type Job = (TcpStream, SocketAddr, Instant);
 
-pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
-    let (jobs, queue) = crossbeam_channel::bounded::<Job>(ctx.config.queue);
-    let mut workers = Vec::with_capacity(ctx.config.threads);
-    for id in 0..ctx.config.threads {
-        let (ctx_for_worker, queue) = (Arc::clone(ctx), queue.clone());
+/// The workers, and what growing and shrinking them needs.
+struct Pool {
+    ctx: Arc<Ctx>,
+    queue: Receiver<Job>,
+    /// Workers alive (also in the summary's `pool_threads`).
+    alive: AtomicUsize,
+    /// Workers waiting for a client.
+    idle: AtomicUsize,
+    min: usize,
+    max: usize,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    next_id: AtomicUsize,
+}
+
+impl Pool {
+    /// Starts one more worker, if the pool is below `limit`; true if it did.
+    fn grow(self: &Arc<Self>, limit: usize) -> io::Result<bool> {
+        let grew = self
+            .alive
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok();
+        if !grew {
+            return Ok(false);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let pool = Arc::clone(self);
         match thread::Builder::new()
             .name(format!("worker-{id}"))
-            .spawn(move || work(&ctx_for_worker, &queue))
+            .spawn(move || pool.work())
         {
-            Ok(worker) => workers.push(worker),
+            Ok(worker) => {
+                self.ctx.stats().pool_threads.fetch_add(1, Ordering::SeqCst);
+                self.workers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(worker);
+                Ok(true)
+            }
             Err(e) => {
-                // Starting the pool is setting the server up: without its
-                // workers it cannot serve anyone.
-                ctx.shutdown.trigger();
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot start pool worker {id}: {e}"),
-                ));
+                self.alive.fetch_sub(1, Ordering::SeqCst);
+                Err(e)
             }
         }
     }
-    drop(queue);
+
+    /// Leaves the pool if it is above its minimum; true if this worker
+    /// should exit.
+    fn retire(&self) -> bool {
+        let left = self
+            .alive
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n > self.min).then_some(n - 1)
+            });
+        match left {
+            Ok(was) => {
+                self.ctx.stats().pool_threads.fetch_sub(1, Ordering::SeqCst);
+                info!(
+                    "pool shrinks to {} threads: a worker was idle for {:?}",
+                    was - 1,
+                    self.ctx.config.keep_alive
+                );
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn work(&self) {
+        let adaptive = self.max > self.min;
+        loop {
+            self.idle.fetch_add(1, Ordering::SeqCst);
+            let job = if adaptive {
+                self.queue.recv_timeout(self.ctx.config.keep_alive)
+            } else {
+                self.queue
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected)
+            };
+            self.idle.fetch_sub(1, Ordering::SeqCst);
+            match job {
+                Ok(job) => self.serve(job),
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.retire() {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn serve(&self, (stream, peer, accepted): Job) {
+        let ctx = &self.ctx;
+        if ctx.shutdown.is_triggered() {
+            // Accepted but never served: closing it is as if it had never
+            // been accepted.
+            drop(stream);
+            ctx.count_dropped();
+            ctx.arrived();
+            return;
+        }
+        if idled_out_in_queue(ctx, &stream, accepted) {
+            info!(target: conn::LOG_TARGET, "peer {peer} closed unserved: sent nothing while it waited past the idle timeout");
+            drop(stream);
+            ctx.count_timed_out();
+            ctx.arrived();
+            return;
+        }
+        let client = conn::admit(ctx, stream, peer);
+        ctx.arrived();
+        client.serve();
+    }
+}
+
+pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
+    let (jobs, queue) = crossbeam_channel::bounded::<Job>(ctx.config.queue);
+    let min = ctx.config.threads;
+    let pool = Arc::new(Pool {
+        ctx: Arc::clone(ctx),
+        queue,
+        alive: AtomicUsize::new(0),
+        idle: AtomicUsize::new(0),
+        min,
+        max: ctx.config.max_threads.max(min),
+        workers: Mutex::new(Vec::new()),
+        next_id: AtomicUsize::new(0),
+    });
+    for _ in 0..min {
+        if let Err(e) = pool.grow(min) {
+            // Starting the pool is setting the server up: without its
+            // workers it cannot serve anyone.
+            ctx.shutdown.trigger();
+            drop(jobs);
+            join_all(&pool);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot start the pool's workers: {e}"),
+            ));
+        }
+    }
 
     let stop = ctx.shutdown.channel();
     let result = listener::accept_loop(listener, ctx, Blocking::Yes, |stream, peer| {
         ctx.set_off();
+        if pool.max > pool.min && pool.idle.load(Ordering::SeqCst) == 0 {
+            match pool.grow(pool.max) {
+                Ok(true) => info!(
+                    "pool grows to {} threads: every worker was busy",
+                    pool.alive.load(Ordering::SeqCst)
+                ),
+                Ok(false) => {}
+                // The pool goes on serving with the workers it has.
+                Err(e) => warn!("cannot grow the pool: {e}"),
+            }
+        }
         select! {
             send(jobs, (stream, peer, Instant::now())) -> sent => match sent {
                 Ok(()) => ControlFlow::Continue(()),
@@ -72,32 +210,16 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
         }
     });
     drop(jobs);
-    for worker in workers {
-        let _ = worker.join();
-    }
+    join_all(&pool);
     result
 }
 
-fn work(ctx: &Arc<Ctx>, queue: &Receiver<Job>) {
-    for (stream, peer, accepted) in queue {
-        if ctx.shutdown.is_triggered() {
-            // Accepted but never served: closing it is as if it had never
-            // been accepted.
-            drop(stream);
-            ctx.count_dropped();
-            ctx.arrived();
-            continue;
-        }
-        if idled_out_in_queue(ctx, &stream, accepted) {
-            info!(target: conn::LOG_TARGET, "peer {peer} closed unserved: sent nothing while it waited past the idle timeout");
-            drop(stream);
-            ctx.count_timed_out();
-            ctx.arrived();
-            continue;
-        }
-        let client = conn::admit(ctx, stream, peer);
-        ctx.arrived();
-        client.serve();
+/// Joins every worker, retired ones included. Only the accept loop grows
+/// the pool, and it has returned, so the list is complete.
+fn join_all(pool: &Pool) {
+    let workers = std::mem::take(&mut *pool.workers.lock().unwrap_or_else(|e| e.into_inner()));
+    for worker in workers {
+        let _ = worker.join();
     }
 }
 
