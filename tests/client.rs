@@ -611,3 +611,27 @@ fn threads_reports_the_threads_it_started_and_exits() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn threads_that_cannot_be_created_are_counted_not_a_panic() {
+    // 1 GB of address space cannot hold 5,000 stacks of 2 MiB.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1000000 && exec \"$0\" threads 5000 --secs 0.1")
+        .arg(env!("CARGO_BIN_EXE_concur"))
+        .output()
+        .expect("run concur under ulimit");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let stdout = text(&o.stdout);
+    let created: usize = Regex::new(r"^threads: (\d+) of 5000 created")
+        .unwrap()
+        .captures(&stdout)
+        .unwrap_or_else(|| panic!("{stdout}"))[1]
+        .parse()
+        .unwrap();
+    assert!(created < 5000, "{stdout}");
+    assert!(
+        stdout.contains(&format!("thread {} could not be created", created + 1)),
+        "{stdout}"
+    );
+}

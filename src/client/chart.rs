@@ -97,7 +97,7 @@ fn draw(report: &Report, backend: SVGBackend<'_>) -> DrawResult {
         .y_labels(conns.len().max(1))
         .max_light_lines(1)
         .x_desc("seconds since the clients started")
-        .x_label_formatter(&|t| format!("{t:.1}"))
+        .x_label_formatter(&seconds_label)
         .light_line_style(RGBColor(0xF2, 0xF2, 0xF2))
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 15))
@@ -171,6 +171,13 @@ where
         x += 30 + text(label) + 30;
     }
     Ok(())
+}
+
+/// A tick label: as many decimals as the tick needs (`0.05`, `0.5`, `2`),
+/// so that short runs and long runs both get distinct labels. Rounding to
+/// microseconds hides the float noise of the tick arithmetic.
+fn seconds_label(t: &f64) -> String {
+    format!("{}", (t * 1e6).round() / 1e6)
 }
 
 fn diamond() -> Polygon<(i32, i32)> {
