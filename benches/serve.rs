@@ -16,7 +16,7 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `SERVE_ROUNDS` | 5 | rounds of each load |
+//! | `SERVE_ROUNDS` | 7 | rounds of each load |
 //! | `SERVE_STREAM_MIB` | 1024 | MiB per stream run |
 //! | `SERVE_PINGPONG_MS` | 2000 | length of each pingpong run |
 //! | `SERVE_MODELS` | `sequential,thread,pool` | models to measure |
@@ -68,7 +68,7 @@ struct Contender {
 fn main() {
     // `cargo bench` passes `--bench`; everything else comes from the
     // environment.
-    let rounds: usize = env_or("SERVE_ROUNDS", 5).max(1);
+    let rounds: usize = env_or("SERVE_ROUNDS", 7).max(1);
     let stream_bytes: u64 = env_or::<u64>("SERVE_STREAM_MIB", 1024) << 20;
     let pingpong_for = Duration::from_millis(env_or("SERVE_PINGPONG_MS", 2000));
     let models: Vec<Model> = env_or::<String>("SERVE_MODELS", "sequential,thread,pool".into())
@@ -102,17 +102,59 @@ fn main() {
         "{} cores; {rounds} rounds, interleaved; medians over rounds",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    let cpu_before = cpu_ticks();
     stream_table(&contenders, rounds, stream_bytes);
     let closed_loop: Vec<&Contender> = contenders
         .iter()
         .filter(|c| c.model != Some(Model::Sequential))
         .collect();
     pingpong_table(&closed_loop, rounds, pingpong_for);
+    println!();
+    print_others(cpu_before);
 
     for server in servers {
         server.stop();
     }
     echo.stop();
+}
+
+/// CPU time so far, in clock ticks: the whole machine's busy time and all of it, idle included, from `/proc/stat`, and this
+/// process's own (user, system) from `/proc/self/stat`. None off Linux.
+fn cpu_ticks() -> Option<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let all: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user, nice, system, irq, softirq: the process's own system time
+    // takes in the network softirqs run on its behalf, so they count here
+    // too.
+    let busy = [0, 1, 2, 5, 6]
+        .iter()
+        .map(|&i| all.get(i).unwrap_or(&0))
+        .sum();
+    let total = all.iter().sum();
+    let me = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces; the fields after it are fixed.
+    let fields: Vec<&str> = me.rsplit_once(')')?.1.split_whitespace().collect();
+    let mine = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((busy, total, mine))
+}
+
+/// Other work on the machine skews every figure, and the load average
+/// cannot tell it from the benchmark's own threads; the CPU time that was
+/// not ours can.
+fn print_others(before: Option<(u64, u64, u64)>) {
+    if let (Some((b0, t0, m0)), Some((b1, t1, m1))) = (before, cpu_ticks()) {
+        let others = (b1 - b0).saturating_sub(m1 - m0) as f64 / (t1 - t0).max(1) as f64;
+        println!(
+            "other processes used {:.1}% of the machine's CPU time during the run",
+            100.0 * others
+        );
+    }
 }
 
 fn stream_table(contenders: &[Contender], rounds: usize, bytes: u64) {
