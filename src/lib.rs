@@ -26,7 +26,7 @@
 //! - [`demo`]: the article's experiment in one call: three servers, the
 //!   client against each, a table and a chart per model.
 //! - [`threads`]: the footnote's experiment: what idle threads cost.
-//! - [`bench`]: the helpers the benchmarks share: a plain echo server as the
+//! - [`bench`](mod@bench): the helpers the benchmarks share: a plain echo server as the
 //!   reference, and streaming and request/response load.
 //!
 //! # Example

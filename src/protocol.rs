@@ -6,7 +6,7 @@
 //! plus one (mod 256), and `$` itself switches back to waiting.
 //!
 //! [`Processor::feed`] takes a whole buffer, finds the next `^` or `$` with
-//! [`memchr`] and maps whole spans with one tight loop that the compiler
+//! [`memchr`](memchr::memchr()) and maps whole spans with one tight loop that the compiler
 //! vectorises, so the core runs at memory speed rather than branching on
 //! every byte. The state carries over from one call to the next, so the
 //! output never depends on how the stream was split into reads.
