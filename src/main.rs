@@ -40,6 +40,104 @@ enum Command {
     /// The footnote's experiment: start N idle threads and measure what
     /// they cost the process.
     Threads(ThreadsArgs),
+    /// Benchmark models side by side against the echo reference: a table,
+    /// and with --out, results.json and SVG plots.
+    Bench(BenchArgs),
+}
+
+/// `concur bench`'s first argument: a scenario, or a sweep of one.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchWhat {
+    /// C connections stream one endless message in W-byte writes: MB/s.
+    Stream,
+    /// C connections in a closed loop of ^ + S bytes + $: req/s, latency.
+    Pingpong,
+    /// The same requests at a fixed total --rate, open loop: latency from
+    /// each request's intended send time.
+    Rate,
+    /// W workers connect, get *, send ^a$, read b, close: connections/s.
+    Churn,
+    /// N idle clients: the server's memory and threads (server run as a
+    /// child process), and how fast a newcomer is served meanwhile.
+    Idle,
+    /// Primality protocol: C clients ask about a large --number in a loop,
+    /// one probe asks about small ones: answers/s, probe latency.
+    Cpu,
+    /// --of SCENARIO over several connection counts (-c 1,8,64,512).
+    Sweep,
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Every received byte is checked; a wrong one is an error, counted and \
+                        shown, and the exit code is 1. Only servers on this machine are measured."
+)]
+struct BenchArgs {
+    /// What to run.
+    #[arg(value_enum)]
+    scenario: BenchWhat,
+
+    /// The scenario a sweep runs [default: pingpong] (only with sweep).
+    #[arg(long, value_enum, value_name = "SCENARIO")]
+    of: Option<concur::bench::Scenario>,
+
+    /// Connections (churn: workers; idle: idle clients; cpu: heavy
+    /// clients), comma-separated for several [default: the scenario's;
+    /// sweep: 1,8,64,512].
+    #[arg(short = 'c', long = "connections", value_name = "N,...", value_delimiter = ',',
+          value_parser = clap::value_parser!(u32).range(1..=concur::bench::run::MAX_COUNT as i64))]
+    counts: Vec<u32>,
+
+    /// Models to start and measure, comma-separated [default: all five;
+    /// none with --addr].
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "MODEL,...")]
+    models: Vec<Model>,
+
+    /// Also measure the server of the protocol listening here (a loopback
+    /// address).
+    #[arg(long, value_name = "IP:PORT")]
+    addr: Option<std::net::SocketAddr>,
+
+    /// Leave out the echo reference.
+    #[arg(long)]
+    no_reference: bool,
+
+    /// Seconds per run (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_positive_secs,
+          allow_hyphen_values = true)]
+    secs: Duration,
+
+    /// Runs of each server at each count, interleaved.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
+
+    /// Bytes per write (stream) or payload bytes (pingpong, rate)
+    /// [default: 65536 for stream, 16 otherwise].
+    #[arg(long, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..=16 << 20))]
+    size: Option<u64>,
+
+    /// Requests per second over all connections (only with rate).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    rate: Option<u64>,
+
+    /// The number the heavy clients ask about (only with cpu) [default:
+    /// 99999999999973, a prime: five million trial divisions].
+    #[arg(long, value_name = "N")]
+    number: Option<u64>,
+
+    /// Workers of the pool model [default: 64].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pool_threads: Option<u32>,
+
+    /// Write results.json and the plots here (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: Option<std::path::PathBuf>,
+
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -270,7 +368,73 @@ fn main() -> ExitCode {
             stack: args.stack_kib.map(|k| k as usize * 1024),
             progress: true,
         })),
+        Command::Bench(args) => bench(args),
     }
+}
+
+fn bench(args: BenchArgs) -> ExitCode {
+    use concur::bench::{Options, Scenario};
+    let sweep = args.scenario == BenchWhat::Sweep;
+    let scenario = match args.scenario {
+        BenchWhat::Stream => Scenario::Stream,
+        BenchWhat::Pingpong => Scenario::Pingpong,
+        BenchWhat::Rate => Scenario::Rate,
+        BenchWhat::Churn => Scenario::Churn,
+        BenchWhat::Idle => Scenario::Idle,
+        BenchWhat::Cpu => Scenario::Cpu,
+        BenchWhat::Sweep => args.of.unwrap_or(Scenario::Pingpong),
+    };
+    let misplaced = [
+        ("--of", args.of.is_some() && !sweep, "sweep"),
+        (
+            "--rate",
+            args.rate.is_some() && scenario != Scenario::Rate,
+            "rate",
+        ),
+        (
+            "--number",
+            args.number.is_some() && scenario != Scenario::Cpu,
+            "cpu",
+        ),
+    ];
+    for (flag, wrong, wanted) in misplaced {
+        if wrong {
+            eprintln!("error: {flag} does not apply to {scenario}; it is for {wanted}");
+            return ExitCode::from(2);
+        }
+    }
+    let mut options = Options::new(scenario, args.secs);
+    options.sweep = sweep;
+    options.counts = args.counts.iter().map(|&c| c as usize).collect();
+    if sweep && options.counts.is_empty() {
+        options.counts = vec![1, 8, 64, 512];
+    }
+    if !args.models.is_empty() {
+        options.models = args.models;
+    } else if args.addr.is_some() {
+        options.models.clear();
+    }
+    options.addr = args.addr;
+    options.reference = !args.no_reference;
+    options.repeat = args.repeat as usize;
+    if let Some(size) = args.size {
+        options.params.size = size as usize;
+    }
+    if let Some(rate) = args.rate {
+        options.params.rate = rate;
+    }
+    if let Some(n) = args.number {
+        options.params.number = n;
+    }
+    options.pool_threads = args.pool_threads.map(|n| n as usize);
+    options.out = args.out;
+    options.progress = !args.quiet;
+    options.command = std::env::args().collect::<Vec<_>>().join(" ");
+    if let Err(e) = options.check() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    ExitCode::from(concur::bench::command(&options))
 }
 
 fn client(args: ClientArgs) -> ExitCode {

@@ -19,6 +19,16 @@
 //! they answer differently: a concur server greets with `*` and answers
 //! each byte of a message plus one; the echo sends back exactly what came.
 //!
+//! On top of these, `concur bench` (see [`run`](mod@run)) measures whole
+//! scenarios against several servers side by side:
+//!
+//! - `load`: the timed loads (stream, pingpong, rate, churn, cpu), which
+//!   count errors per connection instead of stopping at the first;
+//! - `idle`: the server as a child process, its memory with idle clients;
+//! - `report`: runs, the medians of the table, `results.json`;
+//! - `plot`: throughput and latency pictures (SVG);
+//! - `run`: the servers, the interleaved repeats, the progress bar.
+//!
 //! Every connection goes to the address it is given (the benchmarks and
 //! tests use 127.0.0.1), and every read and write gives up after
 //! [`IO_TIMEOUT`], so a stalled server ends a run with an error instead of
@@ -52,6 +62,16 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::protocol::{ACK, MSG_END, MSG_START};
+
+pub mod idle;
+pub mod load;
+pub mod plot;
+pub mod report;
+pub mod run;
+
+pub use load::{Params, Scenario};
+pub use report::{Percentiles, Results, Row, Run};
+pub use run::{Options, command};
 
 /// The echo server's read size: the same as the concur servers', so that
 /// the two make the same number of system calls for the same load.

@@ -1,0 +1,243 @@
+//! The `idle` scenario: what clients that do nothing cost a server.
+//!
+//! The server runs as a child process (`concur serve --port 0 -q`), so
+//! that `/proc/PID/status` shows its memory and threads alone, without the
+//! clients' sockets and threads of this process. The figures:
+//!
+//! - resident memory before (one client served, so that lazily built
+//!   state is in the baseline) and with the idle clients connected, and
+//!   the difference per client;
+//! - the server's thread count with them connected;
+//! - how many of them got their `*` (a pool serves only as many clients
+//!   as it has workers; the rest wait in the listen backlog);
+//! - how long a newcomer takes from connect to its answer meanwhile.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::load::expect;
+use super::new_histogram;
+use crate::protocol::ACK;
+use crate::server::Model;
+
+/// Newcomers timed while the idle clients are connected.
+pub const NEWCOMERS: usize = 20;
+
+/// How long a newcomer may wait for its answer before it counts as not
+/// served.
+pub const NEWCOMER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What one `idle` run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct IdleFigures {
+    /// Idle clients connected.
+    pub clients: usize,
+    /// Of those, how many got their `*` (were being served).
+    pub greeted: usize,
+    /// The server's resident memory with one client served, in KiB.
+    pub rss_before_kib: u64,
+    /// Its resident memory with the idle clients connected, in KiB.
+    pub rss_after_kib: u64,
+    /// The difference, per connected client, in bytes.
+    pub bytes_per_client: f64,
+    /// The server's threads with the idle clients connected.
+    pub threads: u64,
+    /// Newcomers tried.
+    pub newcomers: usize,
+    /// Newcomers answered within [`NEWCOMER_TIMEOUT`].
+    pub newcomers_served: usize,
+    /// Errors: connects that failed, wrong bytes.
+    #[serde(skip)]
+    pub errors: Vec<String>,
+    /// Newcomers' time from connect to answer, in µs.
+    #[serde(skip)]
+    pub newcomer_latency: Option<Histogram<u64>>,
+}
+
+/// A `concur serve` child process.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid, which has not been
+        // waited for yet, so it cannot have been reused.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(exe: &Path, model: Model, extra: &[String]) -> io::Result<ServerProcess> {
+    let mut child = Command::new(exe)
+        .args(["serve", "--port", "0", "--backlog", "4096", "-q"])
+        .args(["--drain-timeout", "0.2", "--model", model.name()])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start {}: {e}", exe.display())))?;
+    let banner = first_line(child.stdout.as_mut().expect("piped stdout"));
+    let addr = banner
+        .as_deref()
+        .and_then(|b| b.strip_prefix("Serving on "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok());
+    // Built before the check, so that a child that said something else is
+    // stopped on the way out.
+    let server = ServerProcess {
+        child,
+        addr: addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+    };
+    match addr {
+        Some(_) => Ok(server),
+        None => Err(io::Error::other(format!(
+            "{} serve did not print 'Serving on ADDR' first (got {banner:?})",
+            exe.display()
+        ))),
+    }
+}
+
+fn first_line(out: &mut impl Read) -> Option<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    // Byte by byte: a buffered reader would swallow what comes after, and
+    // the rest of stdout is the child's business.
+    while out.read(&mut b).ok()? == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+        if line.len() > 1000 {
+            return None;
+        }
+    }
+    String::from_utf8(line).ok()
+}
+
+/// One client served end to end: connect, `*`, `^ab$`, `bc`, close.
+fn round_trip(addr: SocketAddr, timeout: Duration) -> io::Result<Duration> {
+    let t = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(b"^ab$")?;
+    expect(&mut s, b"*bc", &mut [0u8; 3], "a newcomer's answer")?;
+    Ok(t.elapsed())
+}
+
+fn proc_status(pid: u32) -> io::Result<crate::threads::Status> {
+    Ok(crate::threads::Status::parse(&std::fs::read_to_string(
+        format!("/proc/{pid}/status"),
+    )?))
+}
+
+/// Starts `exe serve --model MODEL EXTRA...`, connects `clients` idle
+/// clients, and measures.
+pub fn run(exe: &Path, model: Model, extra: &[String], clients: usize) -> io::Result<IdleFigures> {
+    let server = spawn(exe, model, extra)?;
+    let pid = server.child.id();
+    let addr = server.addr;
+    round_trip(addr, Duration::from_secs(10))?;
+    let before = proc_status(pid)?;
+
+    let mut errors = Vec::new();
+    let mut idle = Vec::with_capacity(clients);
+    for i in 0..clients {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => idle.push(s),
+            Err(e) => {
+                errors.push(format!("idle client {i} could not connect: {e}"));
+                break;
+            }
+        }
+    }
+    let greeted = count_greeted(&idle, &mut errors)?;
+    let during = proc_status(pid)?;
+
+    let mut latency = new_histogram();
+    let mut served = 0;
+    let mut tried = 0;
+    for _ in 0..NEWCOMERS {
+        tried += 1;
+        match round_trip(addr, NEWCOMER_TIMEOUT) {
+            Ok(t) => {
+                served += 1;
+                latency.saturating_record(t.as_micros().max(1) as u64);
+            }
+            // Not served in time (a full pool, a sequential server): a
+            // figure, not an error; one is enough to know.
+            Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => break,
+            Err(e) => {
+                errors.push(format!("newcomer: {e}"));
+                break;
+            }
+        }
+    }
+    drop(idle);
+    drop(server);
+    let held = greeted.1;
+    Ok(IdleFigures {
+        clients: held,
+        greeted: greeted.0,
+        rss_before_kib: before.rss_kib,
+        rss_after_kib: during.rss_kib,
+        bytes_per_client: during.rss_kib.saturating_sub(before.rss_kib) as f64 * 1024.0
+            / held.max(1) as f64,
+        threads: during.threads,
+        newcomers: tried,
+        newcomers_served: served,
+        errors,
+        newcomer_latency: (served > 0).then_some(latency),
+    })
+}
+
+/// Waits until the server has greeted every client, or no more greetings
+/// come for a while; returns (greeted, connected).
+fn count_greeted(idle: &[TcpStream], errors: &mut Vec<String>) -> io::Result<(usize, usize)> {
+    for s in idle {
+        s.set_nonblocking(true)?;
+    }
+    let mut greeted = vec![false; idle.len()];
+    let mut count = 0;
+    let mut quiet_since = Instant::now();
+    // A server that accepts lazily is given time; one that will never
+    // greet the rest (a full pool) is given up on after a quiet spell.
+    while count < idle.len() && quiet_since.elapsed() < Duration::from_millis(1500) {
+        let mut progressed = false;
+        for (s, g) in idle.iter().zip(greeted.iter_mut()).filter(|(_, g)| !**g) {
+            let mut b = [0u8; 1];
+            match (&*s).read(&mut b) {
+                Ok(1) if b[0] == ACK => {
+                    *g = true;
+                    count += 1;
+                    progressed = true;
+                }
+                Ok(_) => {
+                    *g = true;
+                    errors.push(format!("an idle client got {:#04x} instead of `*`", b[0]));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    *g = true;
+                    errors.push(format!("an idle client: {e}"));
+                }
+            }
+        }
+        if progressed {
+            quiet_since = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Settle: threads the server started for the last clients finish
+    // starting before memory is read.
+    std::thread::sleep(Duration::from_millis(300));
+    Ok((count, idle.len()))
+}

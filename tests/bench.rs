@@ -1,0 +1,301 @@
+//! `concur bench`: every scenario runs briefly against one model and
+//! yields well-formed JSON with real figures and plots; a server that
+//! answers wrongly makes it report errors; bad input is refused.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use concur::bench::{self, Options, Scenario};
+use concur::server::Model;
+use serde_json::Value;
+
+fn concur(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_concur"))
+        .args(args)
+        .output()
+        .expect("run concur")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("concur-bench-{}-{name}", std::process::id()))
+}
+
+fn options(scenario: Scenario, count: usize) -> Options {
+    let mut o = Options::new(scenario, Duration::from_millis(200));
+    o.models = vec![Model::Event];
+    o.counts = vec![count];
+    o.repeat = 1;
+    o
+}
+
+/// Runs, writes the outputs, and reads `results.json` back.
+fn run_and_read(o: &mut Options, name: &str) -> Value {
+    let dir = scratch(name);
+    o.out = Some(dir.clone());
+    let results = bench::run::run(o).expect("bench runs");
+    bench::run::write(&results, &dir).expect("outputs written");
+    read_json(&dir)
+}
+
+fn read_json(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("results.json")).expect("results.json");
+    serde_json::from_str(&text).expect("well-formed JSON")
+}
+
+fn rows(json: &Value) -> &Vec<Value> {
+    json["rows"].as_array().expect("rows")
+}
+
+fn row<'a>(json: &'a Value, server: &str) -> &'a Value {
+    rows(json)
+        .iter()
+        .find(|r| r["server"] == server)
+        .unwrap_or_else(|| panic!("no row for {server}: {json:#}"))
+}
+
+fn assert_svg(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let doc = roxmltree::Document::parse(&text).expect("the plot is well-formed XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    assert!(
+        text.contains("<polyline") || text.contains("<path"),
+        "{path:?} draws no line"
+    );
+}
+
+fn assert_common(json: &Value, scenario: &str) {
+    assert_eq!(json["scenario"], scenario);
+    assert!(json["cores"].as_u64().unwrap() >= 1);
+    assert!(json["runs"].as_array().is_some_and(|r| !r.is_empty()));
+    for r in json["runs"].as_array().unwrap() {
+        assert_eq!(r["errors"], 0, "{r:#}");
+    }
+}
+
+fn assert_latency(p: &Value) {
+    assert!(p["count"].as_u64().unwrap() > 0, "{p}");
+    let figures: Vec<u64> = ["p50", "p90", "p99", "p999", "max"]
+        .iter()
+        .map(|k| p[k].as_u64().unwrap())
+        .collect();
+    assert!(figures[0] > 0, "{p}");
+    assert!(figures.windows(2).all(|w| w[0] <= w[1]), "{p}");
+}
+
+#[test]
+fn stream_measures_megabytes_against_the_reference() {
+    let json = run_and_read(&mut options(Scenario::Stream, 2), "stream");
+    assert_common(&json, "stream");
+    assert_eq!(json["unit"], "MB/s");
+    for server in ["echo", "event"] {
+        let r = row(&json, server);
+        assert!(r["throughput"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["vs_reference"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let dir = scratch("stream");
+    assert_svg(&dir.join("stream-throughput.svg"));
+}
+
+#[test]
+fn pingpong_measures_requests_and_latency() {
+    let json = run_and_read(&mut options(Scenario::Pingpong, 3), "pingpong");
+    assert_common(&json, "pingpong");
+    let r = row(&json, "event");
+    assert!(r["throughput"].as_f64().unwrap() > 0.0);
+    assert_latency(&r["latency_us"]);
+    let dir = scratch("pingpong");
+    assert_svg(&dir.join("pingpong-throughput.svg"));
+    assert_svg(&dir.join("pingpong-latency.svg"));
+}
+
+#[test]
+fn rate_keeps_to_its_schedule() {
+    let mut o = options(Scenario::Rate, 2);
+    o.params.rate = 500;
+    let json = run_and_read(&mut o, "rate");
+    assert_common(&json, "rate");
+    let r = row(&json, "event");
+    // 500/s for 0.2 s is about 100 requests; a schedule is kept, never
+    // exceeded.
+    let run = &json["runs"][1];
+    assert!(run["ops"].as_u64().unwrap() > 0 && run["ops"].as_u64().unwrap() <= 101);
+    assert_latency(&r["latency_us"]);
+}
+
+#[test]
+fn churn_counts_connections() {
+    let json = run_and_read(&mut options(Scenario::Churn, 2), "churn");
+    assert_common(&json, "churn");
+    assert_eq!(json["unit"], "conn/s");
+    let r = row(&json, "event");
+    assert!(r["throughput"].as_f64().unwrap() > 0.0);
+    assert_latency(&r["latency_us"]);
+}
+
+#[test]
+fn cpu_reports_answers_and_the_probe() {
+    let mut o = options(Scenario::Cpu, 3);
+    o.models = vec![Model::Async];
+    // A prime small enough for a test, big enough to be offloaded.
+    o.params.number = 1_000_000_000_039;
+    let json = run_and_read(&mut o, "cpu");
+    assert_common(&json, "cpu");
+    // The echo does not speak the primality protocol.
+    assert!(json["reference"].is_null());
+    let r = row(&json, "async");
+    assert!(r["throughput"].as_f64().unwrap() > 0.0);
+    assert_latency(&r["probe_us"]);
+    assert_svg(&scratch("cpu").join("cpu-latency.svg"));
+}
+
+#[test]
+fn a_sweep_has_a_row_per_count_and_a_latency_plot_per_count() {
+    let mut o = options(Scenario::Pingpong, 1);
+    o.counts = vec![1, 4];
+    o.sweep = true;
+    o.reference = false;
+    let json = run_and_read(&mut o, "sweep");
+    assert_eq!(json["sweep"], true);
+    let counts: Vec<u64> = rows(&json)
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 4]);
+    let dir = scratch("sweep");
+    for f in [
+        "pingpong-throughput.svg",
+        "pingpong-latency-1.svg",
+        "pingpong-latency-4.svg",
+    ] {
+        assert_svg(&dir.join(f));
+    }
+}
+
+#[test]
+fn idle_reads_the_child_servers_memory_and_threads() {
+    let dir = scratch("idle");
+    let o = concur(&[
+        "bench",
+        "idle",
+        "-c",
+        "200",
+        "--models",
+        "thread",
+        "--repeat",
+        "1",
+        "-q",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json = read_json(&dir);
+    assert_common(&json, "idle");
+    let idle = &json["runs"][0]["idle"];
+    assert_eq!(idle["clients"], 200);
+    assert_eq!(idle["greeted"], 200);
+    assert!(idle["rss_after_kib"].as_u64().unwrap() > 0);
+    // A thread per client, so at least that many threads.
+    assert!(idle["threads"].as_u64().unwrap() > 200, "{idle}");
+    assert!(idle["newcomers_served"].as_u64().unwrap() > 0, "{idle}");
+    assert!(json["rows"][0]["idle_bytes_per_client"].as_f64().unwrap() > 0.0);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("B/client") && stdout.contains("thread"),
+        "{stdout}"
+    );
+}
+
+/// Greets like concur, then echoes the bytes unchanged: the bytes flow,
+/// only their values are wrong.
+fn wrong_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = s.write_all(b"*");
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_wrong_server_is_reported_in_every_scenario() {
+    let addr = wrong_server();
+    for scenario in [
+        Scenario::Stream,
+        Scenario::Pingpong,
+        Scenario::Rate,
+        Scenario::Churn,
+    ] {
+        let mut o = options(scenario, 2);
+        o.models.clear();
+        o.reference = false;
+        o.addr = Some(addr);
+        let results = bench::run::run(&o).unwrap();
+        assert_eq!(results.runs.len(), 1);
+        // Both connections (or workers) saw a wrong byte.
+        assert_eq!(results.errors(), 2, "{scenario}: {:?}", results.runs);
+        let sample = &results.runs[0].error_samples[0];
+        assert!(sample.contains("wrong byte"), "{scenario}: {sample}");
+    }
+}
+
+#[test]
+fn a_wrong_server_makes_the_command_fail() {
+    let addr = wrong_server().to_string();
+    let dir = scratch("wrong");
+    let o = concur(&[
+        "bench",
+        "pingpong",
+        "--addr",
+        &addr,
+        "-c",
+        "2",
+        "--secs",
+        "0.2",
+        "--repeat",
+        "1",
+        "-q",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("wrong byte"), "{stderr}");
+    let json = read_json(&dir);
+    let wrong = row(&json, &addr);
+    assert_eq!(wrong["errors"], 2);
+    // The reference beside it was fine.
+    assert_eq!(row(&json, "echo")["errors"], 0);
+}
+
+#[test]
+fn bad_input_is_refused_with_what_is_allowed() {
+    for (args, wanted) in [
+        (&["bench", "fastest"][..], "possible values"),
+        (&["bench", "pingpong", "--of", "stream"], "sweep"),
+        (&["bench", "pingpong", "--number", "7"], "cpu"),
+        (&["bench", "stream", "--rate", "7"], "rate"),
+        (&["bench", "pingpong", "-c", "0"], "0"),
+        (&["bench", "pingpong", "--secs", "0"], "more than 0"),
+        (&["bench", "pingpong", "--models", "fibers"], "async"),
+        (&["bench", "pingpong", "--addr", "10.1.2.3:80"], "loopback"),
+        (&["bench", "idle", "--addr", "127.0.0.1:9"], "child process"),
+        (&["bench", "pingpong", "--addr", "nowhere"], "--addr"),
+    ] {
+        let o = concur(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("error") && err.contains(wanted),
+            "{args:?}: {err}"
+        );
+    }
+}
