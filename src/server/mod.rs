@@ -1,20 +1,24 @@
 //! The servers: one [`Config`], one [`run`], many [`Model`]s.
 //!
 //! Every model is a way of deciding which thread runs the one data flow,
-//! socket → [`Processor`](crate::protocol::Processor) → socket, for which
-//! client and when. Everything else a server needs lives here once, outside
-//! the models:
+//! socket → protocol → socket, for which client and when. Everything else
+//! a server needs lives here once, outside the models:
 //!
-//! - [`listener`]: binding, and the accept loop with its error policy;
-//! - `conn`: the blocking per-client loop, its logging and its counting;
-//! - the [`Summary`] counters and the registry of connected clients that
-//!   lets a shutdown close whoever is still there when the drain ends;
+//! - [`listener`]: binding, and the accept loop with its error policy and
+//!   the connection cap;
+//! - `responder`: what to answer, for either [`Protocol`], without I/O;
+//! - `conn`: the blocking per-client loop of the thread models, and the one
+//!   place where every model ends a client (logged, counted);
+//! - `state`: the [`Summary`] counters and the registry of clients being
+//!   served, which the cap reads and the end of a drain closes;
 //! - [`Shutdown`]: stop accepting at once, drain for up to
 //!   [`Config::drain_timeout`], then close the rest.
 //!
 //! A model file is then only the article's idea: [`Model::Sequential`]
 //! serves inline in the accept loop, [`Model::Thread`] spawns a thread per
-//! client, [`Model::Pool`] hands clients to a fixed set of workers.
+//! client, [`Model::Pool`] hands clients to a set of workers,
+//! [`Model::Event`] runs epoll loops over per-client state, and
+//! [`Model::Async`] spawns a tokio task per client.
 //!
 //! ```no_run
 //! use concur::server::{self, Config, Model};
@@ -33,16 +37,14 @@ pub mod listener;
 mod pool;
 mod responder;
 mod sequential;
+mod state;
 mod thread;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, RawFd};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -50,6 +52,8 @@ use tracing::warn;
 
 pub use crate::shutdown::Shutdown;
 pub use responder::Protocol;
+pub use state::Summary;
+pub(crate) use state::{ClientGuard, Ctx, Stats, snapshot};
 
 /// How a server admits and serves its clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -266,338 +270,6 @@ impl Config {
 impl Default for Config {
     fn default() -> Self {
         Config::new(Model::Pool)
-    }
-}
-
-/// What a server did, counted as it ran. A running server's
-/// [`Server::summary`] is a snapshot; [`run`] returns the final one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Summary {
-    /// Connections taken from the listen backlog.
-    pub accepted: u64,
-    /// Clients that got `*` and ended without an error on our side.
-    pub served: u64,
-    /// Clients ended by an error: read, write, thread spawn or a panic.
-    pub failed: u64,
-    /// Clients closed by the idle or the write timeout.
-    pub timed_out: u64,
-    /// Clients over the connection limit, closed unserved
-    /// ([`OverLimit::Reject`]).
-    pub rejected: u64,
-    /// Clients accepted but closed without being served, because the
-    /// server was shutting down.
-    pub dropped: u64,
-    /// Errors from `accept` itself (not counted as clients).
-    pub accept_errors: u64,
-    /// Bytes read from clients.
-    pub bytes_in: u64,
-    /// Bytes written to clients, the `*`s included.
-    pub bytes_out: u64,
-    /// Clients being served at the moment of the snapshot.
-    pub clients_now: u64,
-    /// The most clients served at once.
-    pub max_clients: u64,
-    /// The most answer bytes held for one client at once, waiting to be
-    /// written: what backpressure bounds.
-    pub max_buffered: u64,
-    /// Worker threads of a pool at the moment of the snapshot (zero for
-    /// the other models).
-    pub pool_threads: u64,
-}
-
-impl fmt::Display for Summary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "served {} clients ({} failed, {} timed out, {} rejected, {} dropped at shutdown), \
-             {} bytes in, {} bytes out, at most {} at once, {} accept errors",
-            self.served,
-            self.failed,
-            self.timed_out,
-            self.rejected,
-            self.dropped,
-            self.bytes_in,
-            self.bytes_out,
-            self.max_clients,
-            self.accept_errors
-        )?;
-        if self.pool_threads > 0 {
-            write!(f, ", a pool of {} threads at shutdown", self.pool_threads)?;
-        }
-        Ok(())
-    }
-}
-
-impl Summary {
-    /// The live figures, for the `--stats-interval` line.
-    pub fn live_line(&self) -> String {
-        let mut line = format!(
-            "clients now {}, accepted {}, rejected {}, timed out {}, bytes in {}, bytes out {}",
-            self.clients_now,
-            self.accepted,
-            self.rejected,
-            self.timed_out,
-            self.bytes_in,
-            self.bytes_out
-        );
-        if self.pool_threads > 0 {
-            line += &format!(", pool threads {}", self.pool_threads);
-        }
-        line
-    }
-}
-
-/// The live counters behind a [`Summary`].
-#[derive(Debug, Default)]
-pub(crate) struct Stats {
-    accepted: AtomicU64,
-    served: AtomicU64,
-    failed: AtomicU64,
-    timed_out: AtomicU64,
-    rejected: AtomicU64,
-    dropped: AtomicU64,
-    accept_errors: AtomicU64,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
-    clients_now: AtomicU64,
-    max_clients: AtomicU64,
-    max_buffered: AtomicU64,
-    pub(crate) pool_threads: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
-}
-
-/// The server's shared state: its configuration, its counters, and the
-/// clients it is serving now.
-pub(crate) struct Ctx {
-    pub(crate) config: Config,
-    pub(crate) shutdown: Shutdown,
-    stats: Arc<Stats>,
-    clients: Mutex<Clients>,
-    // Clients the pool's accept loop has handed off that no worker has
-    // admitted yet: the connection cap counts them too.
-    in_transit: AtomicUsize,
-    // Signalled whenever a client leaves, for the drain.
-    left: Condvar,
-}
-
-#[derive(Default)]
-struct Clients {
-    next_id: u64,
-    // Each client's socket, so that the end of a drain can shut it down and
-    // wake whoever is blocked on it. Only the descriptor is kept (no dup: a
-    // client costs one descriptor, not two); it is valid while it is here,
-    // because a client leaves this map before its socket is closed.
-    open: HashMap<u64, RawFd>,
-    // Set when the drain ends: late arrivals are closed at once.
-    closing: bool,
-}
-
-impl Ctx {
-    fn new(mut config: Config, shutdown: Shutdown, stats: Arc<Stats>) -> Self {
-        // A zero timeout would close every client at once; it means "off".
-        for timeout in [&mut config.idle_timeout, &mut config.write_timeout] {
-            if timeout.is_some_and(|t| t.is_zero()) {
-                *timeout = None;
-            }
-        }
-        Ctx {
-            config,
-            shutdown,
-            stats,
-            clients: Mutex::new(Clients::default()),
-            in_transit: AtomicUsize::new(0),
-            left: Condvar::new(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Clients> {
-        // Every update under this lock is a single insert or remove, so a
-        // panic elsewhere cannot leave it half-done.
-        self.clients.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Registers a client being served; it stays counted until the guard
-    /// drops. The guard must drop before `socket` closes.
-    pub(crate) fn enter(self: &Arc<Self>, socket: &impl AsRawFd) -> ClientGuard {
-        let fd = socket.as_raw_fd();
-        let mut clients = self.lock();
-        let id = clients.next_id;
-        clients.next_id += 1;
-        if clients.closing {
-            shutdown_fd(fd);
-        }
-        clients.open.insert(id, fd);
-        let now = self.stats.clients_now.fetch_add(1, Ordering::Relaxed) + 1;
-        self.stats.max_clients.fetch_max(now, Ordering::Relaxed);
-        ClientGuard {
-            ctx: Arc::clone(self),
-            id,
-        }
-    }
-
-    fn clients_now(&self) -> usize {
-        self.lock().open.len()
-    }
-
-    /// Waits until no client is being served, or `timeout` passes; true if
-    /// none is.
-    pub(crate) fn wait_idle(&self, timeout: Duration) -> bool {
-        let clients = self.lock();
-        let (clients, _) = self
-            .left
-            .wait_timeout_while(clients, timeout, |c| !c.open.is_empty())
-            .unwrap_or_else(|e| e.into_inner());
-        clients.open.is_empty()
-    }
-
-    /// Shuts down every client's socket, which wakes the threads serving
-    /// them: their reads see end-of-file, their writes fail.
-    fn close_all(&self) -> usize {
-        let mut clients = self.lock();
-        clients.closing = true;
-        for &fd in clients.open.values() {
-            shutdown_fd(fd);
-        }
-        clients.open.len()
-    }
-
-    pub(crate) fn count_accepted(&self) {
-        bump(&self.stats.accepted, 1);
-    }
-
-    pub(crate) fn count_accept_error(&self) {
-        bump(&self.stats.accept_errors, 1);
-    }
-
-    pub(crate) fn count_failed(&self) {
-        bump(&self.stats.failed, 1);
-    }
-
-    pub(crate) fn stats(&self) -> &Stats {
-        &self.stats
-    }
-
-    pub(crate) fn count_timed_out(&self) {
-        bump(&self.stats.timed_out, 1);
-    }
-
-    pub(crate) fn count_rejected(&self) {
-        bump(&self.stats.rejected, 1);
-    }
-
-    /// Whether the server serves as many clients as it may.
-    pub(crate) fn full(&self) -> bool {
-        self.lock().open.len() + self.in_transit.load(Ordering::SeqCst) >= self.config.max_conns
-    }
-
-    /// A client is on its way to a thread that will admit it.
-    pub(crate) fn set_off(&self) {
-        self.in_transit.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// A client set off has arrived: admitted (call this after
-    /// [`Ctx::enter`], so it is never uncounted), or closed unserved.
-    pub(crate) fn arrived(&self) {
-        let _clients = self.lock();
-        self.in_transit.fetch_sub(1, Ordering::SeqCst);
-        self.left.notify_all();
-    }
-
-    /// Blocks while the server is full, until a client leaves or the
-    /// shutdown fires.
-    pub(crate) fn wait_for_room(&self) {
-        let clients = self.lock();
-        let _clients = self
-            .left
-            .wait_while(clients, |c| {
-                c.open.len() + self.in_transit.load(Ordering::SeqCst) >= self.config.max_conns
-                    && !self.shutdown.is_triggered()
-            })
-            .unwrap_or_else(|e| e.into_inner());
-    }
-
-    pub(crate) fn count_dropped(&self) {
-        bump(&self.stats.dropped, 1);
-    }
-
-    pub(crate) fn count_bytes_in(&self, n: usize) {
-        bump(&self.stats.bytes_in, n as u64);
-    }
-
-    pub(crate) fn count_bytes_out(&self, n: usize) {
-        bump(&self.stats.bytes_out, n as u64);
-    }
-
-    /// Records how many answer bytes one client has waiting to be written.
-    pub(crate) fn note_buffered(&self, n: usize) {
-        self.stats
-            .max_buffered
-            .fetch_max(n as u64, Ordering::Relaxed);
-    }
-}
-
-/// Shuts a registered client's socket down both ways.
-fn shutdown_fd(fd: RawFd) {
-    // SAFETY: `fd` is open: callers hold the clients lock, and a client
-    // leaves the map (under that lock) before its socket is closed. An
-    // error (the peer already gone) needs no handling.
-    unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
-    }
-}
-
-/// A client counted as being served; dropping it ends the count.
-pub(crate) struct ClientGuard {
-    ctx: Arc<Ctx>,
-    id: u64,
-}
-
-impl ClientGuard {
-    pub(crate) fn ctx(&self) -> &Ctx {
-        &self.ctx
-    }
-
-    /// Ends the client as served (no error on our side).
-    pub(crate) fn served(self) {
-        bump(&self.ctx.stats.served, 1);
-    }
-}
-
-impl Drop for ClientGuard {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            // Only an async task unwinds past its guard (tokio catches the
-            // panic); the blocking and event models catch theirs first.
-            warn!(target: conn::LOG_TARGET, "a client's task panicked; that client is closed");
-            self.ctx.count_failed();
-        }
-        // Out of the map before the count drops, so that a count below the
-        // cap means there is room (`Ctx::full` reads the map).
-        self.ctx.lock().open.remove(&self.id);
-        self.ctx.stats.clients_now.fetch_sub(1, Ordering::Relaxed);
-        self.ctx.left.notify_all();
-    }
-}
-
-fn snapshot(stats: &Stats) -> Summary {
-    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    Summary {
-        accepted: get(&stats.accepted),
-        served: get(&stats.served),
-        failed: get(&stats.failed),
-        timed_out: get(&stats.timed_out),
-        rejected: get(&stats.rejected),
-        dropped: get(&stats.dropped),
-        accept_errors: get(&stats.accept_errors),
-        bytes_in: get(&stats.bytes_in),
-        bytes_out: get(&stats.bytes_out),
-        clients_now: get(&stats.clients_now),
-        max_clients: get(&stats.max_clients),
-        max_buffered: get(&stats.max_buffered),
-        pool_threads: get(&stats.pool_threads),
     }
 }
 
