@@ -61,7 +61,7 @@ fn idle_clients_are_closed_and_the_next_one_is_served() {
     // workers and the third waits forever. The idle timeout frees them.
     for model in Model::ALL {
         let mut config = small_config(model);
-        config.idle_timeout = Some(Duration::from_millis(400));
+        config.idle_timeout = Some(Duration::from_millis(600));
         let server = start_with(config);
         let addr = server.local_addr();
         let at_once = serves_at_once(model).min(SMALL_POOL);
@@ -72,10 +72,11 @@ fn idle_clients_are_closed_and_the_next_one_is_served() {
         // not full).
         expect_ack(&mut third);
         // A client that keeps talking is not idle, however long it stays:
-        // ten round trips 40 ms apart outlast the 400 ms timeout.
-        for _ in 0..10 {
+        // fifteen round trips 50 ms apart outlast the 600 ms timeout, and no
+        // single pause comes near it.
+        for _ in 0..15 {
             round_trip(&mut third);
-            std::thread::sleep(Duration::from_millis(40));
+            std::thread::sleep(Duration::from_millis(50));
         }
         for c in idle.iter_mut() {
             assert_eq!(read_to_end(c), b"", "{model}: an idle client is closed");
