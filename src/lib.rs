@@ -26,8 +26,10 @@
 //! - [`demo`]: the article's experiment in one call: three servers, the
 //!   client against each, a table and a chart per model.
 //! - [`threads`]: the footnote's experiment: what idle threads cost.
-//! - [`bench`](mod@bench): the helpers the benchmarks share: a plain echo server as the
-//!   reference, and streaming and request/response load.
+//! - [`bench`](mod@bench): the echo server the benchmarks compare with, the
+//!   verified loads, and `concur bench`: every scenario (stream, pingpong,
+//!   rate, churn, idle, cpu, sweep) against several models side by side,
+//!   with a table, `results.json` and SVG plots.
 //!
 //! # Example
 //!

@@ -116,6 +116,9 @@ pub struct Row {
     pub count: usize,
     /// Median throughput.
     pub throughput: f64,
+    /// The lowest and the highest throughput of the repeats: how much
+    /// the machine's noise moved it.
+    pub throughput_range: (f64, f64),
     /// Median of the per-repeat ratios to the reference.
     pub vs_reference: Option<f64>,
     /// Medians of the percentiles, the largest max.
@@ -200,8 +203,13 @@ impl Results {
                     .iter()
                     .filter_map(|i| i.newcomer_latency.as_ref().and_then(Percentiles::of))
                     .collect();
+                let all: Vec<f64> = mine.iter().map(|r| r.throughput).collect();
+                let range = all.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &t| {
+                    (lo.min(t), hi.max(t))
+                });
                 Row {
-                    throughput: median(mine.iter().map(|r| r.throughput).collect()),
+                    throughput: median(all),
+                    throughput_range: range,
                     vs_reference: (!ratios.is_empty()).then(|| median(ratios)),
                     latency_us: Percentiles::median_of(&lat),
                     probe_us: Percentiles::median_of(&probe),
@@ -277,6 +285,21 @@ impl Results {
                         r.errors
                     );
                 }
+                let mut noted = Vec::new();
+                for run in &self.runs {
+                    let Some(why) = run.idle.as_ref().and_then(|i| i.unconnected.as_ref()) else {
+                        continue;
+                    };
+                    if !noted.contains(&run.server) {
+                        let _ = writeln!(
+                            out,
+                            "{}: {why} (the listen backlog of a server that stopped accepting \
+                             was full)",
+                            run.server
+                        );
+                        noted.push(run.server.clone());
+                    }
+                }
             }
             _ => {
                 let latency = if self.scenario == Scenario::Cpu {
@@ -286,10 +309,11 @@ impl Results {
                 };
                 let _ = writeln!(
                     out,
-                    "{:<12} {:>6} {:>12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7}",
+                    "{:<12} {:>6} {:>12} {:>13} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7}",
                     "server",
                     "conns",
                     self.unit,
+                    "min-max",
                     "vs ref",
                     format!("{latency}p50"),
                     "p90",
@@ -306,10 +330,15 @@ impl Results {
                     };
                     let _ = writeln!(
                         out,
-                        "{:<12} {:>6} {:>12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7}",
+                        "{:<12} {:>6} {:>12} {:>13} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7}",
                         r.server,
                         r.count,
                         figure(r.throughput),
+                        format!(
+                            "{}-{}",
+                            figure(r.throughput_range.0),
+                            figure(r.throughput_range.1)
+                        ),
                         r.vs_reference
                             .map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v)),
                         us(p, |p| p.p50),

@@ -3,7 +3,7 @@
 //! The servers under test are started here, in this process, on free
 //! ports of 127.0.0.1 (or, for `idle`, as child processes); `--addr` adds
 //! a server someone else started. Beside them runs the echo reference of
-//! [`start_echo`](super::start_echo), which moves the same bytes with the
+//! [`super::start_echo`], which moves the same bytes with the
 //! same system calls and no protocol work: a server's figure over the
 //! reference's, measured in the same repeat, is what the server costs.
 //!
