@@ -129,6 +129,9 @@ pub struct Row {
     pub idle_bytes_per_client: Option<f64>,
     /// The most threads the server had with its idle clients.
     pub idle_threads: Option<u64>,
+    /// Idle clients connected, in the last repeat (fewer than asked when
+    /// the server's listen backlog filled up).
+    pub idle_connected: Option<usize>,
     /// Idle clients greeted, in the last repeat.
     pub idle_greeted: Option<usize>,
     /// Median newcomer latency in µs, and how many newcomers were served
@@ -216,6 +219,7 @@ impl Results {
                     idle_bytes_per_client: (!idle.is_empty())
                         .then(|| median(idle.iter().map(|i| i.bytes_per_client).collect())),
                     idle_threads: idle.iter().map(|i| i.threads).max(),
+                    idle_connected: idle.last().map(|i| i.clients),
                     idle_greeted: idle.last().map(|i| i.greeted),
                     newcomer_us: Percentiles::median_of(&newcomers),
                     newcomers_served: (!idle.is_empty()).then(|| {
@@ -276,7 +280,7 @@ impl Results {
                         out,
                         "{:<12} {:>8} {:>8} {:>12.0} {:>8} {:>10} {:>10} {:>7}",
                         r.server,
-                        r.count,
+                        r.idle_connected.unwrap_or(0),
                         r.idle_greeted.unwrap_or(0),
                         r.idle_bytes_per_client.unwrap_or(0.0),
                         r.idle_threads.unwrap_or(0),
