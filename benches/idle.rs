@@ -121,6 +121,8 @@ fn spawn_server(model: &str, extra: &[&str]) -> (Child, SocketAddr) {
             "--model",
             model,
         ])
+        // Room for the idle clients plus the newcomers timed beside them.
+        .args(["--max-conns", "1000000"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
