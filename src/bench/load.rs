@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::{IO_TIMEOUT, PATTERN_LEN, Peer, mismatch, new_histogram, pattern_window, read_some};
+use super::{
+    IO_TIMEOUT, PATTERN_LEN, Peer, expect_close, mismatch, new_histogram, pattern_window, read_some,
+};
 use crate::protocol::{ACK, MSG_END, MSG_START};
 
 /// What a load does; `concur bench SCENARIO`.
@@ -286,8 +288,9 @@ impl Done {
     }
 }
 
-/// A worker: its index, and a function that waits at the gate and
-/// returns the moment the clock started for it.
+/// One client's work. It gets the gate: a function that, once the client
+/// has connected, waits until every client has, and returns when the clock
+/// started.
 type Job<'a> = Box<dyn FnOnce(&dyn Fn() -> Instant) -> Done + Send + 'a>;
 
 /// Runs the jobs on threads of their own behind one gate, and sums up.
@@ -706,10 +709,6 @@ pub(crate) fn expect(
         got += n;
     }
     Ok(())
-}
-
-fn expect_close(stream: &mut TcpStream) -> io::Result<()> {
-    super::expect_close(stream)
 }
 
 /// Writes `^` and then the pattern in `size`-byte writes until `until`,
