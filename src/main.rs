@@ -352,6 +352,14 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds (such as 5 or 0.5)"))?;
+    // A year is more than any timeout here needs, and far enough from the
+    // limits of `Instant` arithmetic that adding it to now cannot overflow.
+    const MOST: f64 = 365.0 * 24.0 * 3600.0;
+    if !(0.0..=MOST).contains(&secs) {
+        return Err(format!(
+            "{s:?} is out of range: give 0 to {MOST} seconds (a year)"
+        ));
+    }
     Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("{s:?} is not a usable number of seconds: give 0 or more"))
 }

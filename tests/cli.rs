@@ -32,6 +32,8 @@ fn out_of_range_numbers_are_refused() {
         &["serve", "--backlog", "0"],
         &["serve", "--drain-timeout", "soon"],
         &["serve", "--drain-timeout", "-1"],
+        &["serve", "--drain-timeout", "1e19"],
+        &["serve", "--idle-timeout", "1e300"],
     ] {
         let o = concur(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");

@@ -70,10 +70,14 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
     result
 }
 
-async fn serve(guard: ClientGuard, mut stream: TcpStream, peer: SocketAddr) {
+async fn serve(guard: ClientGuard, stream: TcpStream, peer: SocketAddr) {
+    // Bound in this order so that, should the task unwind or be dropped,
+    // the guard drops before the socket (locals drop in reverse): the
+    // drain's registry must never hold a closed descriptor.
+    let mut stream = stream;
+    let guard = guard;
     info!(target: LOG_TARGET, "peer {peer} connected");
     let outcome = session(&mut stream, guard.ctx()).await;
-    // Before `stream` drops: see `conn::Client`.
     conn::finish(guard, peer, Ok(outcome));
 }
 

@@ -182,6 +182,7 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
     let stop = ctx.shutdown.channel();
     let result = listener::accept_loop(listener, ctx, Blocking::Yes, |stream, peer| {
         ctx.set_off();
+        let accepted = Instant::now();
         if pool.max > pool.min && pool.idle.load(Ordering::SeqCst) == 0 {
             match pool.grow(pool.max) {
                 Ok(true) => info!(
@@ -194,7 +195,7 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
             }
         }
         select! {
-            send(jobs, (stream, peer, Instant::now())) -> sent => match sent {
+            send(jobs, (stream, peer, accepted)) -> sent => match sent {
                 Ok(()) => ControlFlow::Continue(()),
                 // Every worker is gone; nobody can serve this client.
                 Err(_) => {
@@ -234,6 +235,12 @@ fn idled_out_in_queue(ctx: &Ctx, stream: &TcpStream, accepted: Instant) -> bool 
     let Some(limit) = ctx.config.idle_timeout else {
         return false;
     };
+    // A rendezvous has no queue: the client waited in the accept loop's
+    // hand, for a worker, as a polite client waits for its `*`. Only
+    // clients parked in a `--queue` are shed.
+    if ctx.config.queue == 0 {
+        return false;
+    }
     if accepted.elapsed() < limit {
         return false;
     }

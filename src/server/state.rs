@@ -148,6 +148,9 @@ impl Ctx {
                 *timeout = None;
             }
         }
+        // Deadlines are `now + drain_timeout`: keep that sum representable.
+        const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+        config.drain_timeout = config.drain_timeout.min(YEAR);
         Ctx {
             config,
             shutdown,
