@@ -138,3 +138,73 @@ fn a_small_request_is_answered_while_heavy_ones_run() {
         server.stop();
     }
 }
+
+/// The largest u64 prime: several seconds of trial division.
+const HEAVIEST: &str = "18446744073709551557\n";
+
+#[test]
+fn the_drain_timeout_bounds_a_long_computation() {
+    // Five of the slowest numbers there are: far longer than the drain
+    // timeout, and than PATIENCE. The drain must end them, not wait.
+    for model in Model::ALL {
+        let mut config = prime_config(model);
+        config.drain_timeout = Duration::from_millis(200);
+        let server = start_with(config);
+        let mut c = connect(server.local_addr());
+        c.write_all(HEAVIEST.repeat(5).as_bytes()).unwrap();
+        c.write_all(b"7\n").unwrap();
+        // Being served (not still in the backlog) when the stop comes.
+        wait_until(|| server.summary().clients_now == 1);
+        let stop = server.shutdown_handle();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(server.join());
+        });
+        stop.trigger();
+        let summary = rx
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("{model}: the drain waited for the computation"));
+        // Closed with its lines unread, so the kernel may send a reset
+        // rather than an end-of-file; either way, no answer came.
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut c, &mut rest);
+        assert_eq!(rest, b"", "{model}: closed, no answer");
+        assert_eq!((summary.served, summary.failed), (0, 1), "{model}");
+    }
+}
+
+#[test]
+fn error_lines_cannot_balloon_a_non_reader() {
+    // One byte in, a 33-byte error line out: a client sending empty lines
+    // and reading nothing must not make the server hold its answers.
+    const LINES: usize = 1 << 20;
+    let runs: Vec<_> = Model::ALL
+        .into_iter()
+        .map(|model| {
+            std::thread::spawn(move || {
+                let server = start_with(prime_config(model));
+                let mut c = connect(server.local_addr());
+                let mut writer = c.try_clone().unwrap();
+                let sender = std::thread::spawn(move || {
+                    writer.write_all(&vec![b'\n'; LINES]).unwrap();
+                    writer.shutdown(std::net::Shutdown::Write).unwrap();
+                });
+                std::thread::sleep(Duration::from_millis(500));
+                let got = read_to_end(&mut c);
+                sender.join().unwrap();
+                let line = b"error: empty line; send a number\n";
+                assert_eq!(got.len(), LINES * line.len(), "{model}");
+                assert!(got.chunks(line.len()).all(|l| l == line), "{model}");
+                let summary = server.stop();
+                assert!(
+                    summary.max_buffered <= (128 << 10) + 64,
+                    "{model}: held {} answer bytes",
+                    summary.max_buffered
+                );
+            })
+        })
+        .collect();
+    for run in runs {
+        run.join().unwrap();
+    }
+}

@@ -20,6 +20,7 @@ use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, TcpListener};
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -133,20 +134,27 @@ async fn session(stream: &mut TcpStream, ctx: &Ctx) -> io::Result<()> {
             match stop {
                 Stop::No => break,
                 Stop::Close(reason) => return Err(conn::protocol_violation(reason)),
+                Stop::Full => {}
                 Stop::Offload(n) => {
                     // The runtime's blocking pool is capped at `workers`
                     // threads, so heavy requests queue there while the
                     // runtime threads go on serving everyone else.
-                    let prime = tokio::task::spawn_blocking(move || prime::is_prime(n))
-                        .await
-                        .map_err(io::Error::other)?;
-                    responder.answered(prime, &mut out);
-                    let input = std::mem::take(&mut unread);
-                    let (used, next) = responder.respond(&input, &mut out, true);
-                    unread.extend_from_slice(&input[used..]);
-                    stop = next;
+                    let closing = ctx.closing_flag();
+                    let answer = tokio::task::spawn_blocking(move || {
+                        prime::is_prime_unless(n, || closing.load(Ordering::SeqCst))
+                    })
+                    .await
+                    .map_err(io::Error::other)?;
+                    match answer {
+                        Some(prime) => responder.answered(prime, &mut out),
+                        None => return Err(conn::closed_while_computing()),
+                    }
                 }
             }
+            let input = std::mem::take(&mut unread);
+            let (used, next) = responder.respond(&input, &mut out, true);
+            unread.extend_from_slice(&input[used..]);
+            stop = next;
         }
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use super::responder::{Responder, Stop};
 use super::{ClientGuard, Ctx};
+use crate::prime;
 
 /// Bytes read per `read` call, and the most a single reply write holds.
 pub(crate) const BUF_SIZE: usize = 64 * 1024;
@@ -164,19 +165,42 @@ fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
             Err(e) => return Err(e),
         };
         ctx.count_bytes_in(n);
-        output.clear();
-        // This thread is the client's own, so it may compute for as long as
-        // a request takes: nothing to offload.
-        let (_, stop) = responder.respond(&input[..n], &mut output, false);
-        if !output.is_empty() {
-            ctx.note_buffered(output.len());
-            send(stream, &output)?;
-            ctx.count_bytes_out(output.len());
-        }
-        if let Stop::Close(reason) = stop {
-            return Err(protocol_violation(reason));
+        let mut rest = &input[..n];
+        loop {
+            let (used, stop) = responder.respond(rest, &mut output, true);
+            rest = &rest[used..];
+            // Answers so far go out before a long computation, and never
+            // pile up past one limit's worth.
+            if !output.is_empty() {
+                ctx.note_buffered(output.len());
+                send(stream, &output)?;
+                ctx.count_bytes_out(output.len());
+                output.clear();
+            }
+            match stop {
+                Stop::No => break,
+                Stop::Full => {}
+                Stop::Close(reason) => return Err(protocol_violation(reason)),
+                // This thread is the client's own, so it computes here, for
+                // as long as the number takes, unless the drain ends first.
+                Stop::Offload(number) => {
+                    match prime::is_prime_unless(number, || ctx.is_closing()) {
+                        Some(answer) => responder.answered(answer, &mut output),
+                        None => return Err(closed_while_computing()),
+                    }
+                }
+            }
         }
     }
+}
+
+/// The error that ends a client whose number was still being tested when
+/// the drain ended.
+pub(crate) fn closed_while_computing() -> io::Error {
+    io::Error::new(
+        ErrorKind::Interrupted,
+        "closed at the end of the drain while its number was being tested",
+    )
 }
 
 /// The error that ends a client that broke the protocol's rules.

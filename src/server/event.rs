@@ -30,6 +30,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::ops::ControlFlow;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -64,7 +65,7 @@ struct LoopHandle {
 
 pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
     let compute = match ctx.config.protocol {
-        Protocol::Prime => Some(ComputePool::start(ctx.config.loops)?),
+        Protocol::Prime => Some(ComputePool::start(ctx.config.loops, ctx.closing_flag())?),
         Protocol::Bytes => None,
     };
     let mut loops = Vec::with_capacity(ctx.config.loops);
@@ -228,16 +229,21 @@ struct ComputePool {
 }
 
 impl ComputePool {
-    fn start(size: usize) -> io::Result<Self> {
+    fn start(size: usize, closing: Arc<AtomicBool>) -> io::Result<Self> {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         let mut threads = Vec::with_capacity(size);
         for id in 0..size {
-            let queue = queue.clone();
+            let (queue, closing) = (queue.clone(), Arc::clone(&closing));
             threads.push(thread::Builder::new().name(format!("compute-{id}")).spawn(
                 move || {
                     for job in queue {
-                        let answer = (job.client, prime::is_prime(job.n));
-                        if job.reply.send(answer).is_ok() {
+                        // Once the drain is over, the loop closes the
+                        // client instead of waiting for this answer.
+                        let gave_up = || closing.load(Ordering::SeqCst);
+                        let Some(prime) = prime::is_prime_unless(job.n, gave_up) else {
+                            continue;
+                        };
+                        if job.reply.send((job.client, prime)).is_ok() {
                             let _ = job.waker.wake();
                         }
                     }
@@ -391,6 +397,13 @@ impl EventLoop {
             // An event for a client closed earlier in this batch.
             return;
         };
+        if client.computing && self.ctx.is_closing() {
+            // The drain is over; its number will not be waited for.
+            let mut client = self.clients.remove(key);
+            let _ = self.poll.registry().deregister(&mut client.socket);
+            client.close(Ok(Err(conn::closed_while_computing())));
+            return;
+        }
         let (registry, buf, ctx) = (self.poll.registry(), &mut self.buf, &self.ctx);
         let offload = self.offload.as_ref();
         let step = panic::catch_unwind(AssertUnwindSafe(|| {
@@ -473,14 +486,17 @@ impl Client {
                 // The answer, or the close, comes first.
                 return Ok(());
             }
+            if self.pending() > ctx.config.outbound_cap {
+                // Flushing stopped on "would block": a writable event will
+                // bring us back here.
+                return Ok(());
+            }
             if !self.unread.is_empty() {
                 let unread = std::mem::take(&mut self.unread);
                 self.answer(&unread, ctx, offload);
                 continue;
             }
-            if self.read_closed || self.pending() > ctx.config.outbound_cap {
-                // Flushing stopped on "would block": a writable event will
-                // bring us back here.
+            if self.read_closed {
                 return Ok(());
             }
             match self.socket.read(buf) {
@@ -514,6 +530,7 @@ impl Client {
                 self.unread.extend_from_slice(&input[used..]);
             }
             Stop::Close(reason) => self.close_reason = Some(reason),
+            Stop::Full => self.unread.extend_from_slice(&input[used..]),
         }
         ctx.note_buffered(self.pending());
     }

@@ -32,7 +32,16 @@ pub(crate) enum Stop {
     Offload(u64),
     /// Answer sent; the client must be closed, for this reason.
     Close(String),
+    /// The answers so far reached [`OUT_LIMIT`]: write them, then respond
+    /// to the rest of the input.
+    Full,
 }
+
+/// The most answer bytes one call appends. The byte protocol never
+/// answers more than it reads, but an empty line costs one input byte and
+/// a 33-byte error line: without a limit, one 64 KiB read could make 2 MiB
+/// of answers for a client that does not read them.
+pub(crate) const OUT_LIMIT: usize = 64 * 1024;
 
 /// One client's protocol state.
 pub(crate) enum Responder {
@@ -73,7 +82,13 @@ impl Responder {
             }
             Responder::Prime(lines) => {
                 let mut rest = input;
-                while let Some(request) = lines.next_request(&mut rest) {
+                loop {
+                    if out.len() >= OUT_LIMIT && !rest.is_empty() {
+                        return (input.len() - rest.len(), Stop::Full);
+                    }
+                    let Some(request) = lines.next_request(&mut rest) else {
+                        return (input.len(), Stop::No);
+                    };
                     let consumed = input.len() - rest.len();
                     match request {
                         Request::Number(n) if offload && n > prime::INLINE_LIMIT => {
@@ -93,7 +108,6 @@ impl Responder {
                         }
                     }
                 }
-                (input.len(), Stop::No)
             }
         }
     }
@@ -126,6 +140,33 @@ mod tests {
         let mut r = Responder::new(Protocol::Prime);
         assert_eq!(r.respond(input, &mut out, false), (input.len(), Stop::No));
         assert_eq!(out, b"prime\nprime\ncomposite\n");
+    }
+
+    #[test]
+    fn answers_stop_at_the_limit_and_go_on_from_there() {
+        let mut r = Responder::new(Protocol::Prime);
+        let input = vec![b'\n'; 10_000];
+        let (mut at, mut out, mut calls) = (0, Vec::new(), 0);
+        loop {
+            let (used, stop) = r.respond(&input[at..], &mut out, false);
+            calls += 1;
+            at += used;
+            assert!(
+                out.len() < OUT_LIMIT + 64,
+                "one call made {} bytes",
+                out.len()
+            );
+            // What a server writes between calls.
+            let lines = out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
+            out.clear();
+            assert!(lines > 0);
+            if stop == Stop::No {
+                break;
+            }
+            assert_eq!(stop, Stop::Full);
+        }
+        assert_eq!(at, input.len());
+        assert!(calls > 1, "10,000 error lines need several calls");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -121,6 +121,8 @@ pub(crate) struct Ctx {
     pub(crate) shutdown: Shutdown,
     stats: Arc<Stats>,
     clients: Mutex<Clients>,
+    // Set when the drain ends: long computations for clients give up.
+    closing: Arc<AtomicBool>,
     // Clients the pool's accept loop has handed off that no worker has
     // admitted yet: the connection cap counts them too.
     in_transit: AtomicUsize,
@@ -157,6 +159,7 @@ impl Ctx {
             stats,
             clients: Mutex::new(Clients::default()),
             in_transit: AtomicUsize::new(0),
+            closing: Arc::default(),
             left: Condvar::new(),
         }
     }
@@ -206,6 +209,7 @@ impl Ctx {
     pub(super) fn close_all(&self) -> usize {
         let mut clients = self.lock();
         clients.closing = true;
+        self.closing.store(true, Ordering::SeqCst);
         for &fd in clients.open.values() {
             shutdown_fd(fd);
         }
@@ -226,6 +230,17 @@ impl Ctx {
 
     pub(crate) fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Whether the drain has ended and everyone left is being closed.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// The same, for work that outlives a borrow of the context (a
+    /// computation on another thread).
+    pub(crate) fn closing_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.closing)
     }
 
     pub(crate) fn count_timed_out(&self) {
