@@ -46,6 +46,10 @@ use super::responder::{Responder, Stop};
 use super::{ClientGuard, Config, Ctx, Protocol};
 use crate::prime;
 
+/// Reads one client may make in a turn (up to 1 MiB) before the loop
+/// serves the others.
+const READS_PER_TURN: usize = 16;
+
 /// The waker's token; clients use their slab keys, which never reach it.
 const WAKE: Token = Token(usize::MAX);
 
@@ -149,6 +153,7 @@ fn start_loop(id: usize, ctx: &Arc<Ctx>, jobs: Option<Sender<Job>>) -> io::Resul
             waker: Arc::clone(&waker),
         }),
         results,
+        again: Vec::new(),
     };
     let thread = thread::Builder::new()
         .name(format!("event-{id}"))
@@ -185,6 +190,8 @@ struct EventLoop {
     next_id: u64,
     offload: Option<Offloader>,
     results: Receiver<Answer>,
+    /// Clients whose turn ended before their input did.
+    again: Vec<usize>,
 }
 
 /// A number to test off the loop, and where its answer goes.
@@ -270,7 +277,12 @@ impl EventLoop {
             if self.ctx.shutdown.is_triggered() && self.incoming_closed && self.clients.is_empty() {
                 return;
             }
-            let timeout = next_sweep.map(|at| at.saturating_duration_since(Instant::now()));
+            let timeout = if self.again.is_empty() {
+                next_sweep.map(|at| at.saturating_duration_since(Instant::now()))
+            } else {
+                // Clients with more to read get their next turn at once.
+                Some(Duration::ZERO)
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -292,6 +304,9 @@ impl EventLoop {
                     }
                     Token(key) => self.drive(key),
                 }
+            }
+            for key in std::mem::take(&mut self.again) {
+                self.drive(key);
             }
             if let (Some(at), Some(every)) = (next_sweep, sweep_every) {
                 let now = Instant::now();
@@ -379,6 +394,7 @@ impl EventLoop {
             close_reason: None,
             read_closed: false,
             watching_writes: false,
+            more: false,
             last_heard: Instant::now(),
             last_progress: Instant::now(),
         };
@@ -411,6 +427,11 @@ impl EventLoop {
             client.watch_writes_while_pending(registry, Token(key))?;
             Ok(client.finished())
         }));
+        if std::mem::take(&mut client.more) {
+            // Readiness is edge-triggered: no new event will come for what
+            // is already waiting, so the loop must remember to come back.
+            self.again.push(key);
+        }
         let outcome: Outcome = match step {
             Ok(Ok(None)) => return,
             Ok(Ok(Some(outcome))) => Ok(outcome),
@@ -446,6 +467,8 @@ struct Client {
     /// The client has closed its sending side; what is pending still goes.
     read_closed: bool,
     watching_writes: bool,
+    /// Its turn ended with input possibly still waiting in the kernel.
+    more: bool,
     /// When the client last sent anything (or arrived), for the idle
     /// timeout.
     last_heard: Instant,
@@ -480,6 +503,7 @@ impl Client {
         ctx: &Ctx,
         offload: Option<(&Offloader, usize)>,
     ) -> io::Result<()> {
+        let mut reads = 0;
         loop {
             self.flush(ctx)?;
             if self.computing || self.close_reason.is_some() {
@@ -499,6 +523,13 @@ impl Client {
             if self.read_closed {
                 return Ok(());
             }
+            if reads == READS_PER_TURN {
+                // Fair turns: a client that sends as fast as it reads would
+                // otherwise never let its loop serve anyone else.
+                self.more = true;
+                return Ok(());
+            }
+            reads += 1;
             match self.socket.read(buf) {
                 Ok(0) => self.read_closed = true,
                 Ok(n) => {
