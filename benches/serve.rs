@@ -28,7 +28,8 @@ use std::net::TcpListener;
 use std::str::FromStr;
 use std::time::Duration;
 
-use concur::bench::{self, Limit, Target};
+use concur::bench::report::median;
+use concur::bench::{self, Limit, Target, run};
 use concur::server::{self, Config, Model, Server};
 
 const WRITE_SIZE: usize = 64 * 1024;
@@ -46,16 +47,6 @@ fn env_or<T: FromStr>(name: &str, default: T) -> T {
 
 fn local() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
 }
 
 /// One server under test: its name in the tables and where to reach it.
@@ -102,7 +93,7 @@ fn main() {
         "{} cores; {rounds} rounds, interleaved; medians over rounds",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let cpu_before = cpu_ticks();
+    let cpu_before = run::cpu_ticks();
     stream_table(&contenders, rounds, stream_bytes);
     let closed_loop: Vec<&Contender> = contenders
         .iter()
@@ -118,38 +109,8 @@ fn main() {
     echo.stop();
 }
 
-/// CPU time so far, in clock ticks: the whole machine's busy time and all of it, idle included, from `/proc/stat`, and this
-/// process's own (user, system) from `/proc/self/stat`. None off Linux.
-fn cpu_ticks() -> Option<(u64, u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let all: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    // user, nice, system, irq, softirq: the process's own system time
-    // takes in the network softirqs run on its behalf, so they count here
-    // too.
-    let busy = [0, 1, 2, 5, 6]
-        .iter()
-        .map(|&i| all.get(i).unwrap_or(&0))
-        .sum();
-    let total = all.iter().sum();
-    let me = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name may hold spaces; the fields after it are fixed.
-    let fields: Vec<&str> = me.rsplit_once(')')?.1.split_whitespace().collect();
-    let mine = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some((busy, total, mine))
-}
-
-/// Other work on the machine skews every figure, and the load average
-/// cannot tell it from the benchmark's own threads; the CPU time that was
-/// not ours can.
 fn print_others(before: Option<(u64, u64, u64)>) {
-    if let (Some((b0, t0, m0)), Some((b1, t1, m1))) = (before, cpu_ticks()) {
-        let others = (b1 - b0).saturating_sub(m1 - m0) as f64 / (t1 - t0).max(1) as f64;
+    if let Some(others) = run::other_share(before, run::cpu_ticks()) {
         println!(
             "other processes used {:.1}% of the machine's CPU time during the run",
             100.0 * others

@@ -23,7 +23,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{
-    IO_TIMEOUT, PATTERN_LEN, Peer, expect_close, mismatch, new_histogram, pattern_window, read_some,
+    IO_TIMEOUT, PATTERN_LEN, Peer, StreamCheck, expect_close, mismatch, new_histogram,
+    pattern_window, read_some,
 };
 use crate::protocol::{ACK, MSG_END, MSG_START};
 
@@ -730,42 +731,19 @@ fn send_until(mut stream: TcpStream, size: usize, until: Instant) -> io::Result<
 /// message bytes answered, `last` when the last of them came.
 fn receive_all(stream: &mut TcpStream, peer: Peer, mut done: Done) -> Done {
     let mut buf = vec![0u8; super::ECHO_BUF_SIZE];
-    let answer = |b: u8| match peer {
-        Peer::Concur => b.wrapping_add(1),
-        Peer::Echo => b,
-    };
-    let expected = pattern_window(buf.len(), answer);
-    // The echo sends the `^` back too.
-    let mut prefix: &[u8] = match peer {
-        Peer::Concur => &[],
-        Peer::Echo => &[MSG_START],
-    };
+    let mut check = StreamCheck::new(peer, buf.len());
     loop {
-        let n = match read_some(stream, &mut buf, "the answer", done.ops) {
+        let n = match read_some(stream, &mut buf, "the answer", check.got) {
             Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof && prefix.is_empty() => return done,
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof && check.prefix_len() == 0 => {
+                return done;
+            }
             Err(e) => return done.fail(e),
         };
-        let mut chunk = &buf[..n];
-        while let (Some(&p), Some(&b)) = (prefix.first(), chunk.first()) {
-            if b != p {
-                return done.fail(mismatch("the answer", 0, p, b));
-            }
-            prefix = &prefix[1..];
-            chunk = &chunk[1..];
+        if let Err(e) = check.check(&buf[..n]) {
+            return done.fail(e);
         }
-        let at = (done.ops % PATTERN_LEN as u64) as usize;
-        let want = &expected[at..at + chunk.len()];
-        if chunk != want {
-            let i = chunk
-                .iter()
-                .zip(want)
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
-            let at = done.ops + i as u64;
-            return done.fail(mismatch("the answer", at, want[i], chunk[i]));
-        }
-        done.ops += chunk.len() as u64;
+        done.ops = check.got;
         done.last = Some(Instant::now());
     }
 }

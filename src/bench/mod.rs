@@ -93,6 +93,15 @@ pub enum Peer {
     Echo,
 }
 
+impl Peer {
+    fn answer(self, b: u8) -> u8 {
+        match self {
+            Peer::Concur => b.wrapping_add(1),
+            Peer::Echo => b,
+        }
+    }
+}
+
 /// Where a load connects, and what it should expect there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Target {
@@ -127,10 +136,7 @@ impl Target {
     /// What the server sends back for the bytes of a message (markers
     /// excluded).
     fn answer(&self, b: u8) -> u8 {
-        match self.peer {
-            Peer::Concur => b.wrapping_add(1),
-            Peer::Echo => b,
-        }
+        self.peer.answer(b)
     }
 
     /// Connects with `TCP_NODELAY` and the I/O timeouts set, and consumes
@@ -341,6 +347,61 @@ fn pattern(i: usize) -> u8 {
     if b >= MSG_END { b + 1 } else { b }
 }
 
+/// Checks a streamed answer chunk by chunk as it arrives: the echo's `^`
+/// first, then the endless pattern answered byte by byte, wherever a read
+/// happens to cut it.
+pub(crate) struct StreamCheck {
+    expected: Vec<u8>,
+    prefix: &'static [u8],
+    /// Message bytes checked so far.
+    pub(crate) got: u64,
+}
+
+impl StreamCheck {
+    /// A check for answers from a `peer`, read at most `read_len` at a time.
+    pub(crate) fn new(peer: Peer, read_len: usize) -> Self {
+        StreamCheck {
+            expected: pattern_window(read_len, |b| peer.answer(b)),
+            // The echo sends the `^` back too; a concur server does not
+            // answer it.
+            prefix: match peer {
+                Peer::Concur => &[],
+                Peer::Echo => &[MSG_START],
+            },
+            got: 0,
+        }
+    }
+
+    /// Bytes still owed before the message's answers start.
+    pub(crate) fn prefix_len(&self) -> usize {
+        self.prefix.len()
+    }
+
+    /// Checks the next `chunk` of the answer and counts its message bytes.
+    pub(crate) fn check(&mut self, mut chunk: &[u8]) -> io::Result<()> {
+        while let (Some(&p), Some(&b)) = (self.prefix.first(), chunk.first()) {
+            if b != p {
+                return Err(mismatch("the answer", 0, p, b));
+            }
+            self.prefix = &self.prefix[1..];
+            chunk = &chunk[1..];
+        }
+        let at = (self.got % PATTERN_LEN as u64) as usize;
+        let want = &self.expected[at..at + chunk.len()];
+        if chunk != want {
+            let i = chunk
+                .iter()
+                .zip(want)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            let at = self.got + i as u64;
+            return Err(mismatch("the answer", at, want[i], chunk[i]));
+        }
+        self.got += chunk.len() as u64;
+        Ok(())
+    }
+}
+
 /// `pattern` laid out `len + PATTERN_LEN` long, so that any `len` bytes of
 /// the endless pattern, starting anywhere, are one slice of it.
 fn pattern_window(len: usize, map: impl Fn(u8) -> u8) -> Vec<u8> {
@@ -407,37 +468,13 @@ fn send_message(mut stream: TcpStream, bytes_total: u64, write_size: usize) -> i
 /// last answered byte arrived.
 fn receive_answer(stream: &mut TcpStream, target: Target, bytes_total: u64) -> io::Result<Instant> {
     let mut buf = vec![0u8; ECHO_BUF_SIZE];
-    let expected = pattern_window(buf.len(), |b| target.answer(b));
-    // The echo sends the `^` back too; the concur server does not answer it.
-    let mut prefix: &[u8] = match target.peer {
-        Peer::Concur => &[],
-        Peer::Echo => &[MSG_START],
-    };
-    let mut got = 0u64; // message bytes checked so far
+    let mut check = StreamCheck::new(target.peer, buf.len());
     let mut last = Instant::now();
-    while got < bytes_total || !prefix.is_empty() {
-        let owed = bytes_total - got + prefix.len() as u64;
+    while check.got < bytes_total || check.prefix_len() > 0 {
+        let owed = bytes_total - check.got + check.prefix_len() as u64;
         let want = owed.min(buf.len() as u64) as usize;
-        let n = read_some(stream, &mut buf[..want], "the answer", got)?;
-        let mut chunk = &buf[..n];
-        while let (Some(&p), Some(&b)) = (prefix.first(), chunk.first()) {
-            if b != p {
-                return Err(mismatch("the answer", 0, p, b));
-            }
-            prefix = &prefix[1..];
-            chunk = &chunk[1..];
-        }
-        let at = (got % PATTERN_LEN as u64) as usize;
-        let want = &expected[at..at + chunk.len()];
-        if chunk != want {
-            let i = chunk
-                .iter()
-                .zip(want)
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
-            return Err(mismatch("the answer", got + i as u64, want[i], chunk[i]));
-        }
-        got += chunk.len() as u64;
+        let n = read_some(stream, &mut buf[..want], "the answer", check.got)?;
+        check.check(&buf[..n])?;
         last = Instant::now();
     }
     expect_close(stream)?;

@@ -341,8 +341,9 @@ fn progress_bar(wanted: bool, total: u64) -> Option<ProgressBar> {
 }
 
 /// The machine's busy and total CPU ticks and this process's own, from
-/// /proc; `None` off Linux.
-fn cpu_ticks() -> Option<(u64, u64, u64)> {
+/// /proc; `None` off Linux. Take one before a run and one after, and give
+/// both to [`other_share`].
+pub fn cpu_ticks() -> Option<(u64, u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let all: Vec<u64> = stat
         .lines()
@@ -361,7 +362,10 @@ fn cpu_ticks() -> Option<(u64, u64, u64)> {
     Some((busy, total, mine))
 }
 
-fn other_share(before: Option<(u64, u64, u64)>, after: Option<(u64, u64, u64)>) -> Option<f64> {
+/// The share of the machine's CPU time between two [`cpu_ticks`] that
+/// other processes used: the load average cannot tell other work from a
+/// benchmark's own threads; this can.
+pub fn other_share(before: Option<(u64, u64, u64)>, after: Option<(u64, u64, u64)>) -> Option<f64> {
     let ((b0, t0, m0), (b1, t1, m1)) = (before?, after?);
     let others = (b1.saturating_sub(b0)).saturating_sub(m1.saturating_sub(m0));
     Some(others as f64 / (t1.saturating_sub(t0)).max(1) as f64)
