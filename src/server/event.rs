@@ -62,9 +62,13 @@ const HANDOFF: usize = 1024;
 type NewClient = (ClientGuard, std::net::TcpStream, SocketAddr);
 
 struct LoopHandle {
+    id: usize,
     clients: Sender<NewClient>,
     waker: Arc<Waker>,
     thread: thread::JoinHandle<()>,
+    /// The loop's epoll descriptor, for the test that makes it fail.
+    #[cfg(test)]
+    poll_fd: std::os::fd::RawFd,
 }
 
 pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
@@ -72,69 +76,113 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
         Protocol::Prime => Some(ComputePool::start(ctx.config.loops, ctx.closing_flag())?),
         Protocol::Bytes => None,
     };
-    let mut loops = Vec::with_capacity(ctx.config.loops);
-    for id in 0..ctx.config.loops {
-        let jobs = compute.as_ref().map(|c| c.jobs.clone());
-        match start_loop(id, ctx, jobs) {
-            Ok(handle) => loops.push(handle),
-            Err(e) => {
-                ctx.shutdown.trigger();
-                stop_loops(loops);
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot start event loop {id}: {e}"),
-                ));
-            }
-        }
-    }
-
+    let mut loops = Loops::start(ctx, compute.as_ref())?;
     let stop = ctx.shutdown.channel();
-    let mut next = 0;
     let result = listener::accept_loop(listener, ctx, Blocking::No, |stream, peer| {
-        let target = &loops[next % loops.len()];
-        next += 1;
         // Admitted here, not in the loop, so that the connection limit
         // counts clients still on their way to a loop.
         let guard = ctx.enter(&stream);
-        select! {
-            send(target.clients, (guard, stream, peer)) -> sent => match sent {
-                Ok(()) => {
-                    // A loop that cannot be woken is gone; its channel
-                    // reports that on the next send.
-                    let _ = target.waker.wake();
-                    ControlFlow::Continue(())
-                }
-                Err(_) => ControlFlow::Break(()),
-            },
-            recv(stop) -> _ => {
-                ctx.count_dropped();
-                ControlFlow::Break(())
-            }
-        }
+        loops.hand((guard, stream, peer), &stop, ctx)
     });
-    stop_loops(loops);
+    let all_failed = loops.handles.is_empty();
+    loops.stop();
     if let Some(compute) = compute {
         compute.stop();
+    }
+    if all_failed {
+        return Err(io::Error::other("every event loop failed"));
     }
     result
 }
 
-/// Closes the loops' channels and waits for them: each loop ends once the
-/// shutdown has fired, its channel is closed and its last client has left.
-fn stop_loops(loops: Vec<LoopHandle>) {
-    let mut threads = Vec::with_capacity(loops.len());
-    for handle in loops {
-        drop(handle.clients);
-        let _ = handle.waker.wake();
-        threads.push(handle.thread);
+/// The running loops, taking new clients in turn.
+struct Loops {
+    handles: Vec<LoopHandle>,
+    next: usize,
+}
+
+impl Loops {
+    fn start(ctx: &Arc<Ctx>, compute: Option<&ComputePool>) -> io::Result<Self> {
+        let mut loops = Loops {
+            handles: Vec::with_capacity(ctx.config.loops),
+            next: 0,
+        };
+        for id in 0..ctx.config.loops {
+            match start_loop(id, ctx, compute.map(|c| c.jobs.clone())) {
+                Ok(handle) => loops.handles.push(handle),
+                Err(e) => {
+                    ctx.shutdown.trigger();
+                    loops.stop();
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot start event loop {id}: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(loops)
     }
-    for thread in threads {
-        let _ = thread.join();
+
+    /// Hands a client to the next loop in turn. A loop whose poll failed
+    /// has ended; it leaves the rotation and the client goes to the next
+    /// one, so one broken loop costs its own clients and nobody else's.
+    /// Breaks when the server stops or no loop is left.
+    fn hand(&mut self, client: NewClient, stop: &Receiver<()>, ctx: &Ctx) -> ControlFlow<()> {
+        let mut client = Some(client);
+        while !self.handles.is_empty() {
+            let at = self.next % self.handles.len();
+            let target = &self.handles[at];
+            let sent = select! {
+                send(target.clients, client.take().expect("held until sent")) -> sent => sent,
+                recv(stop) -> _ => {
+                    ctx.count_dropped();
+                    return ControlFlow::Break(());
+                }
+            };
+            match sent {
+                Ok(()) => {
+                    self.next = at + 1;
+                    let _ = target.waker.wake();
+                    return ControlFlow::Continue(());
+                }
+                Err(back) => {
+                    let dead = self.handles.remove(at);
+                    tracing::error!(
+                        "event loop {} has failed; {} loops left to serve new clients",
+                        dead.id,
+                        self.handles.len()
+                    );
+                    let _ = dead.thread.join();
+                    client = Some(back.into_inner());
+                }
+            }
+        }
+        tracing::error!("every event loop has failed: the server stops");
+        drop(client);
+        ctx.count_failed();
+        ControlFlow::Break(())
+    }
+
+    /// Closes the loops' channels and waits for them: each loop ends once
+    /// the shutdown has fired, its channel is closed and its last client
+    /// has left.
+    fn stop(self) {
+        let mut threads = Vec::with_capacity(self.handles.len());
+        for handle in self.handles {
+            drop(handle.clients);
+            let _ = handle.waker.wake();
+            threads.push(handle.thread);
+        }
+        for thread in threads {
+            let _ = thread.join();
+        }
     }
 }
 
 fn start_loop(id: usize, ctx: &Arc<Ctx>, jobs: Option<Sender<Job>>) -> io::Result<LoopHandle> {
     let poll = Poll::new()?;
+    #[cfg(test)]
+    let poll_fd = std::os::fd::AsRawFd::as_raw_fd(&poll);
     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
     ctx.shutdown.register_waker(Arc::clone(&waker));
     let (clients, incoming) = crossbeam_channel::bounded(HANDOFF);
@@ -159,9 +207,12 @@ fn start_loop(id: usize, ctx: &Arc<Ctx>, jobs: Option<Sender<Job>>) -> io::Resul
         .name(format!("event-{id}"))
         .spawn(move || event_loop.run())?;
     Ok(LoopHandle {
+        id,
         clients,
         waker,
         thread,
+        #[cfg(test)]
+        poll_fd,
     })
 }
 
@@ -290,8 +341,16 @@ impl EventLoop {
                     // Without its poll a loop cannot serve anyone; its
                     // clients are closed as failed.
                     tracing::error!("event loop failed: {e}; closing its clients");
+                    let failed = || Ok(Err(io::Error::new(e.kind(), e.to_string())));
                     for client in self.clients.drain() {
-                        client.close(Ok(Err(io::Error::new(e.kind(), e.to_string()))));
+                        client.close(failed());
+                    }
+                    // Clients already handed to this loop are closed as
+                    // failed too. Returning drops the channel, and the
+                    // acceptor sends further clients to the other loops.
+                    while let Ok((guard, stream, peer)) = self.incoming.try_recv() {
+                        conn::finish(guard, peer, failed());
+                        drop(stream);
                     }
                     return;
                 }
@@ -632,5 +691,103 @@ impl Client {
         } = self;
         conn::finish(guard, peer, outcome);
         drop(socket);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::{Model, Stats, snapshot};
+    use crate::shutdown::Shutdown;
+    use std::os::fd::AsRawFd;
+
+    /// A served connection: the client side, and the server side as the
+    /// acceptor would hand it on.
+    fn accept_one(
+        listener: &TcpListener,
+    ) -> (std::net::TcpStream, std::net::TcpStream, SocketAddr) {
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (client, server, peer)
+    }
+
+    fn round_trip(client: &mut std::net::TcpStream) {
+        let mut got = [0u8; 3];
+        client.read_exact(&mut got[..1]).unwrap();
+        client.write_all(b"^ab$").unwrap();
+        client.read_exact(&mut got[1..]).unwrap();
+        assert_eq!(&got, b"*bc");
+    }
+
+    /// Makes the loop's next poll fail for real: its epoll descriptor is
+    /// replaced (atomically, so no other test can be handed the number) by
+    /// one that is not an epoll instance, and the loop is woken to poll
+    /// again.
+    fn break_loop(handle: &LoopHandle) {
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert_ne!(unsafe { libc::dup2(null.as_raw_fd(), handle.poll_fd) }, -1);
+        handle.waker.wake().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !handle.thread.is_finished() {
+            assert!(Instant::now() < deadline, "the loop did not end");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_failed_loop_leaves_the_rotation_and_costs_only_its_own_clients() {
+        let mut config = Config::new(Model::Event);
+        config.loops = 2;
+        let stats = Arc::<Stats>::default();
+        let ctx = Arc::new(Ctx::new(config, Shutdown::new(), Arc::clone(&stats)));
+        let stop = ctx.shutdown.channel();
+        let mut loops = Loops::start(&ctx, None).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let hand = |loops: &mut Loops| {
+            let (client, server, peer) = accept_one(&listener);
+            let flow = loops.hand((ctx.enter(&server), server, peer), &stop, &ctx);
+            (client, flow)
+        };
+
+        // Loop 0 takes the first client, then fails under it.
+        let (mut first, flow) = hand(&mut loops);
+        assert_eq!(flow, ControlFlow::Continue(()));
+        round_trip(&mut first);
+        break_loop(&loops.handles[0]);
+        let mut rest = Vec::new();
+        let _ = first.read_to_end(&mut rest);
+        assert_eq!(rest, b"", "closed by its failed loop");
+        assert_eq!(snapshot(&stats).failed, 1);
+
+        // Loop 1 takes the next client; the one after, due to loop 0, goes
+        // to loop 1 as well, and both are served.
+        let mut served = Vec::new();
+        for _ in 0..2 {
+            let (mut client, flow) = hand(&mut loops);
+            assert_eq!(flow, ControlFlow::Continue(()));
+            round_trip(&mut client);
+            served.push(client);
+        }
+        assert_eq!(loops.handles.len(), 1);
+        assert_eq!(loops.handles[0].id, 1);
+
+        // With no loop left, the newcomer is closed, counted, and the
+        // acceptor is told to stop.
+        break_loop(&loops.handles[0]);
+        let (mut last, flow) = hand(&mut loops);
+        assert_eq!(flow, ControlFlow::Break(()));
+        assert!(loops.handles.is_empty());
+        for client in served.iter_mut().chain([&mut last]) {
+            let _ = client.read_to_end(&mut rest);
+            assert_eq!(rest, b"", "closed: nobody is left to serve it");
+        }
+        let summary = snapshot(&stats);
+        assert_eq!((summary.failed, summary.clients_now), (4, 0));
+        ctx.shutdown.trigger();
+        loops.stop();
     }
 }
