@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use concur::bench::Scenario;
 use concur::server::{self, Config, Model, OverLimit, Protocol, listener};
 use concur::shutdown::Shutdown;
 use concur::threads;
@@ -45,26 +46,37 @@ enum Command {
     Bench(BenchArgs),
 }
 
-/// `concur bench`'s first argument: a scenario, or a sweep of one.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// `concur bench`'s first argument: a scenario, or a sweep of one. Its
+/// values and their help are the scenarios' own, plus `sweep`.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum BenchWhat {
-    /// C connections stream one endless message in W-byte writes: MB/s.
-    Stream,
-    /// C connections in a closed loop of ^ + S bytes + $: req/s, latency.
-    Pingpong,
-    /// The same requests at a fixed total --rate, open loop: latency from
-    /// each request's intended send time.
-    Rate,
-    /// W workers connect, get *, send ^a$, read b, close: connections/s.
-    Churn,
-    /// N idle clients: the server's memory and threads (server run as a
-    /// child process), and how fast a newcomer is served meanwhile.
-    Idle,
-    /// Primality protocol: C clients ask about a large --number in a loop,
-    /// one probe asks about small ones: answers/s, probe latency.
-    Cpu,
-    /// --of SCENARIO over several connection counts (-c 1,8,64,512).
+    Run(Scenario),
     Sweep,
+}
+
+impl clap::ValueEnum for BenchWhat {
+    fn value_variants<'a>() -> &'a [Self] {
+        const ALL: [BenchWhat; Scenario::ALL.len() + 1] = {
+            let mut all = [BenchWhat::Sweep; Scenario::ALL.len() + 1];
+            let mut i = 0;
+            while i < Scenario::ALL.len() {
+                all[i] = BenchWhat::Run(Scenario::ALL[i]);
+                i += 1;
+            }
+            all
+        };
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        match self {
+            BenchWhat::Run(scenario) => scenario.to_possible_value(),
+            BenchWhat::Sweep => Some(
+                clap::builder::PossibleValue::new("sweep")
+                    .help("--of SCENARIO over several connection counts (-c 1,8,64,512)"),
+            ),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -79,7 +91,7 @@ struct BenchArgs {
 
     /// The scenario a sweep runs [default: pingpong] (only with sweep).
     #[arg(long, value_enum, value_name = "SCENARIO")]
-    of: Option<concur::bench::Scenario>,
+    of: Option<Scenario>,
 
     /// Connections (churn: workers; idle: idle clients; cpu: heavy
     /// clients), comma-separated for several [default: the scenario's;
@@ -381,15 +393,10 @@ fn main() -> ExitCode {
 }
 
 fn bench(args: BenchArgs) -> ExitCode {
-    use concur::bench::{Options, Scenario};
+    use concur::bench::Options;
     let sweep = args.scenario == BenchWhat::Sweep;
     let scenario = match args.scenario {
-        BenchWhat::Stream => Scenario::Stream,
-        BenchWhat::Pingpong => Scenario::Pingpong,
-        BenchWhat::Rate => Scenario::Rate,
-        BenchWhat::Churn => Scenario::Churn,
-        BenchWhat::Idle => Scenario::Idle,
-        BenchWhat::Cpu => Scenario::Cpu,
+        BenchWhat::Run(scenario) => scenario,
         BenchWhat::Sweep => args.of.unwrap_or(Scenario::Pingpong),
     };
     let misplaced = [

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::load::Scenario;
@@ -124,17 +125,31 @@ fn draw_throughput(results: &Results, backend: SVGBackend<'_>) -> DrawResult {
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 15))
         .draw()?;
-    for server in servers(&results.rows) {
-        let c = color(&server);
-        let points: Vec<(f64, f64)> = results
+    let lines = servers(&results.rows).into_iter().map(|server| {
+        let points = results
             .rows
             .iter()
             .filter(|r| r.server == server)
             .map(|r| (slot(r.count), r.throughput))
             .collect();
+        (server, points)
+    });
+    draw_lines(&mut chart, lines, SeriesLabelPosition::UpperRight)?;
+    root.present()?;
+    Ok(())
+}
+
+/// One line with dots per server, in its colour, and the legend.
+fn draw_lines<'a, Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
+    lines: impl Iterator<Item = (String, Vec<(f64, f64)>)>,
+    legend_at: SeriesLabelPosition,
+) -> DrawResult {
+    for (server, points) in lines {
+        let c = color(&server);
         chart
             .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
-            .label(server.clone())
+            .label(server)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
         chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
     }
@@ -142,10 +157,9 @@ fn draw_throughput(results: &Results, backend: SVGBackend<'_>) -> DrawResult {
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend_at)
         .label_font(("sans-serif", 14))
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
@@ -231,26 +245,15 @@ fn draw_latency(
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 15))
         .draw()?;
-    for (server, values) in series {
-        let c = color(server);
-        let points: Vec<(f64, f64)> = values
+    let lines = series.iter().map(|(server, values)| {
+        let points = values
             .iter()
             .enumerate()
             .map(|(i, &v)| (i as f64, v.max(1) as f64))
             .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
-            .label(server.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font(("sans-serif", 14))
-        .draw()?;
+        (server.clone(), points)
+    });
+    draw_lines(&mut chart, lines, SeriesLabelPosition::LowerRight)?;
     root.present()?;
     Ok(())
 }
