@@ -10,7 +10,8 @@
 //! - the server's thread count with them connected;
 //! - how many of them got their `*` (a pool serves only as many clients
 //!   as it has workers; the rest wait in the listen backlog);
-//! - how long a newcomer takes from connect to its answer meanwhile.
+//! - how long a newcomer takes from connect to its answer meanwhile (one
+//!   every [`NEWCOMER_EVERY`] for the run's length).
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -26,8 +27,15 @@ use super::new_histogram;
 use crate::protocol::ACK;
 use crate::server::Model;
 
-/// Newcomers timed while the idle clients are connected.
-pub const NEWCOMERS: usize = 20;
+/// How often a newcomer arrives while the idle clients are connected (one
+/// at a time, for the run's `--secs`): often enough to sample the tail,
+/// seldom enough to leave the server idle in between, as the scenario
+/// means it to be.
+pub const NEWCOMER_EVERY: Duration = Duration::from_millis(10);
+
+/// Room in the child's connection cap beyond the idle clients: one
+/// newcomer at a time, and those whose close the server has yet to see.
+const CAP_ROOM: usize = 36;
 
 /// How long a newcomer may wait for its answer before it counts as not
 /// served.
@@ -83,7 +91,7 @@ impl Drop for ServerProcess {
 fn spawn(exe: &Path, model: Model, extra: &[String], clients: usize) -> io::Result<ServerProcess> {
     // The default cap (10,000 clients) would make the newcomers of a
     // 10,000-client run wait for a place: room for them too.
-    let cap = (clients + NEWCOMERS + 16).to_string();
+    let cap = (clients + CAP_ROOM).to_string();
     let mut child = Command::new(exe)
         .args(["serve", "--port", "0", "--backlog", "4096", "-q"])
         .args(["--drain-timeout", "0.2", "--max-conns", &cap])
@@ -148,7 +156,13 @@ fn proc_status(pid: u32) -> io::Result<crate::threads::Status> {
 
 /// Starts `exe serve --model MODEL EXTRA...`, connects `clients` idle
 /// clients, and measures.
-pub fn run(exe: &Path, model: Model, extra: &[String], clients: usize) -> io::Result<IdleFigures> {
+pub fn run(
+    exe: &Path,
+    model: Model,
+    extra: &[String],
+    clients: usize,
+    secs: Duration,
+) -> io::Result<IdleFigures> {
     let server = spawn(exe, model, extra, clients)?;
     let pid = server.child.id();
     let addr = server.addr;
@@ -181,7 +195,10 @@ pub fn run(exe: &Path, model: Model, extra: &[String], clients: usize) -> io::Re
     let mut latency = new_histogram();
     let mut served = 0;
     let mut tried = 0;
-    for _ in 0..NEWCOMERS {
+    let start = Instant::now();
+    while tried == 0 || start.elapsed() < secs {
+        let next = start + NEWCOMER_EVERY.saturating_mul(tried as u32);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
         tried += 1;
         match round_trip(addr, NEWCOMER_TIMEOUT) {
             Ok(t) => {

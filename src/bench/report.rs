@@ -239,10 +239,7 @@ impl Results {
     /// The table printed at the end of a run.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let per_run = match self.scenario {
-            Scenario::Idle => String::new(),
-            _ => format!("{} s per run, ", self.params.secs.as_secs_f64()),
-        };
+        let per_run = format!("{} s per run, ", self.params.secs.as_secs_f64());
         let _ = writeln!(
             out,
             "{} ({}), {per_run}{} repeat{}, {} cores; medians over repeats",
@@ -375,7 +372,10 @@ impl Results {
                 p.size, p.rate
             ),
             Scenario::Churn => "connect, *, ^a$, b, close".into(),
-            Scenario::Idle => "newcomers timed meanwhile".into(),
+            Scenario::Idle => format!(
+                "a newcomer every {} ms meanwhile",
+                super::idle::NEWCOMER_EVERY.as_millis()
+            ),
             Scenario::Cpu => format!(
                 "heavy clients ask about {}, one probe about small numbers every {} ms",
                 p.number,

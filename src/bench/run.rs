@@ -295,7 +295,7 @@ fn run_one(
             (Model::Pool, Some(n)) => vec!["-n".into(), n.to_string()],
             _ => Vec::new(),
         };
-        let figures = idle::run(exe, *model, &extra, count)?;
+        let figures = idle::run(exe, *model, &extra, count, options.params.secs)?;
         run.ops = figures.clients as u64;
         run.throughput = figures.bytes_per_client;
         run.latency_us = figures.newcomer_latency.as_ref().and_then(Percentiles::of);
