@@ -23,8 +23,9 @@
 //!   close the rest.
 //! - [`client`]: the article's simulated client (N connections on a
 //!   schedule, every reply checked), its timelines and the time chart.
-//! - [`demo`]: the article's experiment in one call: three servers, the
-//!   client against each, a table and a chart per model.
+//! - [`demo`]: the article's experiment in one call: its three servers and
+//!   the two event-driven ones, the client against each, a table and a
+//!   chart per model.
 //! - [`threads`]: the footnote's experiment: what idle threads cost.
 //! - [`bench`](mod@bench): the echo server the benchmarks compare with, the
 //!   verified loads, and `concur bench`: every scenario (stream, pingpong,

@@ -35,8 +35,9 @@ enum Command {
     /// The article's simulated client: N connections on its schedule, every
     /// reply checked against the protocol.
     Client(ClientArgs),
-    /// The article's experiment: sequential, thread and pool -n 2 servers,
-    /// three clients against each, a table and a time chart per server.
+    /// The article's experiment: sequential, thread and pool -n 2 servers
+    /// (and event, async), three clients against each, a table and a time
+    /// chart per server.
     Demo(DemoArgs),
     /// The footnote's experiment: start N idle threads and measure what
     /// they cost the process.

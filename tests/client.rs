@@ -521,12 +521,20 @@ fn the_demo_prints_its_table_and_writes_a_chart_per_model() {
         .captures_iter(&stdout)
         .map(|c| c[1].to_string())
         .collect();
-    assert_eq!(
-        servers,
-        ["model sequential", "model thread", "model pool, 2 threads"],
+    // A row per model, in order; the article's pool has two workers.
+    assert_eq!(servers.len(), Model::ALL.len(), "{stdout}");
+    for (row, model) in servers.iter().zip(Model::ALL) {
+        let name = format!("model {model}");
+        assert!(
+            row == &name || row.starts_with(&format!("{name},")),
+            "{row} for {model}"
+        );
+    }
+    assert!(
+        servers.contains(&"model pool, 2 threads".into()),
         "{stdout}"
     );
-    for model in ["sequential", "thread", "pool"] {
+    for model in Model::ALL {
         let svg = std::fs::read_to_string(out.join(format!("demo-{model}.svg"))).unwrap();
         roxmltree::Document::parse(&svg).unwrap();
         let json = std::fs::read_to_string(out.join(format!("demo-{model}.json"))).unwrap();
