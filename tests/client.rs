@@ -332,10 +332,21 @@ fn the_binary_logs_like_the_article_and_its_chart_follows_the_timeline() {
     }
 }
 
-/// A server on 127.0.0.1 that greets with `*` and then answers by the
-/// protocol, except the connections whose accept order `wrong` picks,
-/// which get their bytes echoed unchanged.
-fn faulty_server(clients: usize, wrong: fn(usize) -> bool) -> SocketAddr {
+/// How a [`test_server`] answers one connection.
+#[derive(Clone, Copy, PartialEq)]
+enum Answer {
+    /// By the protocol, one write per read.
+    Right,
+    /// By the protocol, one `send` per answer byte, as the article's C and
+    /// Python servers do.
+    ByteAtATime,
+    /// The bytes it got, unchanged: wrong.
+    Echo,
+}
+
+/// A server on 127.0.0.1 that greets with `*` and then answers each
+/// connection (by accept order) as `answer` says.
+fn test_server(clients: usize, answer: fn(usize) -> Answer) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -350,12 +361,16 @@ fn faulty_server(clients: usize, wrong: fn(usize) -> bool) -> SocketAddr {
                 let mut buf = [0u8; 1024];
                 while let Ok(n @ 1..) = s.read(&mut buf) {
                     let mut out = Vec::new();
-                    if wrong(k) {
-                        out.extend_from_slice(&buf[..n]);
-                    } else {
-                        p.feed(&buf[..n], &mut out);
+                    match answer(k) {
+                        Answer::Echo => out.extend_from_slice(&buf[..n]),
+                        Answer::Right | Answer::ByteAtATime => p.feed(&buf[..n], &mut out),
                     }
-                    if s.write_all(&out).is_err() {
+                    let sent = if answer(k) == Answer::ByteAtATime {
+                        out.chunks(1).try_for_each(|b| s.write_all(b))
+                    } else {
+                        s.write_all(&out)
+                    };
+                    if sent.is_err() {
                         return;
                     }
                 }
@@ -366,8 +381,25 @@ fn faulty_server(clients: usize, wrong: fn(usize) -> bool) -> SocketAddr {
 }
 
 #[test]
+fn a_server_that_sends_a_byte_at_a_time_is_read_whole() {
+    // The article's servers: every answer byte its own segment, Nagle on.
+    let addr = test_server(3, |_| Answer::ByteAtATime);
+    let report = client::run(addr, &Options::new(3).script(fast()).timeout(PATIENCE));
+    assert!(report.ok(), "{:?}", report.failures());
+    for c in &report.connections {
+        assert_eq!(c.reply, VECTORS[0].1, "{}", c.name);
+    }
+}
+
+#[test]
 fn an_echoing_server_fails_and_the_bad_connections_are_named() {
-    let addr = faulty_server(4, |k| k % 2 == 1);
+    let addr = test_server(4, |k| {
+        if k % 2 == 1 {
+            Answer::Echo
+        } else {
+            Answer::Right
+        }
+    });
     let script = scratch("fast-echo.script");
     std::fs::write(&script, FAST).unwrap();
     let json = scratch("echo.json");
