@@ -211,8 +211,7 @@ pub(crate) fn protocol_violation(reason: String) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::{Config, Model, Stats, snapshot};
-    use crate::shutdown::Shutdown;
+    use crate::server::{Config, Model, snapshot};
     use std::net::TcpListener;
 
     fn pair() -> (TcpStream, TcpStream, SocketAddr) {
@@ -224,12 +223,7 @@ mod tests {
 
     #[test]
     fn a_panic_ends_only_that_client_and_is_counted() {
-        let stats = Arc::<Stats>::default();
-        let ctx = Arc::new(Ctx::new(
-            Config::new(Model::Pool),
-            Shutdown::new(),
-            Arc::clone(&stats),
-        ));
+        let (ctx, stats) = Ctx::for_test(Config::new(Model::Pool));
         let (mut client, server, peer) = pair();
         admit(&ctx, server, peer).serve_with(|_, _| panic!("boom"));
         // The server side is closed: the client reads end-of-file.

@@ -180,29 +180,9 @@ impl Loops {
 }
 
 fn start_loop(id: usize, ctx: &Arc<Ctx>, jobs: Option<Sender<Job>>) -> io::Result<LoopHandle> {
-    let poll = Poll::new()?;
+    let (event_loop, clients, waker) = EventLoop::new(ctx, jobs)?;
     #[cfg(test)]
-    let poll_fd = std::os::fd::AsRawFd::as_raw_fd(&poll);
-    let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
-    ctx.shutdown.register_waker(Arc::clone(&waker));
-    let (clients, incoming) = crossbeam_channel::bounded(HANDOFF);
-    let (reply, results) = crossbeam_channel::unbounded();
-    let event_loop = EventLoop {
-        poll,
-        clients: Slab::new(),
-        incoming,
-        incoming_closed: false,
-        ctx: Arc::clone(ctx),
-        buf: vec![0; BUF_SIZE].into_boxed_slice(),
-        next_id: 0,
-        offload: jobs.map(|jobs| Offloader {
-            jobs,
-            reply,
-            waker: Arc::clone(&waker),
-        }),
-        results,
-        again: Vec::new(),
-    };
+    let poll_fd = std::os::fd::AsRawFd::as_raw_fd(&event_loop.poll);
     let thread = thread::Builder::new()
         .name(format!("event-{id}"))
         .spawn(move || event_loop.run())?;
@@ -320,6 +300,35 @@ impl ComputePool {
 }
 
 impl EventLoop {
+    /// A loop, the way to hand it clients, and its waker.
+    fn new(
+        ctx: &Arc<Ctx>,
+        jobs: Option<Sender<Job>>,
+    ) -> io::Result<(Self, Sender<NewClient>, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        ctx.shutdown.register_waker(Arc::clone(&waker));
+        let (clients, incoming) = crossbeam_channel::bounded(HANDOFF);
+        let (reply, results) = crossbeam_channel::unbounded();
+        let event_loop = EventLoop {
+            poll,
+            clients: Slab::new(),
+            incoming,
+            incoming_closed: false,
+            ctx: Arc::clone(ctx),
+            buf: vec![0; BUF_SIZE].into_boxed_slice(),
+            next_id: 0,
+            offload: jobs.map(|jobs| Offloader {
+                jobs,
+                reply,
+                waker: Arc::clone(&waker),
+            }),
+            results,
+            again: Vec::new(),
+        };
+        Ok((event_loop, clients, waker))
+    }
+
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let sweep_every = sweep_interval(&self.ctx.config);
@@ -697,8 +706,7 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::{Model, Stats, snapshot};
-    use crate::shutdown::Shutdown;
+    use crate::server::{Model, snapshot};
     use std::os::fd::AsRawFd;
 
     /// A served connection: the client side, and the server side as the
@@ -739,11 +747,48 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_never_runs_dry_gets_turns_not_the_loop() {
+        let (ctx, stats) = Ctx::for_test(Config::new(Model::Event));
+        let (mut event_loop, _clients, _waker) = EventLoop::new(&ctx, None).unwrap();
+        // Small reads, so that a few turns' worth fits in the kernel's
+        // receive queue and the turn's bound, not the queue, ends a turn.
+        const READ: usize = 1024;
+        event_loop.buf = vec![0; READ].into_boxed_slice();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (mut client, server, peer) = accept_one(&listener);
+        event_loop.add(ctx.enter(&server), server, peer);
+        let mut star = [0u8; 1];
+        client.read_exact(&mut star).unwrap();
+        assert_eq!(&star, b"*");
+
+        // Bytes outside any message: read, answered with nothing.
+        let turn = READS_PER_TURN * READ;
+        client.write_all(&vec![b'x'; 3 * turn]).unwrap();
+        let (key, _) = event_loop.clients.iter().next().unwrap();
+        let mut peek = vec![0u8; 3 * turn];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let queued = event_loop.clients[key].socket.peek(&mut peek).unwrap_or(0);
+            if queued == 3 * turn {
+                break;
+            }
+            assert!(Instant::now() < deadline, "only {queued} bytes arrived");
+            thread::sleep(Duration::from_millis(1));
+        }
+
+        // Each turn reads its bound and leaves the client to come back.
+        for turns in 1..=2 {
+            event_loop.drive(key);
+            assert_eq!(snapshot(&stats).bytes_in, (turns * turn) as u64);
+            assert_eq!(std::mem::take(&mut event_loop.again), [key]);
+        }
+    }
+
+    #[test]
     fn a_failed_loop_leaves_the_rotation_and_costs_only_its_own_clients() {
         let mut config = Config::new(Model::Event);
         config.loops = 2;
-        let stats = Arc::<Stats>::default();
-        let ctx = Arc::new(Ctx::new(config, Shutdown::new(), Arc::clone(&stats)));
+        let (ctx, stats) = Ctx::for_test(config);
         let stop = ctx.shutdown.channel();
         let mut loops = Loops::start(&ctx, None).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -164,6 +164,14 @@ impl Ctx {
         }
     }
 
+    /// A context of its own for a unit test, and the figures it counts.
+    #[cfg(test)]
+    pub(crate) fn for_test(config: Config) -> (Arc<Ctx>, Arc<Stats>) {
+        let stats = Arc::<Stats>::default();
+        let ctx = Ctx::new(config, Shutdown::new(), Arc::clone(&stats));
+        (Arc::new(ctx), stats)
+    }
+
     pub(super) fn lock(&self) -> MutexGuard<'_, Clients> {
         // Every update under this lock is a single insert or remove, so a
         // panic elsewhere cannot leave it half-done.
