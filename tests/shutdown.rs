@@ -102,6 +102,9 @@ fn the_binary_drains_and_exits_zero_on_sigterm() {
     for model in Model::ALL {
         let mut child = Command::new(env!("CARGO_BIN_EXE_concur"))
             .args(["serve", "--port", "0", "--model", model.name()])
+            // The client finishes its session after the signal: however
+            // slow the machine, the drain must not close it first.
+            .args(["--drain-timeout", "60"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

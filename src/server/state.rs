@@ -345,10 +345,14 @@ impl Drop for ClientGuard {
             warn!(target: conn::LOG_TARGET, "a client's task panicked; that client is closed");
             self.ctx.count_failed();
         }
-        // Out of the map before the count drops, so that a count below the
-        // cap means there is room (`Ctx::full` reads the map).
-        self.ctx.lock().open.remove(&self.id);
+        // Map and count change together under the lock, as in `enter`: a
+        // count below the cap means there is room (`Ctx::full` reads the
+        // map), and whoever sees the map empty (`wait_idle`, before the
+        // final summary) sees the count at zero too.
+        let mut clients = self.ctx.lock();
+        clients.open.remove(&self.id);
         self.ctx.stats.clients_now.fetch_sub(1, Ordering::Relaxed);
+        drop(clients);
         self.ctx.left.notify_all();
     }
 }

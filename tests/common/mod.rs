@@ -15,6 +15,12 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Starts `config` on 127.0.0.1, port 0.
 pub fn start_with(config: Config) -> Server {
+    // Some tests hold thousands of clients, and both ends of each are in
+    // this process: do not depend on the machine's soft limit (often 1024).
+    static RAISED: std::sync::Once = std::sync::Once::new();
+    RAISED.call_once(|| {
+        server::raise_fd_limit().expect("raise the descriptor limit");
+    });
     let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 1024).expect("bind");
     server::start(listener, config).expect("start server")
 }
