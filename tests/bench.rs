@@ -182,6 +182,8 @@ fn idle_reads_the_child_servers_memory_and_threads() {
         "idle",
         "-c",
         "200",
+        "--secs",
+        "0.2",
         "--models",
         "thread",
         "--repeat",
