@@ -32,7 +32,9 @@ pub fn start(model: Model) -> Server {
 
 /// A connected client with bounded reads and writes.
 pub fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).expect("connect");
+    // Bounded too: a connect the backlog cannot hold would otherwise sit
+    // in SYN retries for minutes.
+    let s = TcpStream::connect_timeout(&addr, PATIENCE).expect("connect");
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     s.set_write_timeout(Some(PATIENCE)).unwrap();
     s
