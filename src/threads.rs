@@ -9,6 +9,11 @@
 //!
 //! A thread that cannot be created (too many threads, no memory for a
 //! stack) ends the creation, and the report says how many were made.
+//!
+//! Under an address-space limit (`ulimit -v`) the creation stops short of
+//! the limit instead of running into it: at the very edge a thread can be
+//! created and then fail to map its signal stack, and Rust's runtime then
+//! aborts the whole process. See [`AS_HEADROOM`].
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -19,6 +24,16 @@ use std::time::{Duration, Instant};
 
 /// How often each idle thread wakes up.
 pub const WAKE_EVERY: Duration = Duration::from_millis(50);
+
+/// Address space left free under an address-space limit, beyond the next
+/// thread's stack: a new thread maps a signal stack, and its first
+/// allocation may make glibc reserve a 64 MiB malloc arena. Each thread
+/// is waited for until it runs before the next check, so that nothing
+/// maps behind the check's back.
+pub const AS_HEADROOM: u64 = 65 << 20;
+
+/// Rust's default thread stack, where `RUST_MIN_STACK` does not set one.
+const DEFAULT_STACK: usize = 2 << 20;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -149,18 +164,42 @@ pub fn run(options: &Options) -> std::io::Result<Report> {
     let started = Instant::now();
     let mut handles: Vec<JoinHandle<()>> = Vec::with_capacity(options.threads);
     let mut spawn_error = None;
+    let as_limit = address_space_limit();
+    let stack = options.stack.unwrap_or_else(default_stack);
     for i in 0..options.threads {
-        let mut builder = std::thread::Builder::new();
-        if let Some(stack) = options.stack {
-            builder = builder.stack_size(stack);
+        if let Some(limit) = as_limit {
+            let used = Status::now()?.virtual_kib * 1024;
+            if used + stack as u64 + AS_HEADROOM > limit {
+                spawn_error = Some(format!(
+                    "thread {} could not be created: {} of the address-space limit \
+                     (ulimit -v) of {} are in use; its {} stack and {} of headroom \
+                     do not fit",
+                    i + 1,
+                    mib(used / 1024),
+                    mib(limit / 1024),
+                    mib(stack as u64 / 1024),
+                    mib(AS_HEADROOM / 1024),
+                ));
+                break;
+            }
         }
+        let builder = std::thread::Builder::new().stack_size(stack);
         let stop = Arc::clone(&stop);
-        match builder.spawn(move || idle(&stop)) {
+        let (running, started) = std::sync::mpsc::sync_channel::<()>(1);
+        match builder.spawn(move || {
+            let _ = running.send(());
+            idle(&stop)
+        }) {
             Ok(h) => handles.push(h),
             Err(e) => {
                 spawn_error = Some(format!("thread {} could not be created: {e}", i + 1));
                 break;
             }
+        }
+        if as_limit.is_some() {
+            // Whatever the new thread maps as it starts is in the next
+            // check's figure.
+            let _ = started.recv();
         }
         if let Some(p) = &progress {
             p.inc(1);
@@ -194,6 +233,25 @@ pub fn run(options: &Options) -> std::io::Result<Report> {
         window,
         cpu: cpu_end.saturating_sub(cpu_start),
     })
+}
+
+/// The process's address-space limit in bytes (`ulimit -v`), if any.
+fn address_space_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the local rlimit it is given.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == 0;
+    (ok && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+}
+
+/// The stack Rust gives a thread whose builder sets none.
+fn default_stack() -> usize {
+    std::env::var("RUST_MIN_STACK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_STACK)
 }
 
 fn idle(stop: &AtomicBool) {
