@@ -53,10 +53,12 @@ fn a_client_mid_session_gets_everything_it_is_owed() {
         assert_eq!(summary.bytes_in, 5 + 12, "{model}");
         assert_eq!(summary.bytes_out, 1 + 2 + 3, "{model}");
         assert_eq!(summary.clients_now, 0, "{model}");
-        assert!(
-            TcpStream::connect(addr).is_err(),
-            "{model}: a stopped server must refuse connections"
-        );
+        // A connect to a port nobody listens on can, rarely, connect to
+        // itself (the kernel picks that very port as its source): that is
+        // not the server.
+        let refused =
+            TcpStream::connect(addr).map_or(true, |s| s.local_addr().ok() == s.peer_addr().ok());
+        assert!(refused, "{model}: a stopped server must refuse connections");
     }
 }
 
