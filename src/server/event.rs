@@ -64,6 +64,8 @@ type NewClient = (ClientGuard, std::net::TcpStream, SocketAddr);
 struct LoopHandle {
     id: usize,
     clients: Sender<NewClient>,
+    /// Set by the loop when its poll has failed.
+    failed: Arc<AtomicBool>,
     waker: Arc<Waker>,
     thread: thread::JoinHandle<()>,
     /// The loop's epoll descriptor, for the test that makes it fail.
@@ -124,13 +126,17 @@ impl Loops {
     }
 
     /// Hands a client to the next loop in turn. A loop whose poll failed
-    /// has ended; it leaves the rotation and the client goes to the next
-    /// one, so one broken loop costs its own clients and nobody else's.
-    /// Breaks when the server stops or no loop is left.
+    /// leaves the rotation and the client goes to the next one, so one
+    /// broken loop costs its own clients and nobody else's. Breaks when the
+    /// server stops or no loop is left.
     fn hand(&mut self, client: NewClient, stop: &Receiver<()>, ctx: &Ctx) -> ControlFlow<()> {
         let mut client = Some(client);
         while !self.handles.is_empty() {
             let at = self.next % self.handles.len();
+            if self.handles[at].failed.load(Ordering::SeqCst) {
+                self.retire(at);
+                continue;
+            }
             let target = &self.handles[at];
             let sent = select! {
                 send(target.clients, client.take().expect("held until sent")) -> sent => sent,
@@ -145,14 +151,9 @@ impl Loops {
                     let _ = target.waker.wake();
                     return ControlFlow::Continue(());
                 }
+                // Its thread is gone without flagging a failure (a panic).
                 Err(back) => {
-                    let dead = self.handles.remove(at);
-                    tracing::error!(
-                        "event loop {} has failed; {} loops left to serve new clients",
-                        dead.id,
-                        self.handles.len()
-                    );
-                    let _ = dead.thread.join();
+                    self.retire(at);
                     client = Some(back.into_inner());
                 }
             }
@@ -161,6 +162,23 @@ impl Loops {
         drop(client);
         ctx.count_failed();
         ControlFlow::Break(())
+    }
+
+    /// Takes a failed loop out of the rotation and waits for it.
+    fn retire(&mut self, at: usize) {
+        let LoopHandle {
+            id,
+            clients,
+            thread,
+            ..
+        } = self.handles.remove(at);
+        tracing::error!(
+            "event loop {id} has failed; {} loops left to serve new clients",
+            self.handles.len()
+        );
+        // Letting go of its channel ends the failed loop's last drain.
+        drop(clients);
+        let _ = thread.join();
     }
 
     /// Closes the loops' channels and waits for them: each loop ends once
@@ -181,6 +199,7 @@ impl Loops {
 
 fn start_loop(id: usize, ctx: &Arc<Ctx>, jobs: Option<Sender<Job>>) -> io::Result<LoopHandle> {
     let (event_loop, clients, waker) = EventLoop::new(ctx, jobs)?;
+    let failed = Arc::clone(&event_loop.failed);
     #[cfg(test)]
     let poll_fd = std::os::fd::AsRawFd::as_raw_fd(&event_loop.poll);
     let thread = thread::Builder::new()
@@ -189,6 +208,7 @@ fn start_loop(id: usize, ctx: &Arc<Ctx>, jobs: Option<Sender<Job>>) -> io::Resul
     Ok(LoopHandle {
         id,
         clients,
+        failed,
         waker,
         thread,
         #[cfg(test)]
@@ -212,6 +232,9 @@ struct EventLoop {
     clients: Slab<Client>,
     incoming: Receiver<NewClient>,
     incoming_closed: bool,
+    /// Set when the poll has failed: the acceptor stops handing clients to
+    /// this loop.
+    failed: Arc<AtomicBool>,
     ctx: Arc<Ctx>,
     // Shared by all of this loop's clients: reading is synchronous, so no
     // client needs a read buffer of its own between events.
@@ -315,6 +338,7 @@ impl EventLoop {
             clients: Slab::new(),
             incoming,
             incoming_closed: false,
+            failed: Arc::default(),
             ctx: Arc::clone(ctx),
             buf: vec![0; BUF_SIZE].into_boxed_slice(),
             next_id: 0,
@@ -350,14 +374,16 @@ impl EventLoop {
                     // Without its poll a loop cannot serve anyone; its
                     // clients are closed as failed.
                     tracing::error!("event loop failed: {e}; closing its clients");
+                    self.failed.store(true, Ordering::SeqCst);
                     let failed = || Ok(Err(io::Error::new(e.kind(), e.to_string())));
                     for client in self.clients.drain() {
                         client.close(failed());
                     }
-                    // Clients already handed to this loop are closed as
-                    // failed too. Returning drops the channel, and the
-                    // acceptor sends further clients to the other loops.
-                    while let Ok((guard, stream, peer)) = self.incoming.try_recv() {
+                    // Clients handed to this loop are closed as failed too,
+                    // until the acceptor, seeing the flag, lets go of the
+                    // channel (or the server stops): one sent just before
+                    // it looked is closed here, not left in the channel.
+                    for (guard, stream, peer) in self.incoming.iter() {
                         conn::finish(guard, peer, failed());
                         drop(stream);
                     }
@@ -740,8 +766,8 @@ mod tests {
         assert_ne!(unsafe { libc::dup2(null.as_raw_fd(), handle.poll_fd) }, -1);
         handle.waker.wake().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !handle.thread.is_finished() {
-            assert!(Instant::now() < deadline, "the loop did not end");
+        while !handle.failed.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the loop did not fail");
             thread::sleep(Duration::from_millis(1));
         }
     }
@@ -752,7 +778,7 @@ mod tests {
         let (mut event_loop, _clients, _waker) = EventLoop::new(&ctx, None).unwrap();
         // Small reads, so that a few turns' worth fits in the kernel's
         // receive queue and the turn's bound, not the queue, ends a turn.
-        const READ: usize = 1024;
+        const READ: usize = 256;
         event_loop.buf = vec![0; READ].into_boxed_slice();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let (mut client, server, peer) = accept_one(&listener);
@@ -808,6 +834,18 @@ mod tests {
         assert_eq!(rest, b"", "closed by its failed loop");
         assert_eq!(snapshot(&stats).failed, 1);
 
+        // A client the acceptor sent before it saw the failure is closed
+        // and counted by the failed loop, not left in its channel.
+        let (mut late, server, peer) = accept_one(&listener);
+        let guard = ctx.enter(&server);
+        loops.handles[0]
+            .clients
+            .send((guard, server, peer))
+            .unwrap();
+        let _ = late.read_to_end(&mut rest);
+        assert_eq!(rest, b"", "closed by its failed loop");
+        assert_eq!(snapshot(&stats).failed, 2);
+
         // Loop 1 takes the next client; the one after, due to loop 0, goes
         // to loop 1 as well, and both are served.
         let mut served = Vec::new();
@@ -831,7 +869,7 @@ mod tests {
             assert_eq!(rest, b"", "closed: nobody is left to serve it");
         }
         let summary = snapshot(&stats);
-        assert_eq!((summary.failed, summary.clients_now), (4, 0));
+        assert_eq!((summary.failed, summary.clients_now), (5, 0));
         ctx.shutdown.trigger();
         loops.stop();
     }
