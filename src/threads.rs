@@ -168,8 +168,18 @@ pub fn run(options: &Options) -> std::io::Result<Report> {
     let stack = options.stack.unwrap_or_else(default_stack);
     for i in 0..options.threads {
         if let Some(limit) = as_limit {
-            let used = Status::now()?.virtual_kib * 1024;
-            if used + stack as u64 + AS_HEADROOM > limit {
+            let used = match Status::now() {
+                Ok(status) => status.virtual_kib.saturating_mul(1024),
+                Err(e) => {
+                    // The threads made so far are still stopped and joined.
+                    spawn_error = Some(format!("cannot read /proc/self/status: {e}"));
+                    break;
+                }
+            };
+            let need = used
+                .saturating_add(stack as u64)
+                .saturating_add(AS_HEADROOM);
+            if need > limit {
                 spawn_error = Some(format!(
                     "thread {} could not be created: {} of the address-space limit \
                      (ulimit -v) of {} are in use; its {} stack and {} of headroom \

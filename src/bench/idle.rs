@@ -196,9 +196,12 @@ pub fn run(
     let mut served = 0;
     let mut tried = 0;
     let start = Instant::now();
+    let mut next = start;
     while tried == 0 || start.elapsed() < secs {
-        let next = start + NEWCOMER_EVERY.saturating_mul(tried as u32);
+        // Paced from the previous newcomer's start, so that after a slow
+        // one the missed turns are skipped, not sent back to back.
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        next = Instant::now() + NEWCOMER_EVERY;
         tried += 1;
         match round_trip(addr, NEWCOMER_TIMEOUT) {
             Ok(t) => {
