@@ -125,6 +125,53 @@ fn rate_keeps_to_its_schedule() {
     assert_latency(&r["latency_us"]);
 }
 
+/// Speaks the protocol, but holds its second answer back for `stall`.
+fn stalling_server(stall: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let _ = s.write_all(b"*");
+        let mut core = concur::protocol::Processor::new();
+        let (mut buf, mut answers) = ([0u8; 1024], 0);
+        while let Ok(n @ 1..) = std::io::Read::read(&mut s, &mut buf) {
+            let mut out = Vec::new();
+            core.feed(&buf[..n], &mut out);
+            if !out.is_empty() {
+                answers += 1;
+                if answers == 2 {
+                    std::thread::sleep(stall);
+                }
+            }
+            if s.write_all(&out).is_err() {
+                return;
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn rate_counts_the_requests_a_stall_kept_from_being_sent() {
+    // One connection due to send every 10 ms for 205 ms: 21 requests. The
+    // second answer comes 400 ms late, after the run's end: the 19 due
+    // meanwhile (the last at 200 ms) were never sent, and each has waited
+    // at least 210 ms by then.
+    let mut o = options(Scenario::Rate, 1);
+    o.params.secs = Duration::from_millis(205);
+    o.params.rate = 100;
+    o.models.clear();
+    o.reference = false;
+    o.addr = Some(stalling_server(Duration::from_millis(400)));
+    let results = bench::run::run(&o).unwrap();
+    let run = &results.runs[0];
+    assert_eq!(run.errors, 0, "{:?}", run.error_samples);
+    assert_eq!(run.ops, 2, "two answered");
+    let latency = run.latency_us.expect("latencies");
+    assert_eq!(latency.count, 21, "{latency:?}");
+    assert!(latency.p50 >= 210_000, "{latency:?}");
+}
+
 #[test]
 fn churn_counts_connections() {
     let json = run_and_read(&mut options(Scenario::Churn, 2), "churn");

@@ -283,6 +283,24 @@ impl Done {
         self.last = Some(now);
     }
 
+    /// The requests of an open-loop schedule, from the `from`-th, that
+    /// were due before `deadline` but never sent, because the connection
+    /// was still waiting for an earlier answer when the run ended. Each
+    /// has waited at least until now: its latency is at least that, and
+    /// leaving it out would let a stall at the end of a run show as the one
+    /// request it held up (coordinated omission). Not counted as done.
+    fn record_unsent(&mut self, first: Instant, every: Duration, from: u64, deadline: Instant) {
+        let now = Instant::now();
+        for k in from.. {
+            let due = first + every.mul_f64(k as f64);
+            if due >= deadline || every.is_zero() {
+                break;
+            }
+            self.latency
+                .saturating_record(now.saturating_duration_since(due).as_micros().max(1) as u64);
+        }
+    }
+
     fn fail(mut self, e: io::Error) -> Self {
         self.error = Some(e.to_string());
         self
@@ -545,6 +563,9 @@ impl Runner {
             }
             done.record(intended, Instant::now());
             seq += 1;
+        }
+        if let Pace::Open { first, every } = pace {
+            done.record_unsent(first, every, seq, deadline);
         }
         match stream
             .shutdown(Shutdown::Write)
