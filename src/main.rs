@@ -255,14 +255,16 @@ struct ServeArgs {
     max_threads: Option<u32>,
 
     /// Seconds a worker above --threads may sit idle before it leaves.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_positive_secs)]
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_positive_secs,
+          allow_hyphen_values = true)]
     keep_alive: Duration,
 
     /// Clients the pool's hand-off holds while all workers are busy; 0 means
     /// the accept loop waits for a free worker and later clients wait in the
     /// listen backlog, as in the article (only with --model pool).
-    #[arg(long, value_name = "Q", default_value_t = 0)]
-    queue: usize,
+    #[arg(long, value_name = "Q", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=server::MAX_QUEUE as i64))]
+    queue: u32,
 
     /// Event loops, each a thread [default: the number of cores] (only
     /// with --model event).
@@ -304,17 +306,20 @@ struct ServeArgs {
 
     /// Close a client that sends nothing for this many seconds [default:
     /// off].
-    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs,
+          allow_hyphen_values = true)]
     idle_timeout: Option<Duration>,
 
     /// Close a client that takes none of its answers for this many
     /// seconds; `off` to wait forever.
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_timeout)]
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_timeout,
+          allow_hyphen_values = true)]
     write_timeout: Timeout,
 
     /// Log the live figures (clients now, accepted, rejected, timed out,
     /// bytes in and out) every this many seconds [default: never].
-    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs,
+          allow_hyphen_values = true)]
     stats_interval: Option<Duration>,
 
     /// Length of the kernel's queue of connections not yet accepted.
@@ -535,7 +540,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         config.max_threads = max as usize;
     }
     config.keep_alive = args.keep_alive;
-    config.queue = args.queue;
+    config.queue = args.queue as usize;
     if let Some(n) = args.loops {
         config.loops = n as usize;
     }

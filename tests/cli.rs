@@ -42,6 +42,22 @@ fn out_of_range_numbers_are_refused() {
 }
 
 #[test]
+fn bad_values_say_what_is_allowed() {
+    for (args, wanted) in [
+        // Its slots are allocated up front: this used to abort the server.
+        (&["serve", "--queue", "99999999999"][..], "0..=100000"),
+        (&["serve", "--idle-timeout", "-1"], "give 0 to"),
+        (&["serve", "--write-timeout", "-1"], "or `off`"),
+        (&["serve", "--keep-alive", "-1"], "give 0 to"),
+        (&["serve", "--stats-interval", "-1"], "give 0 to"),
+    ] {
+        let o = concur(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(wanted), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
 fn pool_flags_with_another_model_are_refused() {
     for (args, wanted) in [
         (

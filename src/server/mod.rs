@@ -175,6 +175,10 @@ pub enum OverLimit {
 /// The default of [`Config::max_conns`].
 pub const DEFAULT_MAX_CONNS: usize = 10_000;
 
+/// The longest pool hand-off ([`Config::queue`]): its slots are allocated
+/// up front, so a mistyped length must not ask for terabytes.
+pub const MAX_QUEUE: usize = 100_000;
+
 /// The default of [`Config::write_timeout`].
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -150,6 +150,7 @@ impl Ctx {
                 *timeout = None;
             }
         }
+        config.queue = config.queue.min(super::MAX_QUEUE);
         // Deadlines are `now + drain_timeout`: keep that sum representable.
         const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
         config.drain_timeout = config.drain_timeout.min(YEAR);
