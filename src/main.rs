@@ -282,6 +282,11 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
     outbound_cap: u64,
 
+    /// Stack size of each client thread or pool worker in KiB [default:
+    /// Rust's, 2048] (only with --model thread or pool).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    stack_kib: Option<u32>,
+
     /// Address to listen on (a name, an IPv4 or an IPv6 address).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -501,23 +506,30 @@ fn init_logging(quiet: bool) {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    let misplaced = [
-        (Model::Pool, "--threads", args.threads.is_some()),
-        (Model::Pool, "--queue", args.queue != 0),
-        (Model::Pool, "--max-threads", args.max_threads.is_some()),
-        (Model::Event, "--loops", args.loops.is_some()),
+    let misplaced: [(&[Model], &str, bool); 7] = [
+        (&[Model::Pool], "--threads", args.threads.is_some()),
+        (&[Model::Pool], "--queue", args.queue != 0),
+        (&[Model::Pool], "--max-threads", args.max_threads.is_some()),
+        (&[Model::Event], "--loops", args.loops.is_some()),
         (
-            Model::Event,
+            &[Model::Event],
             "--outbound-cap",
             args.outbound_cap != 64 * 1024,
         ),
-        (Model::Async, "--workers", args.workers.is_some()),
+        (&[Model::Async], "--workers", args.workers.is_some()),
+        (
+            &[Model::Thread, Model::Pool],
+            "--stack-kib",
+            args.stack_kib.is_some(),
+        ),
     ];
-    for (model, flag, given) in misplaced {
-        if given && args.model != model {
+    for (models, flag, given) in misplaced {
+        if given && !models.contains(&args.model) {
+            let names: Vec<String> = models.iter().map(|m| format!("--model {m}")).collect();
             eprintln!(
-                "error: {flag} does not apply to --model {}; it is for --model {model}",
-                args.model
+                "error: {flag} does not apply to --model {}; it is for {}",
+                args.model,
+                names.join(" or ")
             );
             return ExitCode::from(2);
         }
@@ -553,6 +565,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     config.idle_timeout = args.idle_timeout;
     config.write_timeout = args.write_timeout.0;
     config.stats_interval = args.stats_interval;
+    config.stack_size = args.stack_kib.map(|k| k as usize * 1024);
 
     if let Err(e) = server::raise_fd_limit() {
         tracing::warn!("cannot raise the descriptor limit: {e}");

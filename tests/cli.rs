@@ -72,6 +72,10 @@ fn pool_flags_with_another_model_are_refused() {
             &["serve", "--model", "event", "--workers", "2"],
             "--model async",
         ),
+        (
+            &["serve", "--model", "async", "--stack-kib", "64"],
+            "--model thread or --model pool",
+        ),
     ] {
         let o = concur(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");

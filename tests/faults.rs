@@ -115,3 +115,40 @@ fn a_client_that_leaves_before_its_greeting_costs_nothing() {
         assert!(summary.served >= 1, "{model}: {summary:?}");
     }
 }
+
+/// A stack larger than the address space: creating a thread with it fails
+/// for real, on any machine.
+const UNMAPPABLE_STACK: usize = 1 << 60;
+
+#[test]
+fn a_thread_that_cannot_be_started_costs_only_its_client() {
+    let mut config = Config::new(Model::Thread);
+    config.stack_size = Some(UNMAPPABLE_STACK);
+    let server = start_with(config);
+    // Each client is closed without its greeting, and the server goes on
+    // accepting the next.
+    for _ in 0..3 {
+        let mut c = connect(server.local_addr());
+        assert_eq!(read_to_end(&mut c), b"", "closed without a greeting");
+    }
+    let summary = server.stop();
+    assert_eq!(
+        (summary.accepted, summary.failed, summary.served),
+        (3, 3, 0)
+    );
+}
+
+#[test]
+fn a_pool_that_cannot_start_its_workers_says_so() {
+    let mut config = Config::new(Model::Pool).threads(2);
+    config.stack_size = Some(UNMAPPABLE_STACK);
+    let listener = concur::server::listener::bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+    let error = concur::server::run(listener, config, concur::shutdown::Shutdown::new())
+        .expect_err("no workers, no server");
+    assert!(
+        error
+            .to_string()
+            .contains("cannot start the pool's workers"),
+        "{error}"
+    );
+}

@@ -159,6 +159,11 @@ pub struct Config {
     pub write_timeout: Option<Duration>,
     /// Log a line of live figures this often.
     pub stats_interval: Option<Duration>,
+    /// Stack size of each client thread ([`Model::Thread`]) or worker
+    /// ([`Model::Pool`]); `None` is Rust's default (2 MiB). Most of a
+    /// stack is address space never touched: a smaller one fits more
+    /// threads under an address-space limit, not in less memory.
+    pub stack_size: Option<usize>,
 }
 
 /// What happens to a client that arrives while the server already serves
@@ -233,6 +238,16 @@ impl Config {
             idle_timeout: None,
             write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
             stats_interval: None,
+            stack_size: None,
+        }
+    }
+
+    /// A builder for one of this server's client threads or workers.
+    pub(crate) fn thread_builder(&self, name: String) -> std::thread::Builder {
+        let builder = std::thread::Builder::new().name(name);
+        match self.stack_size {
+            Some(size) => builder.stack_size(size),
+            None => builder,
         }
     }
 

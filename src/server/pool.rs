@@ -23,7 +23,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tracing::{info, warn};
@@ -64,8 +64,10 @@ impl Pool {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let pool = Arc::clone(self);
-        match thread::Builder::new()
-            .name(format!("worker-{id}"))
+        match self
+            .ctx
+            .config
+            .thread_builder(format!("worker-{id}"))
             .spawn(move || pool.work())
         {
             Ok(worker) => {

@@ -9,7 +9,6 @@ use std::io;
 use std::net::TcpListener;
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::thread;
 
 use tracing::warn;
 
@@ -21,8 +20,9 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
     listener::accept_loop(listener, ctx, Blocking::Yes, |stream, peer| {
         next += 1;
         let client = conn::admit(ctx, stream, peer);
-        let spawned = thread::Builder::new()
-            .name(format!("client-{next}"))
+        let spawned = ctx
+            .config
+            .thread_builder(format!("client-{next}"))
             .spawn(move || client.serve());
         // On failure the closure, and with it the client, is dropped: it is
         // closed without a `*`.
