@@ -254,10 +254,11 @@ struct ServeArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     max_threads: Option<u32>,
 
-    /// Seconds a worker above --threads may sit idle before it leaves.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_positive_secs,
+    /// Seconds a worker above --threads may sit idle before it leaves
+    /// [default: 10] (only with --model pool).
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs,
           allow_hyphen_values = true)]
-    keep_alive: Duration,
+    keep_alive: Option<Duration>,
 
     /// Clients the pool's hand-off holds while all workers are busy; 0 means
     /// the accept loop waits for a free worker and later clients wait in the
@@ -277,10 +278,10 @@ struct ServeArgs {
     workers: Option<u32>,
 
     /// Answer bytes held for one client before the server stops reading
-    /// from it until they drain (only with --model event).
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024,
+    /// from it until they drain [default: 65536] (only with --model event).
+    #[arg(long, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
-    outbound_cap: u64,
+    outbound_cap: Option<u64>,
 
     /// Stack size of each client thread or pool worker in KiB [default:
     /// Rust's, 2048] (only with --model thread or pool).
@@ -506,7 +507,8 @@ fn init_logging(quiet: bool) {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    let misplaced: [(&[Model], &str, bool); 7] = [
+    let misplaced: [(&[Model], &str, bool); 8] = [
+        (&[Model::Pool], "--keep-alive", args.keep_alive.is_some()),
         (&[Model::Pool], "--threads", args.threads.is_some()),
         (&[Model::Pool], "--queue", args.queue != 0),
         (&[Model::Pool], "--max-threads", args.max_threads.is_some()),
@@ -514,7 +516,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         (
             &[Model::Event],
             "--outbound-cap",
-            args.outbound_cap != 64 * 1024,
+            args.outbound_cap.is_some(),
         ),
         (&[Model::Async], "--workers", args.workers.is_some()),
         (
@@ -551,7 +553,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
         config.max_threads = max as usize;
     }
-    config.keep_alive = args.keep_alive;
+    if let Some(keep_alive) = args.keep_alive {
+        config.keep_alive = keep_alive;
+    }
     config.queue = args.queue as usize;
     if let Some(n) = args.loops {
         config.loops = n as usize;
@@ -559,7 +563,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Some(n) = args.workers {
         config.workers = n as usize;
     }
-    config.outbound_cap = args.outbound_cap as usize;
+    if let Some(cap) = args.outbound_cap {
+        config.outbound_cap = cap as usize;
+    }
     config.max_conns = args.max_conns as usize;
     config.over_limit = args.over_limit;
     config.idle_timeout = args.idle_timeout;

@@ -76,6 +76,14 @@ fn pool_flags_with_another_model_are_refused() {
             &["serve", "--model", "async", "--stack-kib", "64"],
             "--model thread or --model pool",
         ),
+        (
+            &["serve", "--model", "thread", "--keep-alive", "3"],
+            "--model pool",
+        ),
+        (
+            &["serve", "--model", "pool", "--outbound-cap", "65536"],
+            "--model event",
+        ),
     ] {
         let o = concur(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
