@@ -117,7 +117,7 @@ struct BenchArgs {
 
     /// Seconds per run (fractions allowed).
     #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_positive_secs,
-          allow_hyphen_values = true)]
+          allow_negative_numbers = true)]
     secs: Duration,
 
     /// Runs of each server at each count, interleaved.
@@ -179,14 +179,14 @@ struct ClientArgs {
     script: Option<std::path::PathBuf>,
 
     /// Milliseconds between one connection's arrival and the next.
-    #[arg(long, value_name = "MS", default_value = "0", allow_hyphen_values = true,
+    #[arg(long, value_name = "MS", default_value = "0", allow_negative_numbers = true,
           value_parser = parse_millis)]
     stagger: Duration,
 
     /// Longest wait, in seconds, to connect, for the '*', for a write, and
     /// after the last step for the rest of the reply.
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_positive_secs,
-          allow_hyphen_values = true)]
+          allow_negative_numbers = true)]
     timeout: Duration,
 
     /// Write each connection's timeline to FILE as JSON.
@@ -222,12 +222,12 @@ struct ThreadsArgs {
 
     /// Seconds to measure once they are all started; then it exits.
     #[arg(long, value_name = "S", default_value = "5", value_parser = parse_positive_secs,
-          allow_hyphen_values = true)]
+          allow_negative_numbers = true)]
     secs: Duration,
 
     /// Stack size of each thread in KiB [default: Rust's, 2048].
-    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
-    stack_kib: Option<u32>,
+    #[arg(long = "stack-kib", value_name = "K", value_parser = parse_stack_kib)]
+    stack: Option<usize>,
 }
 
 #[derive(Args)]
@@ -257,15 +257,16 @@ struct ServeArgs {
     /// Seconds a worker above --threads may sit idle before it leaves
     /// [default: 10] (only with --model pool).
     #[arg(long, value_name = "SECS", value_parser = parse_positive_secs,
-          allow_hyphen_values = true)]
+          allow_negative_numbers = true)]
     keep_alive: Option<Duration>,
 
     /// Clients the pool's hand-off holds while all workers are busy; 0 means
     /// the accept loop waits for a free worker and later clients wait in the
-    /// listen backlog, as in the article (only with --model pool).
-    #[arg(long, value_name = "Q", default_value_t = 0,
+    /// listen backlog, as in the article [default: 0] (only with --model
+    /// pool).
+    #[arg(long, value_name = "Q",
           value_parser = clap::value_parser!(u32).range(0..=server::MAX_QUEUE as i64))]
-    queue: u32,
+    queue: Option<u32>,
 
     /// Event loops, each a thread [default: the number of cores] (only
     /// with --model event).
@@ -285,8 +286,8 @@ struct ServeArgs {
 
     /// Stack size of each client thread or pool worker in KiB [default:
     /// Rust's, 2048] (only with --model thread or pool).
-    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
-    stack_kib: Option<u32>,
+    #[arg(long = "stack-kib", value_name = "K", value_parser = parse_stack_kib)]
+    stack: Option<usize>,
 
     /// Address to listen on (a name, an IPv4 or an IPv6 address).
     #[arg(long, default_value = "127.0.0.1")]
@@ -313,19 +314,19 @@ struct ServeArgs {
     /// Close a client that sends nothing for this many seconds [default:
     /// off].
     #[arg(long, value_name = "SECS", value_parser = parse_positive_secs,
-          allow_hyphen_values = true)]
+          allow_negative_numbers = true)]
     idle_timeout: Option<Duration>,
 
     /// Close a client that takes none of its answers for this many
     /// seconds; `off` to wait forever.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_timeout,
-          allow_hyphen_values = true)]
+          allow_negative_numbers = true)]
     write_timeout: Timeout,
 
     /// Log the live figures (clients now, accepted, rejected, timed out,
     /// bytes in and out) every this many seconds [default: never].
     #[arg(long, value_name = "SECS", value_parser = parse_positive_secs,
-          allow_hyphen_values = true)]
+          allow_negative_numbers = true)]
     stats_interval: Option<Duration>,
 
     /// Length of the kernel's queue of connections not yet accepted.
@@ -336,7 +337,7 @@ struct ServeArgs {
     /// Seconds that clients being served may go on after SIGINT/SIGTERM
     /// before they are closed (fractions allowed).
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs,
-          allow_hyphen_values = true)]
+          allow_negative_numbers = true)]
     drain_timeout: Duration,
 
     /// No per-connection log lines (warnings and the summary still show).
@@ -358,10 +359,19 @@ fn parse_timeout(s: &str) -> Result<Timeout, String> {
 }
 
 fn parse_positive_secs(s: &str) -> Result<Duration, String> {
-    match parse_secs(s)? {
+    match secs_within(s, "more than 0, up to")? {
         d if d.is_zero() => Err(format!("{s:?} is no time at all: give more than 0 seconds")),
         d => Ok(d),
     }
+}
+
+/// A thread stack given in KiB, as bytes.
+fn parse_stack_kib(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|k| (16..=1_048_576).contains(k))
+        .map(|k| k * 1024)
+        .ok_or_else(|| format!("{s:?} is not a whole number of KiB in 16..=1048576"))
 }
 
 fn parse_millis(s: &str) -> Result<Duration, String> {
@@ -373,6 +383,12 @@ fn parse_millis(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
+    secs_within(s, "0 to")
+}
+
+/// Seconds from 0 to a year; `range` begins the error's statement of what
+/// is allowed ("0 to", "more than 0, up to").
+fn secs_within(s: &str, range: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds (such as 5 or 0.5)"))?;
@@ -381,7 +397,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     const MOST: f64 = 365.0 * 24.0 * 3600.0;
     if !(0.0..=MOST).contains(&secs) {
         return Err(format!(
-            "{s:?} is out of range: give 0 to {MOST} seconds (a year)"
+            "{s:?} is out of range: give {range} {MOST} seconds (a year)"
         ));
     }
     Duration::try_from_secs_f64(secs)
@@ -397,7 +413,7 @@ fn main() -> ExitCode {
         Command::Threads(args) => ExitCode::from(concur::threads::command(&threads::Options {
             threads: args.threads as usize,
             window: args.secs,
-            stack: args.stack_kib.map(|k| k as usize * 1024),
+            stack: args.stack,
             progress: true,
         })),
         Command::Bench(args) => bench(args),
@@ -510,7 +526,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let misplaced: [(&[Model], &str, bool); 8] = [
         (&[Model::Pool], "--keep-alive", args.keep_alive.is_some()),
         (&[Model::Pool], "--threads", args.threads.is_some()),
-        (&[Model::Pool], "--queue", args.queue != 0),
+        (&[Model::Pool], "--queue", args.queue.is_some()),
         (&[Model::Pool], "--max-threads", args.max_threads.is_some()),
         (&[Model::Event], "--loops", args.loops.is_some()),
         (
@@ -522,7 +538,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         (
             &[Model::Thread, Model::Pool],
             "--stack-kib",
-            args.stack_kib.is_some(),
+            args.stack.is_some(),
         ),
     ];
     for (models, flag, given) in misplaced {
@@ -556,7 +572,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Some(keep_alive) = args.keep_alive {
         config.keep_alive = keep_alive;
     }
-    config.queue = args.queue as usize;
+    if let Some(queue) = args.queue {
+        config.queue = queue as usize;
+    }
     if let Some(n) = args.loops {
         config.loops = n as usize;
     }
@@ -571,7 +589,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     config.idle_timeout = args.idle_timeout;
     config.write_timeout = args.write_timeout.0;
     config.stats_interval = args.stats_interval;
-    config.stack_size = args.stack_kib.map(|k| k as usize * 1024);
+    config.stack_size = args.stack;
 
     if let Err(e) = server::raise_fd_limit() {
         tracing::warn!("cannot raise the descriptor limit: {e}");

@@ -46,10 +46,25 @@ fn bad_values_say_what_is_allowed() {
     for (args, wanted) in [
         // Its slots are allocated up front: this used to abort the server.
         (&["serve", "--queue", "99999999999"][..], "0..=100000"),
-        (&["serve", "--idle-timeout", "-1"], "give 0 to"),
+        (
+            &["serve", "--idle-timeout", "-1"],
+            "more than 0, up to 31536000",
+        ),
         (&["serve", "--write-timeout", "-1"], "or `off`"),
-        (&["serve", "--keep-alive", "-1"], "give 0 to"),
-        (&["serve", "--stats-interval", "-1"], "give 0 to"),
+        (
+            &["serve", "--keep-alive", "-1"],
+            "more than 0, up to 31536000",
+        ),
+        (
+            &["serve", "--stats-interval", "-1"],
+            "more than 0, up to 31536000",
+        ),
+        (&["serve", "--drain-timeout", "-1"], "give 0 to 31536000"),
+        // A flag is not taken for a missing value.
+        (
+            &["serve", "--idle-timeout", "--quiet"],
+            "a value is required",
+        ),
     ] {
         let o = concur(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");

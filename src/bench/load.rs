@@ -290,14 +290,22 @@ impl Done {
     /// leaving it out would let a stall at the end of a run show as the one
     /// request it held up (coordinated omission). Not counted as done.
     fn record_unsent(&mut self, first: Instant, every: Duration, from: u64, deadline: Instant) {
+        if every.is_zero() {
+            return;
+        }
         let now = Instant::now();
         for k in from.. {
             let due = first + every.mul_f64(k as f64);
-            if due >= deadline || every.is_zero() {
+            if due >= deadline {
                 break;
             }
-            self.latency
-                .saturating_record(now.saturating_duration_since(due).as_micros().max(1) as u64);
+            let waited = now.saturating_duration_since(due);
+            // Less than a turn late is the end of the run catching a
+            // request as it went out, not a stall holding it back.
+            if waited >= every {
+                self.latency
+                    .saturating_record(waited.as_micros().max(1) as u64);
+            }
         }
     }
 

@@ -135,7 +135,8 @@ pub struct Config {
     pub keep_alive: Duration,
     /// Clients the pool's hand-off holds while every worker is busy. Zero
     /// is a rendezvous: the accept loop waits for a free worker and further
-    /// clients wait in the kernel's listen backlog, as in the article.
+    /// clients wait in the kernel's listen backlog, as in the article. At
+    /// most [`MAX_QUEUE`]; a larger value is taken as that.
     pub queue: usize,
     /// After a shutdown signal, how long clients being served may go on
     /// before they are closed.
@@ -160,9 +161,11 @@ pub struct Config {
     /// Log a line of live figures this often.
     pub stats_interval: Option<Duration>,
     /// Stack size of each client thread ([`Model::Thread`]) or worker
-    /// ([`Model::Pool`]); `None` is Rust's default (2 MiB). Most of a
-    /// stack is address space never touched: a smaller one fits more
-    /// threads under an address-space limit, not in less memory.
+    /// ([`Model::Pool`]); `None` is Rust's default (2 MiB unless
+    /// `RUST_MIN_STACK` says otherwise). Most of a stack is address space
+    /// never touched, so a smaller one fits more threads under an
+    /// address-space limit (or strict overcommit) rather than saving
+    /// resident memory.
     pub stack_size: Option<usize>,
 }
 
