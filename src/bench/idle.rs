@@ -208,9 +208,10 @@ pub fn run(
                 served += 1;
                 latency.saturating_record(t.as_micros().max(1) as u64);
             }
-            // Not served in time (a full pool, a sequential server): a
-            // figure, not an error; one is enough to know.
-            Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => break,
+            // Not served in time (a full pool, a sequential server, or a
+            // slow moment): a figure, not an error. The next one still
+            // comes, so that one slow newcomer does not stand for all.
+            Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {}
             Err(e) => {
                 errors.push(format!("newcomer: {e}"));
                 break;

@@ -286,6 +286,19 @@ impl Results {
                         r.errors
                     );
                 }
+                for r in &self.rows {
+                    if let Some((served, tried)) = r.newcomers_served {
+                        if served > 0 && served < tried {
+                            let _ = writeln!(
+                                out,
+                                "{}: {served} of {tried} newcomers answered within {} s; \
+                                 the figures are theirs",
+                                r.server,
+                                super::idle::NEWCOMER_TIMEOUT.as_secs_f64()
+                            );
+                        }
+                    }
+                }
                 let mut noted = Vec::new();
                 for run in &self.runs {
                     let Some(why) = run.idle.as_ref().and_then(|i| i.unconnected.as_ref()) else {
