@@ -96,12 +96,8 @@ fn draw_throughput(results: &Results, backend: SVGBackend<'_>) -> DrawResult {
         scenario.count_name(),
         results.cores
     );
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(80)
-        .build_cartesian_2d(-0.5..counts.len() as f64 - 0.5, 0.0..ymax)?;
+    let mut chart =
+        frame(&root, &title).build_cartesian_2d(-0.5..counts.len() as f64 - 0.5, 0.0..ymax)?;
     chart
         .configure_mesh()
         .x_desc(scenario.count_name())
@@ -137,6 +133,20 @@ fn draw_throughput(results: &Results, backend: SVGBackend<'_>) -> DrawResult {
     draw_lines(&mut chart, lines, SeriesLabelPosition::UpperRight)?;
     root.present()?;
     Ok(())
+}
+
+/// The frame both pictures share: the title, margins and label areas.
+fn frame<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(80);
+    builder
 }
 
 /// One line with dots per server, in its colour, and the legend.
@@ -218,15 +228,10 @@ fn draw_latency(
         scenario.count_name(),
         results.cores
     );
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(80)
-        .build_cartesian_2d(
-            -0.5f64..4.5f64,
-            (lo as f64 / 1.5..hi as f64 * 1.5).log_scale(),
-        )?;
+    let mut chart = frame(&root, &title).build_cartesian_2d(
+        -0.5f64..4.5f64,
+        (lo as f64 / 1.5..hi as f64 * 1.5).log_scale(),
+    )?;
     chart
         .configure_mesh()
         .x_desc("percentile")
