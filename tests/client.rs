@@ -47,6 +47,37 @@ fn concur(args: &[&str]) -> Output {
         .expect("run concur")
 }
 
+/// The binary's client with `n` connections on `script` against port
+/// `port` of 127.0.0.1, writing its timelines to `json` and its chart to
+/// `svg`.
+fn client_writing(
+    n: usize,
+    port: &str,
+    script: &Path,
+    json: &Path,
+    svg: &Path,
+    extra: &[&str],
+) -> Output {
+    let n = n.to_string();
+    let mut args = vec![
+        "client",
+        "-n",
+        &n,
+        "127.0.0.1",
+        port,
+        "--script",
+        script.to_str().unwrap(),
+        "--timeout",
+        "10",
+        "--json",
+        json.to_str().unwrap(),
+        "--chart",
+        svg.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    concur(&args)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -179,23 +210,8 @@ fn binary_runs() -> Vec<(Model, serde_json::Value, String)> {
             let port = server.local_addr().port().to_string();
             let json = scratch(&format!("run-{model}.json"));
             let svg = scratch(&format!("run-{model}.svg"));
-            let o = concur(&[
-                "client",
-                "-n",
-                "3",
-                "127.0.0.1",
-                &port,
-                "--script",
-                script.to_str().unwrap(),
-                "--timeout",
-                "10",
-                "--json",
-                json.to_str().unwrap(),
-                "--chart",
-                svg.to_str().unwrap(),
-                "--label",
-                &small_config(model).describe(),
-            ]);
+            let label = small_config(model).describe();
+            let o = client_writing(3, &port, &script, &json, &svg, &["--label", &label]);
             server.stop();
             assert!(o.status.success(), "{model}: {}", text(&o.stderr));
             let stdout = text(&o.stdout);
@@ -404,21 +420,7 @@ fn an_echoing_server_fails_and_the_bad_connections_are_named() {
     std::fs::write(&script, FAST).unwrap();
     let json = scratch("echo.json");
     let svg = scratch("echo.svg");
-    let o = concur(&[
-        "client",
-        "-n",
-        "4",
-        "127.0.0.1",
-        &addr.port().to_string(),
-        "--script",
-        script.to_str().unwrap(),
-        "--timeout",
-        "10",
-        "--json",
-        json.to_str().unwrap(),
-        "--chart",
-        svg.to_str().unwrap(),
-    ]);
+    let o = client_writing(4, &addr.port().to_string(), &script, &json, &svg, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let stderr = text(&o.stderr);
 
