@@ -6,9 +6,19 @@
 //! separated by ignored stretches of the same length (many short spans,
 //! so the per-span overhead shows).
 //!
+//! Beside criterion's figures, a check that the core stays single-pass:
+//! it times `feed` on the one-message buffer against a baseline doing the
+//! least the protocol allows (one `memchr` for the end marker, then each
+//! byte mapped and written once), interleaved in the same run, prints the
+//! ratio and fails the run if `feed` falls below [`SINGLE_PASS_FLOOR`] of
+//! it. A core that copies the span and then adds in place pays a second
+//! pass over the output (and the C library's `memmove`, slow on some CPUs)
+//! and lands far below the floor.
+//!
 //! Run with `cargo bench --bench protocol`.
 
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use concur::protocol::{MSG_END, MSG_START, Processor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -95,5 +105,68 @@ fn feed(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, feed);
+/// The least a core must do for a buffer: find the end marker, then map
+/// and write each answered byte once.
+fn single_pass_baseline(input: &[u8], out: &mut Vec<u8>) {
+    let body = &input[1..];
+    let span = &body[..memchr::memchr(MSG_END, body).unwrap_or(body.len())];
+    out.extend(span.iter().map(|b| b.wrapping_add(1)));
+}
+
+/// `feed` must run at least this fraction of the baseline's speed.
+const SINGLE_PASS_FLOOR: f64 = 0.8;
+
+/// Median time per buffer of `f` over `rounds` rounds of `per_round` calls.
+fn time_per_buffer(mut f: impl FnMut(), per_round: u32) -> Duration {
+    let start = Instant::now();
+    for _ in 0..per_round {
+        f();
+    }
+    start.elapsed() / per_round
+}
+
+/// Runs in the criterion group so that every `cargo bench --bench
+/// protocol` makes the check; it uses its own clock, as it needs the two
+/// medians side by side.
+fn single_pass_check(_: &mut Criterion) {
+    let input = all_message();
+    let mut out = Vec::with_capacity(input.len());
+    let (mut core, mut baseline) = (Vec::new(), Vec::new());
+    // Interleaved rounds, so a slow spell of the machine hits both.
+    for _ in 0..51 {
+        core.push(time_per_buffer(
+            || {
+                out.clear();
+                Processor::new().feed(black_box(&input), &mut out);
+                black_box(out.len());
+            },
+            2000,
+        ));
+        baseline.push(time_per_buffer(
+            || {
+                out.clear();
+                single_pass_baseline(black_box(&input), &mut out);
+                black_box(out.len());
+            },
+            2000,
+        ));
+    }
+    core.sort();
+    baseline.sort();
+    let (core, baseline) = (core[core.len() / 2], baseline[baseline.len() / 2]);
+    let gbs = |d: Duration| input.len() as f64 / d.as_secs_f64() / 1e9;
+    let ratio = baseline.as_secs_f64() / core.as_secs_f64();
+    println!(
+        "single-pass check, 64 KiB in one message: feed {:.1} GB/s, baseline {:.1} GB/s, \
+         ratio {ratio:.2} (floor {SINGLE_PASS_FLOOR})",
+        gbs(core),
+        gbs(baseline)
+    );
+    assert!(
+        ratio >= SINGLE_PASS_FLOOR,
+        "feed runs at {ratio:.2} of a single pass: is the span copied and then modified?"
+    );
+}
+
+criterion_group!(benches, feed, single_pass_check);
 criterion_main!(benches);
