@@ -45,6 +45,18 @@ enum Command {
     /// Benchmark models side by side against the echo reference: a table,
     /// and with --out, results.json and SVG plots.
     Bench(BenchArgs),
+    /// The echo reference that `concur bench` measures the models against
+    /// (a thread per client, every byte sent back unchanged), as a process
+    /// of its own; it runs until killed.
+    #[command(hide = true)]
+    Echo(EchoArgs),
+}
+
+#[derive(Args)]
+struct EchoArgs {
+    /// Port to listen on, on 127.0.0.1; 0 picks a free one.
+    #[arg(long, default_value_t = 0)]
+    port: u16,
 }
 
 /// `concur bench`'s first argument: a scenario, or a sweep of one. Its
@@ -143,6 +155,21 @@ struct BenchArgs {
     /// Workers of the pool model [default: 64].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pool_threads: Option<u32>,
+
+    /// Threads of the load generator, each an event loop driving its share
+    /// of the connections [default: half the cores, at least 1].
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=concur::bench::run::MAX_CLIENT_THREADS as i64))]
+    client_threads: Option<u32>,
+
+    /// Pin the servers to these CPUs, as taskset -c takes them (0, 0,1,
+    /// 0-1) [default: any].
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
+    server_cpus: Option<CpuList>,
+
+    /// Pin the load generator to these CPUs [default: any].
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
+    client_cpus: Option<CpuList>,
 
     /// Write results.json and the plots here (created if missing).
     #[arg(long, value_name = "DIR")]
@@ -345,6 +372,15 @@ struct ServeArgs {
     quiet: bool,
 }
 
+/// CPUs as `taskset -c` lists them; a type of its own, since clap takes a
+/// bare `Vec` for a flag given several times.
+#[derive(Clone)]
+struct CpuList(Vec<usize>);
+
+fn parse_cpus(s: &str) -> Result<CpuList, String> {
+    concur::bench::cpus::parse_list(s).map(CpuList)
+}
+
 /// A timeout that may be switched off.
 #[derive(Clone, Copy)]
 struct Timeout(Option<Duration>);
@@ -417,6 +453,34 @@ fn main() -> ExitCode {
             progress: true,
         })),
         Command::Bench(args) => bench(args),
+        Command::Echo(args) => echo(args),
+    }
+}
+
+fn echo(args: EchoArgs) -> ExitCode {
+    let listener = match listener::bind(([127, 0, 0, 1], args.port).into(), 4096) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match listener.local_addr() {
+        Ok(addr) => println!("Serving on {addr} (echo reference)"),
+        Err(e) => {
+            eprintln!("error: cannot read the listening address: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Err(e) = server::raise_fd_limit() {
+        eprintln!("warning: cannot raise the descriptor limit: {e}");
+    }
+    match concur::bench::serve_echo(listener) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -470,6 +534,11 @@ fn bench(args: BenchArgs) -> ExitCode {
         options.params.number = n;
     }
     options.pool_threads = args.pool_threads.map(|n| n as usize);
+    if let Some(n) = args.client_threads {
+        options.client_threads = n as usize;
+    }
+    options.server_cpus = args.server_cpus.map(|c| c.0);
+    options.client_cpus = args.client_cpus.map(|c| c.0);
     options.out = args.out;
     options.progress = !args.quiet;
     options.command = std::env::args().collect::<Vec<_>>().join(" ");

@@ -1,6 +1,9 @@
-//! `concur bench`: every scenario runs briefly against one model and
-//! yields well-formed JSON with real figures and plots; a server that
-//! answers wrongly makes it report errors; bad input is refused.
+//! `concur bench` and its load engine: every scenario runs briefly against
+//! one model and yields well-formed JSON with real figures (the CPU time
+//! of both sides, the kernel's counters, the latency spectrum) and plots;
+//! a server that answers wrongly makes it report errors; a stalled server
+//! is counted in full; thousands of connections are driven by a few
+//! threads; bad input is refused.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -8,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use concur::bench::{self, Options, Scenario};
-use concur::server::Model;
+use concur::bench::engine::{self, Plan, Speaks};
+use concur::bench::{self, Options, Peer, Scenario};
+use concur::server::{self, Config, Model};
 use serde_json::Value;
 
 fn concur(args: &[&str]) -> Output {
@@ -28,6 +32,8 @@ fn options(scenario: Scenario, count: usize) -> Options {
     o.models = vec![Model::Event];
     o.counts = vec![count];
     o.repeat = 1;
+    // The servers run as child processes of the real binary.
+    o.server_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_concur")));
     o
 }
 
@@ -69,10 +75,47 @@ fn assert_svg(path: &Path) {
 fn assert_common(json: &Value, scenario: &str) {
     assert_eq!(json["scenario"], scenario);
     assert!(json["cores"].as_u64().unwrap() >= 1);
+    assert!(!json["cpu"].as_str().unwrap().is_empty());
+    assert!(json["client_threads"].as_u64().unwrap() >= 1);
     assert!(json["runs"].as_array().is_some_and(|r| !r.is_empty()));
     for r in json["runs"].as_array().unwrap() {
         assert_eq!(r["errors"], 0, "{r:#}");
+        // What the kernel's counters moved by, every watched one present.
+        for counter in ["ListenOverflows", "ListenDrops", "TCPSynRetrans"] {
+            assert!(r["kernel"][counter].is_u64(), "{counter}: {r:#}");
+        }
     }
+}
+
+/// A timed run of a server this run started: both sides' CPU time, over
+/// a window at least as long as the run.
+fn assert_cpu(run: &Value) {
+    let window = run["cpu_window_s"].as_f64().unwrap();
+    assert!(window >= 0.2, "{run:#}");
+    let server = run["server_cpu_s"].as_f64().expect("the server's CPU time");
+    let client = run["client_cpu_s"].as_f64().expect("the load's CPU time");
+    // Real work was done on both sides, and neither used more than the
+    // machine has.
+    let most = window * server::cores() as f64 * 1.05;
+    assert!(server > 0.0 && server <= most, "{run:#}");
+    assert!(client > 0.0 && client <= most, "{run:#}");
+}
+
+/// The latency spectrum: percentiles rising to 100, values never falling.
+fn assert_spectrum(spectrum: &Value) {
+    let points = spectrum.as_array().expect("a spectrum");
+    assert!(points.len() >= 5, "{spectrum}");
+    let pairs: Vec<(f64, u64)> = points
+        .iter()
+        .map(|p| (p[0].as_f64().unwrap(), p[1].as_u64().unwrap()))
+        .collect();
+    assert!(
+        pairs
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "{spectrum}"
+    );
+    assert_eq!(pairs.last().unwrap().0, 100.0, "{spectrum}");
 }
 
 fn assert_latency(p: &Value) {
@@ -94,6 +137,10 @@ fn stream_measures_megabytes_against_the_reference() {
         let r = row(&json, server);
         assert!(r["throughput"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["vs_reference"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["per_server_cpu_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    for run in json["runs"].as_array().unwrap() {
+        assert_cpu(run);
     }
     let dir = scratch("stream");
     assert_svg(&dir.join("stream-throughput.svg"));
@@ -105,10 +152,21 @@ fn pingpong_measures_requests_and_latency() {
     assert_common(&json, "pingpong");
     let r = row(&json, "event");
     assert!(r["throughput"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["served_at_once"], 3);
     assert_latency(&r["latency_us"]);
+    for run in json["runs"].as_array().unwrap() {
+        assert_cpu(run);
+        assert_spectrum(&run["latency_spectrum"]);
+    }
     let dir = scratch("pingpong");
     assert_svg(&dir.join("pingpong-throughput.svg"));
     assert_svg(&dir.join("pingpong-latency.svg"));
+    // The latency distribution in HdrHistogram's text, for re-plotting.
+    let hgrm = std::fs::read_to_string(dir.join("pingpong-event-3.hgrm")).unwrap();
+    assert!(
+        hgrm.contains("Percentile") && hgrm.contains("#[Max"),
+        "{hgrm}"
+    );
 }
 
 #[test]
@@ -123,6 +181,9 @@ fn rate_keeps_to_its_schedule() {
     let run = &json["runs"][1];
     assert!(run["ops"].as_u64().unwrap() > 0 && run["ops"].as_u64().unwrap() <= 101);
     assert_latency(&r["latency_us"]);
+    // Latency from each request's due time, and from its real send.
+    assert_latency(&r["uncorrected_us"]);
+    assert_spectrum(&run["uncorrected_spectrum"]);
 }
 
 /// Speaks the protocol, but holds its second answer back for `stall`.
@@ -167,9 +228,14 @@ fn rate_counts_the_requests_a_stall_kept_from_being_sent() {
     let run = &results.runs[0];
     assert_eq!(run.errors, 0, "{:?}", run.error_samples);
     assert_eq!(run.ops, 2, "two answered");
+    assert_eq!(run.unsent, 19, "due meanwhile, never sent");
     let latency = run.latency_us.expect("latencies");
     assert_eq!(latency.count, 21, "{latency:?}");
     assert!(latency.p50 >= 210_000, "{latency:?}");
+    // Measured from the real sends, the stall shows only once: what a
+    // load generator that waits for the server would report.
+    let uncorrected = run.uncorrected_us.expect("uncorrected latencies");
+    assert_eq!(uncorrected.count, 2, "{uncorrected:?}");
 }
 
 #[test]
@@ -326,6 +392,88 @@ fn a_wrong_server_makes_the_command_fail() {
 }
 
 #[test]
+fn two_thousand_connections_from_two_threads_in_every_model() {
+    server::raise_fd_limit().unwrap();
+    for model in Model::ALL {
+        let listener = server::listener::bind("127.0.0.1:0".parse().unwrap(), 4096).unwrap();
+        let config = Config::new(model).drain_timeout(Duration::from_secs(1));
+        let server = server::start(listener, config).unwrap();
+        let speaks = Speaks::Bytes(Peer::Concur);
+        let secs = Duration::from_millis(200);
+        let mut plan = Plan::new(Scenario::Pingpong, server.local_addr(), speaks, 2000, secs);
+        plan.threads = 2;
+        let outcome = engine::run(&plan).unwrap();
+        assert_eq!(outcome.errors, 0, "{model}: {:?}", outcome.error_samples);
+        assert_eq!(outcome.threads, 2);
+        // Every connection made at least one checked exchange.
+        assert!(outcome.ops >= 2000, "{model}: {} requests", outcome.ops);
+        // Who was being served before the deadline is the model's doing:
+        // one at a time, a pool's 64 workers, or far more.
+        match model {
+            Model::Sequential => assert_eq!(outcome.served_at_once, 1),
+            Model::Pool => assert_eq!(outcome.served_at_once, 64),
+            _ => assert!(
+                outcome.served_at_once > 64,
+                "{model}: {}",
+                outcome.served_at_once
+            ),
+        }
+        let summary = server.stop();
+        assert_eq!(summary.served, 2000, "{model}: {summary}");
+        // `^`, 16 bytes, `$` per request; 16 answered plus the `*`.
+        assert_eq!(summary.bytes_in, outcome.ops * 18, "{model}");
+        assert_eq!(summary.bytes_out, outcome.ops * 16 + 2000, "{model}");
+    }
+}
+
+#[test]
+fn the_servers_and_the_load_run_on_the_cpus_asked_for() {
+    let exe = Path::new(env!("CARGO_BIN_EXE_concur"));
+    let args = ["echo", "--port", "0"].map(String::from);
+    let child = bench::child::ServerProcess::spawn(exe, &args, Some(&[0])).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid())).unwrap();
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(str::trim);
+    assert_eq!(allowed, Some("0"), "{status}");
+    drop(child);
+
+    let dir = scratch("pinned");
+    let o = concur(&[
+        "bench",
+        "pingpong",
+        "--models",
+        "event",
+        "-c",
+        "2",
+        "--secs",
+        "0.2",
+        "--repeat",
+        "1",
+        "--server-cpus",
+        "0",
+        "--client-cpus",
+        "0",
+        "--client-threads",
+        "1",
+        "-q",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json = read_json(&dir);
+    assert_eq!(json["server_cpus"], serde_json::json!([0]));
+    assert_eq!(json["client_cpus"], serde_json::json!([0]));
+    assert_eq!(json["client_threads"], 1);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("servers on CPUs 0, load on CPUs 0"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn bad_input_is_refused_with_what_is_allowed() {
     for (args, wanted) in [
         (&["bench", "fastest"][..], "possible values"),
@@ -338,6 +486,15 @@ fn bad_input_is_refused_with_what_is_allowed() {
         (&["bench", "pingpong", "--addr", "10.1.2.3:80"], "loopback"),
         (&["bench", "idle", "--addr", "127.0.0.1:9"], "child process"),
         (&["bench", "pingpong", "--addr", "nowhere"], "--addr"),
+        (&["bench", "pingpong", "--client-threads", "0"], "1..=64"),
+        (
+            &["bench", "pingpong", "--server-cpus", "99999"],
+            "does not exist",
+        ),
+        (
+            &["bench", "pingpong", "--client-cpus", "1-0"],
+            "empty range",
+        ),
     ] {
         let o = concur(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use super::load::Scenario;
 use super::report::{Results, Row};
+use super::scenario::Scenario;
 
 const WIDTH: u32 = 900;
 const HEIGHT: u32 = 540;

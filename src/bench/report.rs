@@ -1,14 +1,21 @@
-//! What `concur bench` found: every run's figures, the rows of the table
-//! (medians over the repeats), and the machine they came from. All of it
-//! goes to `results.json` as it is here.
+//! What `concur bench` found: every run's figures, the rows of the table,
+//! and the machine they came from. All of it goes to `results.json` as it
+//! is here.
+//!
+//! A row's throughput is the median over its repeats; its latency
+//! percentiles come from the repeats' histograms merged, so that a tail
+//! percentile is the tail of every request measured, not the median of
+//! each repeat's tail.
 
+use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::idle::IdleFigures;
-use super::load::{Params, Scenario};
+use super::new_histogram;
+use super::scenario::{Params, Scenario};
 
 /// Latency percentiles, in microseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -51,23 +58,107 @@ impl Percentiles {
             ("max", self.max),
         ]
     }
+}
 
-    /// Medians over runs of each percentile, and the largest max.
-    fn median_of(all: &[Percentiles]) -> Option<Self> {
-        if all.is_empty() {
-            return None;
-        }
-        let med = |f: fn(&Percentiles) -> u64| {
-            median(all.iter().map(|p| f(p) as f64).collect()).round() as u64
-        };
-        Some(Percentiles {
-            count: all.iter().map(|p| p.count).sum(),
-            p50: med(|p| p.p50),
-            p90: med(|p| p.p90),
-            p99: med(|p| p.p99),
-            p999: med(|p| p.p999),
-            max: all.iter().map(|p| p.max).max().unwrap_or(0),
+/// A histogram's percentile spectrum: `(percentile, µs)` pairs, the
+/// percentile steps halving the distance to 100% five times per halving,
+/// as HdrHistogram's percentile distribution (`.hgrm`) lists them; the
+/// last pair is the maximum.
+pub fn spectrum(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<(f64, u64)> = h
+        .iter_quantiles(5)
+        .map(|v| {
+            (
+                100.0 * v.quantile_iterated_to(),
+                h.highest_equivalent(v.value_iterated_to()),
+            )
         })
+        .collect();
+    out.dedup();
+    out
+}
+
+/// A histogram of microseconds as HdrHistogram's percentile distribution
+/// text (`.hgrm`), values in milliseconds, which HdrHistogram's plotter
+/// and wrk2's tooling read.
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
+    let mut total = 0;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let q = v.quantile_iterated_to();
+        let inverse = if q < 1.0 {
+            format!("{:>14.2}", 1.0 / (1.0 - q))
+        } else {
+            format!("{:>14}", "inf")
+        };
+        let _ = writeln!(
+            out,
+            "{:>12.3} {:>14.12} {:>10} {inverse}",
+            h.highest_equivalent(v.value_iterated_to()) as f64 / 1000.0,
+            q,
+            total
+        );
+    }
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]",
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "#[Max     = {:>12.3}, Total count    = {:>12}]",
+        h.max() as f64 / 1000.0,
+        h.len()
+    );
+    let _ = writeln!(
+        out,
+        "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
+        h.buckets(),
+        h.distinct_values()
+    );
+    out
+}
+
+/// The latency histograms of a run or a row, kept for merging and for the
+/// `.hgrm` files; not in the JSON (the spectra are).
+#[derive(Clone, Debug, Default)]
+pub struct Histograms {
+    /// Request latency (`rate`: from when each was due).
+    pub latency: Option<Histogram<u64>>,
+    /// `rate`: from when each was really sent.
+    pub uncorrected: Option<Histogram<u64>>,
+    /// `cpu`: the probe's.
+    pub probe: Option<Histogram<u64>>,
+}
+
+impl Histograms {
+    fn merge(all: &[&Histograms]) -> Histograms {
+        let merge = |pick: fn(&Histograms) -> Option<&Histogram<u64>>| {
+            let mut some = all.iter().filter_map(|h| pick(h)).peekable();
+            some.peek()?;
+            let mut total = new_histogram();
+            for h in some {
+                // Same bounds everywhere (new_histogram), so adding cannot
+                // fail.
+                let _ = total.add(h);
+            }
+            Some(total)
+        };
+        Histograms {
+            latency: merge(|h| h.latency.as_ref()),
+            uncorrected: merge(|h| h.uncorrected.as_ref()),
+            probe: merge(|h| h.probe.as_ref()),
+        }
     }
 }
 
@@ -82,32 +173,75 @@ pub struct Run {
     pub count: usize,
     /// Which repeat, from 1.
     pub repeat: usize,
-    /// Seconds from the opening of the gate to the last answer.
+    /// Seconds from the start of the clock to the last answer.
     pub elapsed_s: f64,
     /// What was done and checked (see [`Run::throughput`]).
     pub ops: u64,
-    /// The headline figure, in the scenario's unit.
+    /// The headline figure, in the scenario's unit (`rate`: the rate
+    /// achieved).
     pub throughput: f64,
     /// Throughput over the reference's in the same repeat, when there is
     /// one.
     pub vs_reference: Option<f64>,
     /// Request latency.
     pub latency_us: Option<Percentiles>,
+    /// Its spectrum: `(percentile, µs)` pairs (see [`spectrum`]).
+    pub latency_spectrum: Option<Vec<(f64, u64)>>,
+    /// `rate`: latency from each request's actual send, not its due time.
+    pub uncorrected_us: Option<Percentiles>,
+    /// Its spectrum.
+    pub uncorrected_spectrum: Option<Vec<(f64, u64)>>,
     /// The probe's latency (`cpu`).
     pub probe_us: Option<Percentiles>,
+    /// Its spectrum.
+    pub probe_spectrum: Option<Vec<(f64, u64)>>,
+    /// `rate`: requests due but never sent (their wait is in the latency).
+    pub unsent: u64,
+    /// Connections greeted (being served) before the deadline.
+    pub served_at_once: usize,
+    /// CPU seconds the server's process used during the run; `None` for a
+    /// server this run did not start.
+    pub server_cpu_s: Option<f64>,
+    /// CPU seconds the load generator's threads used during the run.
+    pub client_cpu_s: Option<f64>,
+    /// The wall-clock seconds both CPU figures are over: from the start of
+    /// the clock until every connection had finished.
+    pub cpu_window_s: f64,
+    /// The load generator's threads.
+    pub client_threads: usize,
+    /// What the kernel's TCP counters moved by during the run (set-up
+    /// included): `ListenOverflows`, `ListenDrops`, `TCPSynRetrans`, ...
+    pub kernel: BTreeMap<String, u64>,
     /// The `idle` figures.
     pub idle: Option<IdleFigures>,
     /// Connections ended by an error.
     pub errors: u64,
     /// What the first few errors were.
     pub error_samples: Vec<String>,
+    /// The histograms behind the percentiles.
+    #[serde(skip)]
+    pub histograms: Histograms,
+}
+
+impl Run {
+    /// Operations per CPU second of the server (MB for `stream`): what a
+    /// request costs it, whatever the load generator took.
+    pub fn per_server_cpu_s(&self, scenario: Scenario) -> Option<f64> {
+        let cpu = self.server_cpu_s.filter(|&c| c > 0.0)?;
+        let ops = if scenario == Scenario::Stream {
+            self.ops as f64 / 1e6
+        } else {
+            self.ops as f64
+        };
+        Some(ops / cpu)
+    }
 }
 
 /// Errors kept word for word per run; the rest are only counted.
 pub const ERROR_SAMPLES: usize = 3;
 
-/// One row of the table: one server at one connection count, the
-/// medians over its repeats.
+/// One row of the table: one server at one connection count, over its
+/// repeats.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
     /// The server.
@@ -121,26 +255,42 @@ pub struct Row {
     pub throughput_range: (f64, f64),
     /// Median of the per-repeat ratios to the reference.
     pub vs_reference: Option<f64>,
-    /// Medians of the percentiles, the largest max.
+    /// Percentiles of every request of every repeat (histograms merged).
     pub latency_us: Option<Percentiles>,
+    /// The same for `rate`'s uncorrected latency.
+    pub uncorrected_us: Option<Percentiles>,
     /// The same for the probe.
     pub probe_us: Option<Percentiles>,
+    /// `rate`: requests due but never sent, over all repeats.
+    pub unsent: u64,
+    /// The fewest connections greeted before the deadline in a repeat.
+    pub served_at_once: usize,
+    /// Median share of one core the server used (1.0 = one core busy).
+    pub server_cpu: Option<f64>,
+    /// Median share of one core the load generator used.
+    pub client_cpu: Option<f64>,
+    /// Median operations per server CPU second (MB for `stream`).
+    pub per_server_cpu_s: Option<f64>,
+    /// The kernel's counters, summed over the repeats.
+    pub kernel: BTreeMap<String, u64>,
     /// Median resident bytes per idle client.
     pub idle_bytes_per_client: Option<f64>,
     /// The most threads the server had with its idle clients.
     pub idle_threads: Option<u64>,
     /// Idle clients connected, in the last repeat (fewer than asked when
-    /// the server's listen backlog filled up).
+    /// the server stopped greeting).
     pub idle_connected: Option<usize>,
     /// Idle clients greeted, in the last repeat.
     pub idle_greeted: Option<usize>,
-    /// Median newcomer latency in µs, and how many newcomers were served
-    /// of how many tried, over all repeats.
+    /// Newcomer latency in µs over all repeats.
     pub newcomer_us: Option<Percentiles>,
     /// Newcomers served / tried, over all repeats.
     pub newcomers_served: Option<(usize, usize)>,
     /// Errors over all repeats.
     pub errors: u64,
+    /// The repeats' histograms, merged.
+    #[serde(skip)]
+    pub histograms: Histograms,
 }
 
 /// Everything one `concur bench` invocation measured.
@@ -152,6 +302,17 @@ pub struct Results {
     pub started: String,
     /// The machine's cores.
     pub cores: usize,
+    /// The CPU, as `/proc/cpuinfo`'s "model name" says.
+    pub cpu: String,
+    /// The CPU's flags that bear on copying and mapping memory (`erms`,
+    /// `fsrm`, `avx2`, `avx512f`, ...), those it has.
+    pub cpu_flags: Vec<String>,
+    /// Threads of the load generator.
+    pub client_threads: usize,
+    /// CPUs the servers were pinned to, if any.
+    pub server_cpus: Option<Vec<usize>>,
+    /// CPUs the load generator was pinned to, if any.
+    pub client_cpus: Option<Vec<usize>>,
     /// The scenario.
     pub scenario: Scenario,
     /// Whether this was a sweep over several counts.
@@ -166,8 +327,8 @@ pub struct Results {
     pub reference: Option<String>,
     /// The headline figure's unit.
     pub unit: &'static str,
-    /// Share of the machine's CPU time used by other processes while
-    /// this ran (`idle`: the server child counts as other).
+    /// Share of the machine's CPU time used by processes other than this
+    /// one and the servers it started, while it ran.
     pub other_cpu_share: Option<f64>,
     /// Every run, in the order they ran.
     pub runs: Vec<Run>,
@@ -183,7 +344,7 @@ impl Results {
 
     /// The rows, computed from the runs: one per server and count, in the
     /// order the servers first ran.
-    pub fn summarise(runs: &[Run]) -> Vec<Row> {
+    pub fn summarise(scenario: Scenario, runs: &[Run]) -> Vec<Row> {
         let mut keys: Vec<(String, usize)> = Vec::new();
         for r in runs {
             let key = (r.server.clone(), r.count);
@@ -199,35 +360,69 @@ impl Results {
                     .filter(|r| r.server == server && r.count == count)
                     .collect();
                 let ratios: Vec<f64> = mine.iter().filter_map(|r| r.vs_reference).collect();
-                let lat: Vec<Percentiles> = mine.iter().filter_map(|r| r.latency_us).collect();
-                let probe: Vec<Percentiles> = mine.iter().filter_map(|r| r.probe_us).collect();
+                let histograms =
+                    Histograms::merge(&mine.iter().map(|r| &r.histograms).collect::<Vec<_>>());
                 let idle: Vec<&IdleFigures> = mine.iter().filter_map(|r| r.idle.as_ref()).collect();
-                let newcomers: Vec<Percentiles> = idle
+                let newcomers: Vec<&Histogram<u64>> = idle
                     .iter()
-                    .filter_map(|i| i.newcomer_latency.as_ref().and_then(Percentiles::of))
+                    .filter_map(|i| i.newcomer_latency.as_ref())
                     .collect();
+                let newcomer_us = (!newcomers.is_empty()).then(|| {
+                    let mut all = new_histogram();
+                    for h in newcomers {
+                        let _ = all.add(h);
+                    }
+                    all
+                });
                 let all: Vec<f64> = mine.iter().map(|r| r.throughput).collect();
                 let range = all.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &t| {
                     (lo.min(t), hi.max(t))
                 });
+                let share = |cpu: fn(&Run) -> Option<f64>| {
+                    let shares: Vec<f64> = mine
+                        .iter()
+                        .filter(|r| r.cpu_window_s > 0.0)
+                        .filter_map(|r| Some(cpu(r)? / r.cpu_window_s))
+                        .collect();
+                    (!shares.is_empty()).then(|| median(shares))
+                };
+                let per_cpu: Vec<f64> = mine
+                    .iter()
+                    .filter_map(|r| r.per_server_cpu_s(scenario))
+                    .collect();
+                let mut kernel = BTreeMap::new();
+                for r in &mine {
+                    for (k, v) in &r.kernel {
+                        *kernel.entry(k.clone()).or_insert(0) += v;
+                    }
+                }
+                let of = |h: &Option<Histogram<u64>>| h.as_ref().and_then(Percentiles::of);
                 Row {
                     throughput: median(all),
                     throughput_range: range,
                     vs_reference: (!ratios.is_empty()).then(|| median(ratios)),
-                    latency_us: Percentiles::median_of(&lat),
-                    probe_us: Percentiles::median_of(&probe),
+                    latency_us: of(&histograms.latency),
+                    uncorrected_us: of(&histograms.uncorrected),
+                    probe_us: of(&histograms.probe),
+                    unsent: mine.iter().map(|r| r.unsent).sum(),
+                    served_at_once: mine.iter().map(|r| r.served_at_once).min().unwrap_or(0),
+                    server_cpu: share(|r| r.server_cpu_s),
+                    client_cpu: share(|r| r.client_cpu_s),
+                    per_server_cpu_s: (!per_cpu.is_empty()).then(|| median(per_cpu)),
+                    kernel,
                     idle_bytes_per_client: (!idle.is_empty())
                         .then(|| median(idle.iter().map(|i| i.bytes_per_client).collect())),
                     idle_threads: idle.iter().map(|i| i.threads).max(),
                     idle_connected: idle.last().map(|i| i.clients),
                     idle_greeted: idle.last().map(|i| i.greeted),
-                    newcomer_us: Percentiles::median_of(&newcomers),
+                    newcomer_us: of(&newcomer_us),
                     newcomers_served: (!idle.is_empty()).then(|| {
                         (
                             idle.iter().map(|i| i.newcomers_served).sum(),
                             idle.iter().map(|i| i.newcomers).sum(),
                         )
                     }),
+                    histograms,
                     errors: mine.iter().map(|r| r.errors).sum(),
                     server,
                     count,
@@ -315,56 +510,28 @@ impl Results {
                     }
                 }
             }
-            _ => {
-                let latency = if self.scenario == Scenario::Cpu {
-                    "probe "
-                } else {
-                    ""
-                };
-                let _ = writeln!(
-                    out,
-                    "{:<12} {:>6} {:>12} {:>13} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7}",
-                    "server",
-                    "conns",
-                    self.unit,
-                    "min-max",
-                    "vs ref",
-                    format!("{latency}p50"),
-                    "p90",
-                    "p99",
-                    "p99.9",
-                    "max µs",
-                    "errors"
-                );
-                for r in &self.rows {
-                    let p = if self.scenario == Scenario::Cpu {
-                        r.probe_us
-                    } else {
-                        r.latency_us
-                    };
-                    let _ = writeln!(
-                        out,
-                        "{:<12} {:>6} {:>12} {:>13} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7}",
-                        r.server,
-                        r.count,
-                        figure(r.throughput),
-                        format!(
-                            "{}-{}",
-                            figure(r.throughput_range.0),
-                            figure(r.throughput_range.1)
-                        ),
-                        r.vs_reference
-                            .map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v)),
-                        us(p, |p| p.p50),
-                        us(p, |p| p.p90),
-                        us(p, |p| p.p99),
-                        us(p, |p| p.p999),
-                        us(p, |p| p.max),
-                        r.errors
-                    );
-                }
-            }
+            _ => self.timed_table(&mut out),
         }
+        let _ = writeln!(
+            out,
+            "load generator: {} thread{}{}; CPU: {}{}",
+            self.client_threads,
+            if self.client_threads == 1 { "" } else { "s" },
+            match (&self.server_cpus, &self.client_cpus) {
+                (None, None) => String::new(),
+                (s, c) => format!(
+                    ", servers on CPUs {}, load on CPUs {}",
+                    cpu_list(s.as_deref()),
+                    cpu_list(c.as_deref())
+                ),
+            },
+            self.cpu,
+            if self.cpu_flags.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.cpu_flags.join(" "))
+            }
+        );
         if let Some(share) = self.other_cpu_share {
             let _ = writeln!(
                 out,
@@ -373,6 +540,139 @@ impl Results {
             );
         }
         out
+    }
+
+    /// The table of the timed scenarios: throughput, latency, who used the
+    /// CPU; then what the kernel dropped and who was served late.
+    fn timed_table(&self, out: &mut String) {
+        let cpu_scenario = self.scenario == Scenario::Cpu;
+        let unit = self.unit;
+        let per_cpu = format!("{}/CPU-s", unit.split('/').next().unwrap_or(unit));
+        let _ = writeln!(
+            out,
+            "{:<12} {:>6} {:>11} {:>13} {:>7} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>12} {:>6}",
+            "server",
+            "conns",
+            unit,
+            "min-max",
+            "vs ref",
+            if cpu_scenario { "probe p50" } else { "p50 µs" },
+            "p99 µs",
+            "p99.9 µs",
+            "max µs",
+            "srv CPU",
+            "load CPU",
+            per_cpu,
+            "errors"
+        );
+        let us = |p: Option<Percentiles>, f: fn(&Percentiles) -> u64| {
+            p.map_or("-".to_string(), |p| f(&p).to_string())
+        };
+        let pct =
+            |share: Option<f64>| share.map_or("-".to_string(), |s| format!("{:.0}%", 100.0 * s));
+        for r in &self.rows {
+            let p = if cpu_scenario {
+                r.probe_us
+            } else {
+                r.latency_us
+            };
+            let _ = writeln!(
+                out,
+                "{:<12} {:>6} {:>11} {:>13} {:>7} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>12} {:>6}",
+                r.server,
+                r.count,
+                figure(r.throughput),
+                format!(
+                    "{}-{}",
+                    figure(r.throughput_range.0),
+                    figure(r.throughput_range.1)
+                ),
+                r.vs_reference
+                    .map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v)),
+                us(p, |p| p.p50),
+                us(p, |p| p.p99),
+                us(p, |p| p.p999),
+                us(p, |p| p.max),
+                pct(r.server_cpu),
+                pct(r.client_cpu),
+                r.per_server_cpu_s.map_or("-".to_string(), figure),
+                r.errors
+            );
+        }
+        let _ = writeln!(
+            out,
+            "(throughput: median of the repeats; latency: every request of every repeat; \
+             CPU: share of one core, median)"
+        );
+        if self.scenario == Scenario::Rate {
+            let _ = writeln!(
+                out,
+                "rate: {} req/s asked for; latency above counts from when each request was due, \
+                 below from when it was sent",
+                self.params.rate
+            );
+            let _ = writeln!(
+                out,
+                "{:<12} {:>6} {:>14} {:>8} {:>11} {:>11} {:>11}",
+                "server",
+                "conns",
+                "achieved req/s",
+                "unsent",
+                "sent p50 µs",
+                "sent p99 µs",
+                "sent max µs"
+            );
+            for r in &self.rows {
+                let _ = writeln!(
+                    out,
+                    "{:<12} {:>6} {:>14} {:>8} {:>11} {:>11} {:>11}",
+                    r.server,
+                    r.count,
+                    figure(r.throughput),
+                    r.unsent,
+                    us(r.uncorrected_us, |p| p.p50),
+                    us(r.uncorrected_us, |p| p.p99),
+                    us(r.uncorrected_us, |p| p.max)
+                );
+            }
+        }
+        for r in &self.rows {
+            let counted = if self.scenario == Scenario::Cpu {
+                r.count + 1
+            } else {
+                r.count
+            };
+            if self.scenario != Scenario::Churn && r.served_at_once < counted {
+                let _ = writeln!(
+                    out,
+                    "{} ({} {}): {} of {counted} connections were being served before the deadline \
+                     (in some repeat); the rest waited, and made one exchange each after it",
+                    r.server,
+                    r.count,
+                    self.scenario.count_name(),
+                    r.served_at_once
+                );
+            }
+        }
+        for r in &self.rows {
+            // Those that explain a connect's stall; the JSON has the rest.
+            let moved: Vec<String> = r
+                .kernel
+                .iter()
+                .filter(|(k, v)| **v > 0 && super::kernel::CONNECT.contains(&k.as_str()))
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            if !moved.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "kernel, {} ({} {}), over the repeats: {}",
+                    r.server,
+                    r.count,
+                    self.scenario.count_name(),
+                    moved.join(", ")
+                );
+            }
+        }
     }
 
     fn describe_load(&self) -> String {
@@ -401,6 +701,17 @@ impl Results {
 impl fmt::Display for Results {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.table())
+    }
+}
+
+fn cpu_list(cpus: Option<&[usize]>) -> String {
+    match cpus {
+        None => "any".into(),
+        Some(c) => c
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
     }
 }
 

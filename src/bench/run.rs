@@ -1,29 +1,34 @@
 //! `concur bench`: one scenario, several servers, interleaved repeats.
 //!
-//! The servers under test are started here, in this process, on free
-//! ports of 127.0.0.1 (or, for `idle`, as child processes); `--addr` adds
-//! a server someone else started. Beside them runs the echo reference of
-//! [`super::start_echo`], which moves the same bytes with the
-//! same system calls and no protocol work: a server's figure over the
-//! reference's, measured in the same repeat, is what the server costs.
+//! Every server under test runs as a child process (`concur serve`, and
+//! `concur echo` for the reference) on a free port of 127.0.0.1, so that
+//! the CPU time it uses is its own, measured beside the load generator's
+//! (whose threads time themselves); `--addr` adds a server started
+//! elsewhere, whose CPU time is not known. The echo reference moves the
+//! same bytes with the same system calls and no protocol work: a
+//! server's figure over the reference's, measured in the same repeat, is
+//! what the server costs.
 //!
 //! Runs are interleaved (for each count, for each repeat: every server in
 //! turn), so a slow spell of the machine falls on all of them alike
-//! rather than on whichever ran then.
+//! rather than on whichever ran then. Each run records what the kernel's
+//! TCP counters moved by ([`super::kernel`]).
 
 use std::io::{self, IsTerminal};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::child::ServerProcess;
+use super::engine::{self, Plan, Speaks};
 use super::idle;
-use super::load::{self, Outcome, Params, Scenario, Speaks};
-use super::plot;
-use super::report::{ERROR_SAMPLES, Percentiles, Results, Run};
-use super::{EchoServer, Peer, start_echo};
-use crate::server::{self, Config, Model, Protocol, Server};
+use super::kernel::Counters;
+use super::report::{Histograms, Percentiles, Results, Run, spectrum};
+use super::scenario::{Params, Scenario};
+use super::{Peer, cpus};
+use crate::server::{self, Model};
 
 /// The most connections (or idle clients) one run may open.
 pub const MAX_COUNT: usize = 15_000;
@@ -38,7 +43,7 @@ pub struct Options {
     pub counts: Vec<usize>,
     /// Whether this is `concur bench sweep` (for the record and plots).
     pub sweep: bool,
-    /// Models to start here.
+    /// Models to start and measure.
     pub models: Vec<Model>,
     /// A server started elsewhere, on this machine.
     pub addr: Option<SocketAddr>,
@@ -50,12 +55,18 @@ pub struct Options {
     pub repeat: usize,
     /// Workers of the `pool` model started here.
     pub pool_threads: Option<usize>,
-    /// Where `results.json` and the plots go.
+    /// Threads of the load generator.
+    pub client_threads: usize,
+    /// CPUs the servers started here are pinned to.
+    pub server_cpus: Option<Vec<usize>>,
+    /// CPUs the load generator is pinned to.
+    pub client_cpus: Option<Vec<usize>>,
+    /// Where `results.json`, the plots and the `.hgrm` files go.
     pub out: Option<PathBuf>,
     /// Draw a progress bar on standard error (when it is a terminal).
     pub progress: bool,
-    /// The `concur` executable that `idle` starts servers with; `None`
-    /// for this process's own.
+    /// The `concur` executable the servers are started from; `None` for
+    /// this process's own.
     pub server_exe: Option<PathBuf>,
     /// The command line, for the record.
     pub command: String,
@@ -75,6 +86,9 @@ impl Options {
             params: Params::new(scenario, secs),
             repeat: 3,
             pool_threads: None,
+            client_threads: engine::default_threads(),
+            server_cpus: None,
+            client_cpus: None,
             out: None,
             progress: false,
             server_exe: None,
@@ -120,6 +134,12 @@ impl Options {
         if self.repeat == 0 {
             return Err("--repeat 0 runs nothing; give at least 1".into());
         }
+        if !(1..=MAX_CLIENT_THREADS).contains(&self.client_threads) {
+            return Err(format!(
+                "--client-threads {} is out of range; give 1 to {MAX_CLIENT_THREADS}",
+                self.client_threads
+            ));
+        }
         Ok(())
     }
 
@@ -132,50 +152,82 @@ impl Options {
     }
 }
 
+/// The most load-generator threads: a few are the point.
+pub const MAX_CLIENT_THREADS: usize = 64;
+
 /// One server under test.
 enum Contender {
-    Echo(EchoServer),
-    Here(Model, Server),
-    Child(Model),
+    /// A process this run started: a model, or the echo (`model` `None`).
+    Child {
+        model: Option<Model>,
+        process: ServerProcess,
+    },
+    /// Started anew for every `idle` run, to read its memory fresh.
+    Idle(Model),
     External(SocketAddr),
 }
 
 impl Contender {
     fn name(&self) -> String {
         match self {
-            Contender::Echo(_) => "echo".into(),
-            Contender::Here(m, _) | Contender::Child(m) => m.name().into(),
+            Contender::Child { model: None, .. } => "echo".into(),
+            Contender::Child { model: Some(m), .. } | Contender::Idle(m) => m.name().into(),
             Contender::External(a) => a.to_string(),
         }
     }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Contender::Child { process, .. } => Some(process.pid()),
+            _ => None,
+        }
+    }
 }
 
-fn local() -> io::Result<TcpListener> {
-    // A deep backlog: sweeps and churn connect in bursts.
-    server::listener::bind(SocketAddr::from(([127, 0, 0, 1], 0)), 4096)
+/// The `concur serve` arguments of `model` in a run with up to `most`
+/// connections.
+fn serve_args(model: Model, options: &Options, most: usize) -> Vec<String> {
+    let mut args: Vec<String> = ["serve", "--port", "0", "-q", "--drain-timeout", "1"]
+        .map(String::from)
+        .to_vec();
+    // A deep backlog: sweeps and churn connect in bursts. Room for every
+    // connection of the largest run, and for churn's closing ones.
+    args.extend(["--backlog".into(), "4096".into()]);
+    args.extend(["--max-conns".into(), (most + 64).max(10_000).to_string()]);
+    args.extend(["--model".into(), model.name().into()]);
+    if options.scenario.prime() {
+        args.extend(["--protocol".into(), "prime".into()]);
+    }
+    if let (Model::Pool, Some(n)) = (model, options.pool_threads) {
+        args.extend(["-n".into(), n.to_string()]);
+    }
+    args
 }
 
-fn contenders(options: &Options) -> io::Result<Vec<Contender>> {
+fn contenders(options: &Options, exe: &Path) -> io::Result<Vec<Contender>> {
     let scenario = options.scenario;
+    let most = options.counts().into_iter().max().unwrap_or(1);
+    let cpus = options.server_cpus.as_deref();
     let mut all = Vec::new();
-    // The echo does not speak the primality protocol, and idle runs its
-    // servers as children, which the echo is not.
+    // The echo does not speak the primality protocol, and idle measures
+    // the models' memory, which the echo is not about.
     if options.reference && !matches!(scenario, Scenario::Cpu | Scenario::Idle) {
-        all.push(Contender::Echo(start_echo(local()?)?));
+        let args = ["echo", "--port", "0"].map(String::from);
+        all.push(Contender::Child {
+            model: None,
+            process: ServerProcess::spawn(exe, &args, cpus)?,
+        });
     }
     for &model in &options.models {
         if scenario == Scenario::Idle {
-            all.push(Contender::Child(model));
+            all.push(Contender::Idle(model));
             continue;
         }
-        let mut config = Config::new(model).drain_timeout(Duration::from_secs(1));
-        if let Some(n) = options.pool_threads {
-            config.threads = n;
-        }
-        if scenario.prime() {
-            config.protocol = Protocol::Prime;
-        }
-        all.push(Contender::Here(model, server::start(local()?, config)?));
+        let process = ServerProcess::spawn(exe, &serve_args(model, options, most), cpus)?;
+        all.push(Contender::Child {
+            model: Some(model),
+            process,
+        });
     }
     if let Some(addr) = options.addr {
         all.push(Contender::External(addr));
@@ -190,22 +242,20 @@ pub fn run(options: &Options) -> io::Result<Results> {
         .check()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let scenario = options.scenario;
-    if scenario == Scenario::Idle || options.counts().iter().any(|&c| c > 500) {
-        // Every client is a descriptor here (and, for idle, in the child).
-        server::raise_fd_limit()?;
-    }
+    // Every connection is a descriptor here.
+    server::raise_fd_limit()?;
     let exe = match &options.server_exe {
         Some(p) => p.clone(),
         None => std::env::current_exe()?,
     };
     let counts = options.counts();
-    let contenders = contenders(options)?;
+    let contenders = contenders(options, &exe)?;
     let progress = progress_bar(
         options.progress,
         (counts.len() * options.repeat * contenders.len()) as u64,
     );
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let cpu_before = cpu_ticks();
+    let usage_before = Usage::read(&contenders);
     let mut runs = Vec::new();
     for &count in &counts {
         for repeat in 1..=options.repeat {
@@ -239,21 +289,19 @@ pub fn run(options: &Options) -> io::Result<Results> {
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
-    let other_cpu_share = other_share(cpu_before, cpu_ticks());
-    for c in contenders {
-        match c {
-            Contender::Echo(e) => e.stop(),
-            Contender::Here(_, s) => {
-                s.stop();
-            }
-            Contender::Child(_) | Contender::External(_) => {}
-        }
-    }
-    let rows = Results::summarise(&runs);
+    let other_cpu_share = Usage::read(&contenders).others_since(&usage_before);
+    drop(contenders);
+    let rows = Results::summarise(scenario, &runs);
+    let (cpu, cpu_flags) = cpu_model();
     Ok(Results {
         command: options.command.clone(),
         started,
         cores: server::cores(),
+        cpu,
+        cpu_flags,
+        client_threads: options.client_threads,
+        server_cpus: options.server_cpus.clone(),
+        client_cpus: options.client_cpus.clone(),
         scenario,
         sweep: options.sweep,
         counts,
@@ -285,39 +333,98 @@ fn run_one(
         throughput: 0.0,
         vs_reference: None,
         latency_us: None,
+        latency_spectrum: None,
+        uncorrected_us: None,
+        uncorrected_spectrum: None,
         probe_us: None,
+        probe_spectrum: None,
+        unsent: 0,
+        served_at_once: 0,
+        server_cpu_s: None,
+        client_cpu_s: None,
+        cpu_window_s: 0.0,
+        client_threads: options.client_threads,
+        kernel: Default::default(),
         idle: None,
         errors: 0,
         error_samples: Vec::new(),
+        histograms: Histograms::default(),
     };
-    if let Contender::Child(model) = c {
+    let counters = Counters::read();
+    if let Contender::Idle(model) = c {
         let extra: Vec<String> = match (model, options.pool_threads) {
             (Model::Pool, Some(n)) => vec!["-n".into(), n.to_string()],
             _ => Vec::new(),
         };
-        let figures = idle::run(exe, *model, &extra, count, options.params.secs)?;
+        let figures = idle::run(
+            exe,
+            *model,
+            &extra,
+            count,
+            options.params.secs,
+            options.client_threads,
+            options.server_cpus.as_deref(),
+        )?;
+        run.kernel = Counters::read().since(&counters);
         run.ops = figures.clients as u64;
+        run.served_at_once = figures.greeted;
         run.throughput = figures.bytes_per_client;
         run.latency_us = figures.newcomer_latency.as_ref().and_then(Percentiles::of);
+        run.latency_spectrum = figures.newcomer_latency.as_ref().map(spectrum);
         run.errors = figures.errors.len() as u64;
-        run.error_samples = figures.errors.iter().take(ERROR_SAMPLES).cloned().collect();
+        run.error_samples = figures
+            .errors
+            .iter()
+            .take(super::report::ERROR_SAMPLES)
+            .cloned()
+            .collect();
         run.idle = Some(figures);
         return Ok(run);
     }
     let (addr, speaks) = match c {
-        Contender::Echo(e) => (e.local_addr(), Speaks::Bytes(Peer::Echo)),
-        Contender::Here(_, s) => (s.local_addr(), speaks(scenario)),
+        Contender::Child {
+            model: None,
+            process,
+        } => (process.addr(), Speaks::Bytes(Peer::Echo)),
+        Contender::Child { process, .. } => (process.addr(), speaks(scenario)),
         Contender::External(a) => (*a, speaks(scenario)),
-        Contender::Child(_) => unreachable!("handled above"),
+        Contender::Idle(_) => unreachable!("handled above"),
     };
-    let outcome: Outcome = load::run(scenario, addr, speaks, count, &options.params)?;
+    let mut plan = Plan::new(scenario, addr, speaks, count, options.params.secs);
+    plan.params = options.params;
+    plan.threads = options.client_threads;
+    plan.cpus = options.client_cpus.clone();
+    plan.server_pid = c.pid();
+    let outcome = engine::run(&plan)?;
+    run.kernel = Counters::read().since(&counters);
     run.elapsed_s = outcome.elapsed.as_secs_f64();
     run.ops = outcome.ops;
     run.throughput = outcome.throughput(scenario);
-    run.latency_us = outcome.latency.as_ref().and_then(Percentiles::of);
-    run.probe_us = outcome.probe.as_ref().and_then(Percentiles::of);
-    run.errors = outcome.errors.len() as u64;
-    run.error_samples = outcome.errors.into_iter().take(ERROR_SAMPLES).collect();
+    let of = |h: &Option<hdrhistogram::Histogram<u64>>| h.as_ref().and_then(Percentiles::of);
+    let spectrum_of = |h: &Option<hdrhistogram::Histogram<u64>>| h.as_ref().map(spectrum);
+    run.latency_us = of(&outcome.latency);
+    run.latency_spectrum = spectrum_of(&outcome.latency);
+    run.uncorrected_us = of(&outcome.uncorrected);
+    run.uncorrected_spectrum = spectrum_of(&outcome.uncorrected);
+    run.probe_us = of(&outcome.probe);
+    run.probe_spectrum = spectrum_of(&outcome.probe);
+    run.unsent = outcome.unsent;
+    run.served_at_once = outcome.served_at_once;
+    run.server_cpu_s = outcome.server_cpu.map(|d| d.as_secs_f64());
+    run.client_cpu_s = Some(outcome.client_cpu.as_secs_f64());
+    run.cpu_window_s = outcome.window.as_secs_f64();
+    run.client_threads = outcome.threads;
+    run.errors = outcome.errors;
+    run.error_samples = outcome
+        .error_samples
+        .into_iter()
+        .take(super::report::ERROR_SAMPLES)
+        .collect();
+    run.histograms = Histograms {
+        latency: outcome.latency,
+        uncorrected: outcome.uncorrected,
+        probe: outcome.probe,
+    };
     Ok(run)
 }
 
@@ -340,46 +447,84 @@ fn progress_bar(wanted: bool, total: u64) -> Option<ProgressBar> {
     Some(bar)
 }
 
-/// The machine's busy and total CPU ticks and this process's own, from
-/// /proc; `None` off Linux. Take one before a run and one after, and give
-/// both to [`other_share`].
-pub fn cpu_ticks() -> Option<(u64, u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let all: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap_or(0))
+/// CPU ticks: the machine's busy and total, this process's, and the
+/// server processes'.
+struct Usage {
+    machine: Option<(u64, u64)>,
+    ours: u64,
+}
+
+impl Usage {
+    fn read(contenders: &[Contender]) -> Self {
+        let me = cpus::process_ticks(std::process::id()).unwrap_or(0);
+        let servers: u64 = contenders
+            .iter()
+            .filter_map(|c| c.pid().and_then(cpus::process_ticks))
+            .sum();
+        Usage {
+            machine: cpus::machine_ticks(),
+            ours: me + servers,
+        }
+    }
+
+    /// The share of the machine's CPU time that other processes used
+    /// since `before`: the load average cannot tell other work from a
+    /// benchmark's own; this can. (Servers started anew for each `idle`
+    /// run are not told apart and count as other.)
+    fn others_since(&self, before: &Usage) -> Option<f64> {
+        let ((b0, t0), (b1, t1)) = (before.machine?, self.machine?);
+        let others = (b1.saturating_sub(b0)).saturating_sub(self.ours.saturating_sub(before.ours));
+        Some(others as f64 / (t1.saturating_sub(t0)).max(1) as f64)
+    }
+}
+
+/// The CPU's model name and the flags that bear on how fast memory is
+/// copied and mapped.
+pub fn cpu_model() -> (String, Vec<String>) {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let model = field("model name").unwrap_or_else(|| "unknown".into());
+    let flags = field("flags").unwrap_or_default();
+    let wanted = ["erms", "fsrm", "avx2", "avx512f", "avx512bw"];
+    let have = wanted
+        .iter()
+        .filter(|w| flags.split_whitespace().any(|f| f == **w))
+        .map(|w| w.to_string())
         .collect();
-    // user, nice, system, irq, softirq: loopback traffic is processed in
-    // softirqs, on behalf of whoever sent it, so they count as busy too.
-    let busy = [0, 1, 2, 5, 6].iter().filter_map(|&i| all.get(i)).sum();
-    let total = all.iter().sum();
-    let me = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let fields: Vec<&str> = me.rsplit_once(')')?.1.split_whitespace().collect();
-    let mine = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some((busy, total, mine))
+    (model, have)
 }
 
-/// The share of the machine's CPU time between two [`cpu_ticks`] that
-/// other processes used: the load average cannot tell other work from a
-/// benchmark's own threads; this can.
-pub fn other_share(before: Option<(u64, u64, u64)>, after: Option<(u64, u64, u64)>) -> Option<f64> {
-    let ((b0, t0, m0), (b1, t1, m1)) = (before?, after?);
-    let others = (b1.saturating_sub(b0)).saturating_sub(m1.saturating_sub(m0));
-    Some(others as f64 / (t1.saturating_sub(t0)).max(1) as f64)
-}
-
-/// Writes `results.json` and the plots into `dir` (created if missing);
-/// returns the paths written.
+/// Writes `results.json`, the plots and a `.hgrm` latency distribution
+/// per row into `dir` (created if missing); returns the paths written.
 pub fn write(results: &Results, dir: &Path) -> io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let json = dir.join("results.json");
     let text = serde_json::to_string_pretty(results).map_err(io::Error::other)?;
     std::fs::write(&json, text + "\n")?;
     let mut written = vec![json];
-    written.extend(plot::write_all(results, dir)?);
+    written.extend(super::plot::write_all(results, dir)?);
+    for r in &results.rows {
+        let h = &r.histograms;
+        for (what, hist) in [
+            ("", &h.latency),
+            ("-uncorrected", &h.uncorrected),
+            ("-probe", &h.probe),
+        ] {
+            let Some(hist) = hist.as_ref().filter(|h| !h.is_empty()) else {
+                continue;
+            };
+            let name = format!("{}-{}-{}{what}.hgrm", results.scenario, r.server, r.count)
+                .replace([':', '[', ']'], "_");
+            let path = dir.join(name);
+            std::fs::write(&path, super::report::hgrm(hist))?;
+            written.push(path);
+        }
+    }
     Ok(written)
 }
 
