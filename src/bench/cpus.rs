@@ -88,6 +88,64 @@ pub fn process_ticks(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
+/// The process listening on TCP `port` of this machine, found through its
+/// socket's inode (`/proc/net/tcp*`, then `/proc/*/fd`), so that the CPU
+/// time of a server started elsewhere (`--addr`) can be read too; `None`
+/// when it cannot be told (no permission, several listeners).
+pub fn listener_pid(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(&state), Some(&inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let listening = state == "0A";
+            let same_port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                == Some(port);
+            if listening && same_port && inode != "0" {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    let mut found = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+        });
+        if holds {
+            if found.is_some_and(|f| f != pid) {
+                // Shared by several processes (a fork, SO_REUSEPORT): whose
+                // CPU to count cannot be told.
+                return None;
+            }
+            found = Some(pid);
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +161,14 @@ mod tests {
             assert!(parse_list(bad).is_err(), "{bad:?}");
         }
         assert!(parse_list("99999").unwrap_err().contains("does not exist"));
+    }
+
+    #[test]
+    fn the_process_behind_a_listening_port_is_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(listener_pid(port), Some(std::process::id()));
+        drop(listener);
+        assert_eq!(listener_pid(port), None);
     }
 }

@@ -4,7 +4,8 @@
 //! `concur echo` for the reference) on a free port of 127.0.0.1, so that
 //! the CPU time it uses is its own, measured beside the load generator's
 //! (whose threads time themselves); `--addr` adds a server started
-//! elsewhere, whose CPU time is not known. The echo reference moves the
+//! elsewhere, whose CPU time is read too when its process can be found
+//! by its listening socket. The echo reference moves the
 //! same bytes with the same system calls and no protocol work: a
 //! server's figure over the reference's, measured in the same repeat, is
 //! what the server costs.
@@ -179,7 +180,8 @@ impl Contender {
     fn pid(&self) -> Option<u32> {
         match self {
             Contender::Child { process, .. } => Some(process.pid()),
-            _ => None,
+            Contender::External(addr) => cpus::listener_pid(addr.port()),
+            Contender::Idle(_) => None,
         }
     }
 }
