@@ -27,10 +27,12 @@
 //!   the two event-driven ones, the client against each, a table and a
 //!   chart per model.
 //! - [`threads`]: the footnote's experiment: what idle threads cost.
-//! - [`bench`](mod@bench): the echo server the benchmarks compare with, the
-//!   verified loads, and `concur bench`: every scenario (stream, pingpong,
-//!   rate, churn, idle, cpu, sweep) against several models side by side,
-//!   with a table, `results.json` and SVG plots.
+//! - [`bench`](mod@bench): `concur bench`: one load engine (a few epoll
+//!   threads driving every connection, every byte checked) for every
+//!   scenario (stream, pingpong, rate, churn, idle, cpu, sweep); the
+//!   servers as child processes beside an echo reference, with the CPU
+//!   time of each side and the kernel's TCP counters; a table,
+//!   `results.json`, latency spectra and SVG plots.
 //!
 //! # Example
 //!
@@ -52,11 +54,25 @@
 //! assert_eq!(summary.served, 1);
 //! ```
 
+// One clear error elsewhere, rather than a wall of them from the
+// Linux-only calls below.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "concur runs on Linux only: its servers and benchmarks use epoll, /proc, \
+     prctl and Linux's socket errors"
+);
+
+#[cfg(target_os = "linux")]
 pub mod bench;
+#[cfg(target_os = "linux")]
 pub mod client;
+#[cfg(target_os = "linux")]
 pub mod demo;
 pub mod prime;
 pub mod protocol;
+#[cfg(target_os = "linux")]
 pub mod server;
+#[cfg(target_os = "linux")]
 pub mod shutdown;
+#[cfg(target_os = "linux")]
 pub mod threads;

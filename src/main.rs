@@ -425,9 +425,19 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 /// Seconds from 0 to a year; `range` begins the error's statement of what
 /// is allowed ("0 to", "more than 0, up to").
 fn secs_within(s: &str, range: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds (such as 5 or 0.5)"))?;
+    // Plain seconds as the article's tools take them, or a duration with
+    // its unit (10s, 500ms, 2m) for whoever finds that clearer.
+    let secs: f64 = match s.parse::<f64>() {
+        Ok(secs) => secs,
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|_| {
+                format!(
+                    "{s:?} is not a number of seconds (such as 5 or 0.5) nor a duration \
+                     (such as 10s, 500ms or 2m)"
+                )
+            })?
+            .as_secs_f64(),
+    };
     // A year is more than any timeout here needs, and far enough from the
     // limits of `Instant` arithmetic that adding it to now cannot overflow.
     const MOST: f64 = 365.0 * 24.0 * 3600.0;

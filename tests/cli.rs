@@ -42,6 +42,29 @@ fn out_of_range_numbers_are_refused() {
 }
 
 #[test]
+fn durations_take_plain_seconds_or_a_unit() {
+    for (value, ok) in [("0.5", true), ("500ms", true), ("2m", true), ("5x", false)] {
+        let o = concur(&["bench", "pingpong", "--secs", value, "--repeat", "0"]);
+        // --repeat 0 is refused after the durations are parsed, so a good
+        // duration gets that error and a bad one its own.
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{value}: {err}");
+        if ok {
+            assert!(err.contains("--repeat"), "{value}: {err}");
+        } else {
+            assert!(
+                err.contains("nor a duration (such as 10s, 500ms or 2m)"),
+                "{err}"
+            );
+        }
+    }
+    // With a unit, still at most a year.
+    let o = concur(&["serve", "--idle-timeout", "2y"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("out of range"), "{}", stderr(&o));
+}
+
+#[test]
 fn bad_values_say_what_is_allowed() {
     for (args, wanted) in [
         // Its slots are allocated up front: this used to abort the server.
