@@ -491,10 +491,10 @@ fn specs(plan: &Plan) -> Vec<Spec> {
         Scenario::Churn => vec![spec(Role::Churn); n],
         Scenario::Idle => vec![spec(Role::Idle); n],
         Scenario::Cpu => {
-            // The probe first, so that it lands on the first thread and is
-            // opened before the heavy clients.
-            let mut all = vec![spec(Role::Probe)];
-            all.extend(vec![spec(Role::Heavy); n]);
+            // The probe last: it arrives after the heavy clients, as a
+            // small request does at a server already busy with large ones.
+            let mut all = vec![spec(Role::Heavy); n];
+            all.push(spec(Role::Probe));
             all
         }
     }
@@ -1115,12 +1115,7 @@ impl Worker {
                     Phase::Waiting
                 };
             }
-            Some(deadline) => {
-                if now < deadline && c.spec.role != Role::Churn {
-                    self.tally.served_at_once += 1;
-                }
-                self.begin(key);
-            }
+            Some(_) => self.begin(key),
         }
     }
 
@@ -1129,10 +1124,6 @@ impl Worker {
         let deadline = self.deadline.expect("begun after the start");
         let now = Instant::now();
         let c = &mut self.conns[key];
-        if c.phase == Phase::Waiting && c.spec.role != Role::Churn && now < deadline {
-            // Greeted in set-up.
-            self.tally.served_at_once += 1;
-        }
         match c.spec.role {
             Role::Stream => {
                 c.phase = Phase::Streaming;
@@ -1342,6 +1333,12 @@ impl Worker {
                         ),
                     ));
                 }
+                if c.answered == 0
+                    && !bytes.is_empty()
+                    && self.deadline.is_some_and(|d| c.since < d)
+                {
+                    self.tally.served_at_once += 1;
+                }
                 c.answered += bytes.len() as u64;
                 self.tally.ops += bytes.len() as u64;
                 self.tally.last = Some(c.since);
@@ -1360,6 +1357,9 @@ impl Worker {
         let tally = &mut self.tally;
         tally.ops += 1;
         tally.last = Some(now);
+        if c.seq == 1 && now < deadline && c.spec.role != Role::Churn {
+            tally.served_at_once += 1;
+        }
         match c.spec.role {
             Role::Probe => {
                 tally.probe.saturating_record(micros(now - c.intended));

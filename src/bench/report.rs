@@ -197,7 +197,7 @@ pub struct Run {
     pub probe_spectrum: Option<Vec<(f64, u64)>>,
     /// `rate`: requests due but never sent (their wait is in the latency).
     pub unsent: u64,
-    /// Connections greeted (being served) before the deadline.
+    /// Connections whose first answer came before the deadline.
     pub served_at_once: usize,
     /// CPU seconds the server's process used during the run; `None` for a
     /// server this run did not start.
@@ -263,7 +263,7 @@ pub struct Row {
     pub probe_us: Option<Percentiles>,
     /// `rate`: requests due but never sent, over all repeats.
     pub unsent: u64,
-    /// The fewest connections greeted before the deadline in a repeat.
+    /// The fewest connections answered before the deadline in a repeat.
     pub served_at_once: usize,
     /// Median share of one core the server used (1.0 = one core busy).
     pub server_cpu: Option<f64>,
@@ -500,12 +500,7 @@ impl Results {
                         continue;
                     };
                     if !noted.contains(&run.server) {
-                        let _ = writeln!(
-                            out,
-                            "{}: {why} (the listen backlog of a server that stopped accepting \
-                             was full)",
-                            run.server
-                        );
+                        let _ = writeln!(out, "{}: {why}", run.server);
                         noted.push(run.server.clone());
                     }
                 }
@@ -645,8 +640,8 @@ impl Results {
             if self.scenario != Scenario::Churn && r.served_at_once < counted {
                 let _ = writeln!(
                     out,
-                    "{} ({} {}): {} of {counted} connections were being served before the deadline \
-                     (in some repeat); the rest waited, and made one exchange each after it",
+                    "{} ({} {}): {} of {counted} connections had an answer before the deadline \
+                     (fewest of the repeats); the rest waited, and made one exchange each after it",
                     r.server,
                     r.count,
                     self.scenario.count_name(),
