@@ -50,7 +50,7 @@ fn a_thousand_clients_that_connect_and_reset_at_once() {
         still_serving(addr, model);
         let summary = server.stop();
         assert_eq!(
-            summary.served + summary.failed + summary.dropped,
+            summary.ended(),
             summary.accepted,
             "{model}: every accepted client accounted for: {summary:?}"
         );

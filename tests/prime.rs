@@ -171,7 +171,11 @@ fn the_drain_timeout_bounds_a_long_computation() {
         let mut rest = Vec::new();
         let _ = std::io::Read::read_to_end(&mut c, &mut rest);
         assert_eq!(rest, b"", "{model}: closed, no answer");
-        assert_eq!((summary.served, summary.failed), (0, 1), "{model}");
+        assert_eq!(
+            (summary.served, summary.failed, summary.closed_at_shutdown),
+            (0, 0, 1),
+            "{model}"
+        );
     }
 }
 

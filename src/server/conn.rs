@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use std::sync::Arc;
 
 use super::responder::{Responder, Stop};
-use super::{ClientGuard, Ctx};
+use super::{ClientGuard, Ctx, End};
 use crate::prime;
 
 /// Bytes read per `read` call, and the most a single reply write holds.
@@ -76,28 +76,28 @@ pub(crate) type Outcome = Result<io::Result<()>, String>;
 /// Logs and counts the end of a client; every model ends its clients here.
 /// Call it while the client's socket is still open.
 pub(crate) fn finish(guard: ClientGuard, peer: SocketAddr, outcome: Outcome) {
-    let ctx = guard.ctx();
-    match outcome {
-        Ok(Ok(())) => {
-            info!(target: LOG_TARGET, "peer {peer} done");
-            guard.served();
+    let (end, what) = match &outcome {
+        Ok(Ok(())) => (End::Served, None),
+        Ok(Err(e)) if e.kind() == ErrorKind::TimedOut => (End::TimedOut, Some(e.to_string())),
+        Ok(Err(e)) => (End::Failed, Some(e.to_string())),
+        Err(panic) => (
+            End::Failed,
+            Some(format!("a panic while serving it: {panic}")),
+        ),
+    };
+    let counted = guard.end(end);
+    let what = what.unwrap_or_default();
+    match (counted, &outcome) {
+        // However it ended, the drain did it: its error (a write cut off,
+        // a computation abandoned) is the drain's, not the client's.
+        (None, _) => info!(target: LOG_TARGET, "peer {peer} closed at the end of the drain"),
+        (Some(End::Served), _) => info!(target: LOG_TARGET, "peer {peer} done"),
+        (Some(End::TimedOut), _) => info!(target: LOG_TARGET, "peer {peer} closed: {what}"),
+        (Some(_), Ok(Err(e))) if is_client_gone(e) => {
+            info!(target: LOG_TARGET, "peer {peer} went away: {what}")
         }
-        Ok(Err(e)) if e.kind() == ErrorKind::TimedOut => {
-            info!(target: LOG_TARGET, "peer {peer} closed: {e}");
-            ctx.count_timed_out();
-        }
-        Ok(Err(e)) if is_client_gone(&e) => {
-            info!(target: LOG_TARGET, "peer {peer} went away: {e}");
-            ctx.count_failed();
-        }
-        Ok(Err(e)) => {
-            warn!(target: LOG_TARGET, "peer {peer} ended by an error: {e}");
-            ctx.count_failed();
-        }
-        Err(what) => {
-            warn!(target: LOG_TARGET, "peer {peer} ended by a panic while serving it: {what}");
-            ctx.count_failed();
-        }
+        (Some(_), Ok(_)) => warn!(target: LOG_TARGET, "peer {peer} ended by an error: {what}"),
+        (Some(_), Err(_)) => warn!(target: LOG_TARGET, "peer {peer} ended by {what}"),
     }
 }
 

@@ -84,7 +84,7 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
         // Admitted here, not in the loop, so that the connection limit
         // counts clients still on their way to a loop.
         let guard = ctx.enter(&stream);
-        loops.hand((guard, stream, peer), &stop, ctx)
+        loops.hand((guard, stream, peer), &stop)
     });
     let all_failed = loops.handles.is_empty();
     loops.stop();
@@ -129,7 +129,7 @@ impl Loops {
     /// leaves the rotation and the client goes to the next one, so one
     /// broken loop costs its own clients and nobody else's. Breaks when the
     /// server stops or no loop is left.
-    fn hand(&mut self, client: NewClient, stop: &Receiver<()>, ctx: &Ctx) -> ControlFlow<()> {
+    fn hand(&mut self, client: NewClient, stop: &Receiver<()>) -> ControlFlow<()> {
         let mut client = Some(client);
         while !self.handles.is_empty() {
             let at = self.next % self.handles.len();
@@ -140,10 +140,9 @@ impl Loops {
             let target = &self.handles[at];
             let sent = select! {
                 send(target.clients, client.take().expect("held until sent")) -> sent => sent,
-                recv(stop) -> _ => {
-                    ctx.count_dropped();
-                    return ControlFlow::Break(());
-                }
+                // The client's guard, dropped here, counts it as closed at
+                // shutdown.
+                recv(stop) -> _ => return ControlFlow::Break(()),
             };
             match sent {
                 Ok(()) => {
@@ -159,8 +158,8 @@ impl Loops {
             }
         }
         tracing::error!("every event loop has failed: the server stops");
+        // Its guard counts it as failed.
         drop(client);
-        ctx.count_failed();
         ControlFlow::Break(())
     }
 
@@ -433,8 +432,8 @@ impl EventLoop {
             match self.incoming.try_recv() {
                 Ok(client) => {
                     if self.ctx.shutdown.is_triggered() {
+                        // Its guard counts it as closed at shutdown.
                         drop(client);
-                        self.ctx.count_dropped();
                     } else {
                         let (guard, stream, peer) = client;
                         self.add(guard, stream, peer);
@@ -820,7 +819,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let hand = |loops: &mut Loops| {
             let (client, server, peer) = accept_one(&listener);
-            let flow = loops.hand((ctx.enter(&server), server, peer), &stop, &ctx);
+            let flow = loops.hand((ctx.enter(&server), server, peer), &stop);
             (client, flow)
         };
 

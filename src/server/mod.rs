@@ -53,7 +53,7 @@ use tracing::warn;
 pub use crate::shutdown::Shutdown;
 pub use responder::Protocol;
 pub use state::Summary;
-pub(crate) use state::{ClientGuard, Ctx, Stats, snapshot};
+pub(crate) use state::{ClientGuard, Ctx, End, Stats, snapshot};
 
 /// How a server admits and serves its clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]

@@ -137,7 +137,7 @@ impl Pool {
             // Accepted but never served: closing it is as if it had never
             // been accepted.
             drop(stream);
-            ctx.count_dropped();
+            ctx.count_closed_at_shutdown();
             ctx.arrived();
             return;
         }
@@ -201,12 +201,13 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
                 Ok(()) => ControlFlow::Continue(()),
                 // Every worker is gone; nobody can serve this client.
                 Err(_) => {
+                    ctx.count_failed();
                     ctx.arrived();
                     ControlFlow::Break(())
                 }
             },
             recv(stop) -> _ => {
-                ctx.count_dropped();
+                ctx.count_closed_at_shutdown();
                 ctx.arrived();
                 ControlFlow::Break(())
             }
