@@ -231,6 +231,12 @@ struct ThreadsArgs {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Exit status: 0 after a drain (the summary on standard output); \
+                        1 if it cannot listen or set itself up; 2 for a bad flag; \
+                        128 + the signal's number (130 for SIGINT, 143 for SIGTERM) when a \
+                        second signal cuts the drain short, after one line of the counters so far."
+)]
 struct ServeArgs {
     /// Concurrency model.
     #[arg(long, value_enum, default_value_t = Model::Pool)]
@@ -618,11 +624,12 @@ fn serve(args: ServeArgs) -> ExitCode {
     );
 
     let shutdown = Shutdown::new();
-    if let Err(e) = on_signals(shutdown.clone()) {
+    let counters = server::Counters::default();
+    if let Err(e) = on_signals(shutdown.clone(), counters.clone()) {
         eprintln!("error: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    match server::run(listener, config, shutdown) {
+    match server::run_counted(listener, config, shutdown, counters) {
         Ok(summary) => {
             let _ = writeln!(std::io::stdout(), "{summary}");
             ExitCode::SUCCESS
@@ -635,8 +642,11 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 /// The first SIGINT or SIGTERM starts a graceful shutdown; a second one
-/// means the user will not wait for the drain.
-fn on_signals(shutdown: Shutdown) -> std::io::Result<()> {
+/// means the user will not wait for the drain: the counters so far go out
+/// as one line, and the process exits at once with 128 + the signal's
+/// number (130 for SIGINT, 143 for SIGTERM), as a shell reports a process
+/// killed by it.
+fn on_signals(shutdown: Shutdown, counters: server::Counters) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     std::thread::Builder::new()
@@ -649,7 +659,12 @@ fn on_signals(shutdown: Shutdown) -> std::io::Result<()> {
                     tracing::info!("signal {signal}: shutting down (again to exit at once)");
                     shutdown.trigger();
                 } else {
-                    eprintln!("second signal: exiting without waiting for the drain");
+                    let summary = counters.summary();
+                    let _ = writeln!(
+                        std::io::stdout(),
+                        "{summary}; exited on a second signal with {} clients still connected",
+                        summary.clients_now
+                    );
                     std::process::exit(128 + signal);
                 }
             }

@@ -224,3 +224,54 @@ fn after_a_mixed_run_the_summary_adds_up() {
         run.join().unwrap();
     }
 }
+
+/// The real binary: a second SIGTERM during the drain exits at once with
+/// 143, after one line of what it has counted.
+#[test]
+fn a_second_signal_exits_143_with_the_counts_so_far() {
+    for model in Model::ALL {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_concur"))
+            .args(["serve", "--port", "0", "--model", model.name()])
+            .args(["--drain-timeout", "60"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run concur");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut banner = String::new();
+        out.read_line(&mut banner).unwrap();
+        let addr = banner.split_whitespace().nth(2).unwrap().parse().unwrap();
+        let mut c = connect_served(addr);
+        round_trip(&mut c);
+
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        // Two signals sent back to back may arrive as one: the second goes
+        // only once the first has been taken.
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("shutting down") {
+            line.clear();
+            assert!(
+                err.read_line(&mut line).unwrap() > 0,
+                "{model}: no shutdown line"
+            );
+        }
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(143), "{model}: {status:?}");
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        let lines: Vec<_> = rest.lines().collect();
+        assert_eq!(lines.len(), 1, "{model}: {rest:?}");
+        assert!(
+            lines[0].starts_with("accepted 1 clients: 0 served")
+                && lines[0].ends_with("with 1 clients still connected"),
+            "{model}: {rest:?}"
+        );
+        drop(c);
+    }
+}

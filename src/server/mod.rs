@@ -305,6 +305,29 @@ pub fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> io::Res
     run_with(listener, config, shutdown, Arc::default())
 }
 
+/// A handle on a server's live counters, for whoever must report them
+/// without waiting for [`run`] to return: the binary, on a second signal,
+/// exits at once and prints what is known by then.
+#[derive(Clone, Default)]
+pub struct Counters(Arc<Stats>);
+
+impl Counters {
+    /// The counters so far.
+    pub fn summary(&self) -> Summary {
+        snapshot(&self.0)
+    }
+}
+
+/// [`run`], counting into `counters`.
+pub fn run_counted(
+    listener: TcpListener,
+    config: Config,
+    shutdown: Shutdown,
+    counters: Counters,
+) -> io::Result<Summary> {
+    run_with(listener, config, shutdown, counters.0)
+}
+
 fn run_with(
     listener: TcpListener,
     config: Config,
