@@ -244,7 +244,8 @@ struct ServeArgs {
 
     /// Protocol: `bytes` is PROTOCOL.md (`*`, then `^...$` messages
     /// answered byte + 1); `prime` answers each line holding a number with
-    /// `prime` or `composite`, by trial division (CPU-bound on purpose).
+    /// `prime` or `composite` (`neither` for 0 and 1), by trial division
+    /// (CPU-bound on purpose).
     #[arg(long, value_enum, default_value_t = Protocol::Bytes)]
     protocol: Protocol,
 

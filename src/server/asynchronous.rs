@@ -146,7 +146,7 @@ async fn session(stream: &mut TcpStream, ctx: &Ctx) -> io::Result<()> {
                     .await
                     .map_err(io::Error::other)?;
                     match answer {
-                        Some(prime) => responder.answered(prime, &mut out),
+                        Some(prime) => responder.answered(n, prime, &mut out),
                         None => return Err(conn::closed_while_computing()),
                     }
                 }

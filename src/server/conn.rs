@@ -185,7 +185,7 @@ fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
                 // as long as the number takes, unless the drain ends first.
                 Stop::Offload(number) => {
                     match prime::is_prime_unless(number, || ctx.is_closing()) {
-                        Some(answer) => responder.answered(answer, &mut output),
+                        Some(answer) => responder.answered(number, answer, &mut output),
                         None => return Err(closed_while_computing()),
                     }
                 }

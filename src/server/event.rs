@@ -255,8 +255,9 @@ struct Job {
     waker: Arc<Waker>,
 }
 
-/// The answer to a [`Job`], for the client at this slab key with this id.
-type Answer = ((usize, u64), bool);
+/// The answer to a [`Job`], for the client at this slab key with this id:
+/// the number, and whether it is prime.
+type Answer = ((usize, u64), u64, bool);
 
 /// A loop's way to the compute pool.
 struct Offloader {
@@ -303,7 +304,7 @@ impl ComputePool {
                         let Some(prime) = prime::is_prime_unless(job.n, gave_up) else {
                             continue;
                         };
-                        if job.reply.send((job.client, prime)).is_ok() {
+                        if job.reply.send((job.client, job.n, prime)).is_ok() {
                             let _ = job.waker.wake();
                         }
                     }
@@ -449,10 +450,10 @@ impl EventLoop {
     }
 
     fn take_answers(&mut self) {
-        while let Ok(((key, id), prime)) = self.results.try_recv() {
+        while let Ok(((key, id), n, prime)) = self.results.try_recv() {
             match self.clients.get_mut(key) {
                 Some(client) if client.id == id => {
-                    client.responder.answered(prime, &mut client.out);
+                    client.responder.answered(n, prime, &mut client.out);
                     client.computing = false;
                     self.drive(key);
                 }

@@ -94,7 +94,7 @@ impl Responder {
                         Request::Number(n) if offload && n > prime::INLINE_LIMIT => {
                             return (consumed, Stop::Offload(n));
                         }
-                        Request::Number(n) => prime::answer(prime::is_prime(n), out),
+                        Request::Number(n) => prime::answer(n, prime::is_prime(n), out),
                         Request::Invalid(what) => prime::answer_error(&what, out),
                         Request::TooLong => {
                             prime::answer_too_long(out);
@@ -113,8 +113,8 @@ impl Responder {
     }
 
     /// Appends the answer to a number handed back as [`Stop::Offload`].
-    pub(crate) fn answered(&mut self, prime: bool, out: &mut Vec<u8>) {
-        prime::answer(prime, out);
+    pub(crate) fn answered(&mut self, n: u64, prime: bool, out: &mut Vec<u8>) {
+        prime::answer(n, prime, out);
     }
 }
 
@@ -130,7 +130,7 @@ mod tests {
         let (used, stop) = r.respond(input, &mut out, true);
         assert_eq!(stop, Stop::Offload(1_000_000_000_039));
         assert_eq!(out, b"prime\n");
-        r.answered(true, &mut out);
+        r.answered(1_000_000_000_039, true, &mut out);
         let (rest, stop) = r.respond(&input[used..], &mut out, true);
         assert_eq!((rest, stop), (input.len() - used, Stop::No));
         assert_eq!(out, b"prime\nprime\ncomposite\n");
