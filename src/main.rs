@@ -296,7 +296,10 @@ struct ServeArgs {
     #[arg(long = "stack-kib", value_name = "K", value_parser = parse_stack_kib)]
     stack: Option<usize>,
 
-    /// Address to listen on (a name, an IPv4 or an IPv6 address).
+    /// Address to listen on: an IPv4 or IPv6 address, or a name. A name
+    /// is resolved and only the first of its addresses that can be bound
+    /// is listened on (`localhost`: 127.0.0.1, not also ::1); the banner
+    /// says which.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
 
