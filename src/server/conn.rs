@@ -10,9 +10,11 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::panic::{self, AssertUnwindSafe};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use socket2::SockRef;
 use tracing::{info, warn};
 
 use std::sync::Arc;
@@ -133,21 +135,80 @@ pub(crate) fn write_timeout(after: Duration) -> io::Error {
     )
 }
 
-/// A blocking call that ran out of its socket timeout. Linux reports it as
-/// EAGAIN, which std calls `WouldBlock`.
+/// A blocking read that ran out of its socket timeout. Linux reports it
+/// as EAGAIN, which std calls `WouldBlock`.
 fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+/// Writes all of `bytes`, failing once none of them could be written for
+/// `limit`. `SO_SNDTIMEO` cannot say that: it bounds each `send` call, and
+/// a call that got a few bytes in as the kernel's send buffer grew starts
+/// the next one with a fresh timeout, so a client that reads nothing was
+/// closed after up to twice the limit. Here every `send` is non-blocking,
+/// and the wait for room runs to a deadline that only progress moves.
+fn send_all(stream: &mut TcpStream, bytes: &[u8], limit: Option<Duration>) -> io::Result<()> {
+    let Some(limit) = limit else {
+        return stream.write_all(bytes);
+    };
+    let socket = SockRef::from(&*stream);
+    let mut rest = bytes;
+    let mut deadline = Instant::now() + limit;
+    while !rest.is_empty() {
+        match socket.send_with_flags(rest, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                rest = &rest[n..];
+                deadline = Instant::now() + limit;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if !wait_writable(stream, deadline)? {
+                    return Err(write_timeout(limit));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `stream` has room to write (or an error to report), or
+/// `deadline` passes; false if it passed.
+fn wait_writable(stream: &TcpStream, deadline: Instant) -> io::Result<bool> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        // Rounded up, so that a wait never ends just short of the deadline
+        // and spins through a few zero-length polls.
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+        let mut fd = libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for a descriptor this stream owns.
+        match unsafe { libc::poll(&mut fd, 1, ms) } {
+            -1 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            0 => {}
+            // Writable, or an error or hang-up that the next send reports.
+            _ => return Ok(true),
+        }
+    }
 }
 
 fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let (idle, write) = (ctx.config.idle_timeout, ctx.config.write_timeout);
     stream.set_read_timeout(idle)?;
-    stream.set_write_timeout(write)?;
-    let send = |stream: &mut TcpStream, bytes: &[u8]| match stream.write_all(bytes) {
-        Err(e) if is_timeout(&e) => Err(write_timeout(write.unwrap_or_default())),
-        other => other,
-    };
+    let send = |stream: &mut TcpStream, bytes: &[u8]| send_all(stream, bytes, write);
     let greeting = Responder::greeting(ctx.config.protocol);
     if !greeting.is_empty() {
         send(stream, greeting)?;
