@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use std::sync::Arc;
 
+use super::memory;
 use super::responder::{Responder, Stop};
 use super::{ClientGuard, Ctx, End};
 use crate::prime;
@@ -50,10 +51,48 @@ pub(crate) fn admit(ctx: &Arc<Ctx>, stream: TcpStream, peer: SocketAddr) -> Clie
     }
 }
 
+/// A blocking client's buffers: one read's input and its answers,
+/// reserved whole and fallibly before the client is greeted, so that
+/// serving it never grows them and no allocation of its can abort the
+/// server. A pool worker (or the sequential server) keeps one set for
+/// every client it serves.
+pub(crate) struct Buffers {
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
+impl Buffers {
+    pub(crate) fn reserve(ctx: &Ctx) -> io::Result<Buffers> {
+        let mut input = Vec::new();
+        ctx.budget.reserve(&mut input, BUF_SIZE)?;
+        input.resize(BUF_SIZE, 0);
+        let mut output = Vec::new();
+        ctx.budget
+            .reserve(&mut output, memory::answer_capacity(ctx.config.protocol))?;
+        Ok(Buffers { input, output })
+    }
+}
+
 impl Client {
-    /// Serves the client from `*` to close, on the calling thread.
-    pub(crate) fn serve(self) {
-        self.serve_with(session);
+    /// Serves the client from `*` to close, on the calling thread, with
+    /// `buffers`.
+    pub(crate) fn serve(self, buffers: &mut Buffers) {
+        self.serve_with(|ctx, stream| session(ctx, stream, buffers));
+    }
+
+    /// Serves the client on a thread of its own: reserves its buffers,
+    /// calls `ready` (the client's whole cost is then mapped), and serves
+    /// it, or closes it unserved, as failed, if the buffers do not fit.
+    pub(crate) fn serve_alone(self, ready: impl FnOnce()) {
+        let buffers = Buffers::reserve(self.guard.ctx());
+        ready();
+        match buffers {
+            Ok(mut buffers) => self.serve(&mut buffers),
+            Err(e) => {
+                let Client { guard, peer, .. } = self;
+                finish(guard, peer, Ok(Err(e)));
+            }
+        }
     }
 
     fn serve_with(self, session: impl FnOnce(&Ctx, &mut TcpStream) -> io::Result<()>) {
@@ -204,7 +243,7 @@ fn wait_writable(stream: &TcpStream, deadline: Instant) -> io::Result<bool> {
     }
 }
 
-fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
+fn session(ctx: &Ctx, stream: &mut TcpStream, buffers: &mut Buffers) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let (idle, write) = (ctx.config.idle_timeout, ctx.config.write_timeout);
     stream.set_read_timeout(idle)?;
@@ -215,10 +254,11 @@ fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
         ctx.count_bytes_out(greeting.len());
     }
     let mut responder = Responder::new(ctx.config.protocol);
-    let mut input = vec![0u8; BUF_SIZE];
-    let mut output = Vec::with_capacity(BUF_SIZE);
+    let Buffers { input, output } = buffers;
+    // What a session cut short by an error left behind.
+    output.clear();
     loop {
-        let n = match stream.read(&mut input) {
+        let n = match stream.read(input) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -228,13 +268,17 @@ fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
         ctx.count_bytes_in(n);
         let mut rest = &input[..n];
         loop {
-            let (used, stop) = responder.respond(rest, &mut output, true);
+            // Already there, as reserved; the check keeps it so should the
+            // protocol ever answer more.
+            ctx.budget
+                .reserve(output, responder.max_growth(output.len(), rest.len()))?;
+            let (used, stop) = responder.respond(rest, output, true);
             rest = &rest[used..];
             // Answers so far go out before a long computation, and never
             // pile up past one limit's worth.
             if !output.is_empty() {
                 ctx.note_buffered(output.len());
-                send(stream, &output)?;
+                send(stream, output)?;
                 ctx.count_bytes_out(output.len());
                 output.clear();
             }
@@ -246,7 +290,7 @@ fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
                 // as long as the number takes, unless the drain ends first.
                 Stop::Offload(number) => {
                     match prime::is_prime_unless(number, || ctx.is_closing()) {
-                        Some(answer) => responder.answered(number, answer, &mut output),
+                        Some(answer) => responder.answered(number, answer, output),
                         None => return Err(closed_while_computing()),
                     }
                 }
@@ -295,7 +339,7 @@ mod tests {
         let (mut client, server, peer) = pair();
         client.write_all(b"^hal$").unwrap();
         client.shutdown(std::net::Shutdown::Write).unwrap();
-        admit(&ctx, server, peer).serve();
+        admit(&ctx, server, peer).serve(&mut Buffers::reserve(&ctx).unwrap());
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"*ibm");

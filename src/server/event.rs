@@ -453,6 +453,13 @@ impl EventLoop {
         while let Ok(((key, id), n, prime)) = self.results.try_recv() {
             match self.clients.get_mut(key) {
                 Some(client) if client.id == id => {
+                    // An answer line is at most "composite\n".
+                    if let Err(e) = self.ctx.budget.reserve(&mut client.out, 16) {
+                        let mut client = self.clients.remove(key);
+                        let _ = self.poll.registry().deregister(&mut client.socket);
+                        client.close(Ok(Err(e)));
+                        continue;
+                    }
                     client.responder.answered(n, prime, &mut client.out);
                     client.computing = false;
                     self.drive(key);
@@ -465,23 +472,29 @@ impl EventLoop {
 
     fn add(&mut self, guard: ClientGuard, stream: std::net::TcpStream, peer: SocketAddr) {
         info!(target: LOG_TARGET, "peer {peer} connected");
-        let entry = self.clients.vacant_entry();
-        let key = entry.key();
+        let key = self.clients.vacant_key();
         let mut socket = TcpStream::from_std(stream);
-        let setup = socket.set_nodelay(true).and_then(|()| {
-            self.poll
-                .registry()
-                .register(&mut socket, Token(key), Interest::READABLE)
-        });
-        self.next_id += 1;
         let protocol = self.ctx.config.protocol;
+        let greeting = Responder::greeting(protocol);
+        let mut out = Vec::new();
+        let setup = self
+            .room_for_one()
+            .and_then(|()| self.ctx.budget.reserve(&mut out, greeting.len()))
+            .and_then(|()| socket.set_nodelay(true))
+            .and_then(|()| {
+                self.poll
+                    .registry()
+                    .register(&mut socket, Token(key), Interest::READABLE)
+            });
+        out.extend_from_slice(greeting);
+        self.next_id += 1;
         let client = Client {
             guard,
             socket,
             peer,
             id: self.next_id,
             responder: Responder::new(protocol),
-            out: Responder::greeting(protocol).to_vec(),
+            out,
             sent: 0,
             unread: Vec::new(),
             computing: false,
@@ -493,12 +506,26 @@ impl EventLoop {
             last_progress: Instant::now(),
         };
         if let Err(e) = setup {
-            client.close(Ok(Err(e)));
+            let mut socket = client.socket;
+            let _ = self.poll.registry().deregister(&mut socket);
+            conn::finish(client.guard, client.peer, Ok(Err(e)));
             return;
         }
-        entry.insert(client);
+        self.clients.insert(client);
         // The greeting goes out now; the socket is writable from the start.
         self.drive(key);
+    }
+
+    /// Checks that one more client fits in the slab: it doubles as it
+    /// fills, and under an address-space limit that growth is checked like
+    /// any other (without one the check is free).
+    fn room_for_one(&self) -> io::Result<()> {
+        if self.clients.len() < self.clients.capacity() {
+            return Ok(());
+        }
+        let entry = std::mem::size_of::<Client>() + std::mem::size_of::<usize>();
+        let growth = self.clients.capacity().max(4) * entry;
+        Ok(self.ctx.budget.check(growth as u64)?)
     }
 
     /// Lets one client make all the progress it can.
@@ -611,7 +638,7 @@ impl Client {
             }
             if !self.unread.is_empty() {
                 let unread = std::mem::take(&mut self.unread);
-                self.answer(&unread, ctx, offload);
+                self.answer(&unread, ctx, offload)?;
                 continue;
             }
             if self.read_closed {
@@ -632,7 +659,7 @@ impl Client {
                     if self.pending() == 0 {
                         self.last_progress = self.last_heard;
                     }
-                    self.answer(&buf[..n], ctx, offload);
+                    self.answer(&buf[..n], ctx, offload)?;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -641,23 +668,39 @@ impl Client {
         }
     }
 
-    fn answer(&mut self, input: &[u8], ctx: &Ctx, offload: Option<(&Offloader, usize)>) {
+    /// Answers `input` into the outbound buffer, growing it (and the
+    /// unanswered rest) only as the memory limit allows: a client whose
+    /// answers do not fit is ended, not the server.
+    fn answer(
+        &mut self,
+        input: &[u8],
+        ctx: &Ctx,
+        offload: Option<(&Offloader, usize)>,
+    ) -> io::Result<()> {
+        let growth = self.responder.max_growth(self.out.len(), input.len());
+        ctx.budget.reserve(&mut self.out, growth)?;
         let (used, stop) = self
             .responder
             .respond(input, &mut self.out, offload.is_some());
+        let mut keep = |rest: &[u8]| -> io::Result<()> {
+            ctx.budget.reserve(&mut self.unread, rest.len())?;
+            self.unread.extend_from_slice(rest);
+            Ok(())
+        };
         match stop {
             Stop::No => {}
             Stop::Offload(n) => {
+                keep(&input[used..])?;
                 if let Some((offloader, key)) = offload {
                     offloader.send(n, (key, self.id));
                 }
                 self.computing = true;
-                self.unread.extend_from_slice(&input[used..]);
             }
             Stop::Close(reason) => self.close_reason = Some(reason),
-            Stop::Full => self.unread.extend_from_slice(&input[used..]),
+            Stop::Full => keep(&input[used..])?,
         }
         ctx.note_buffered(self.pending());
+        Ok(())
     }
 
     fn flush(&mut self, ctx: &Ctx) -> io::Result<()> {

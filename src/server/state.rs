@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
+use super::memory::{Budget, Stacks};
 use super::{Config, Shutdown, conn};
 
 /// What a server did, counted as it ran. A running server's
@@ -133,6 +134,10 @@ fn bump(counter: &AtomicU64, by: u64) {
 pub(crate) struct Ctx {
     pub(crate) config: Config,
     pub(crate) shutdown: Shutdown,
+    /// The address-space limit, and the checks that keep within it.
+    pub(crate) budget: Budget,
+    /// Stacks of ended client threads or workers, there to be reused.
+    pub(crate) stacks: Stacks,
     stats: Arc<Stats>,
     clients: Mutex<Clients>,
     // Set when the drain ends: long computations for clients give up.
@@ -171,6 +176,8 @@ impl Ctx {
         Ctx {
             config,
             shutdown,
+            budget: Budget::from_rlimit(),
+            stacks: Stacks::default(),
             stats,
             clients: Mutex::new(Clients::default()),
             in_transit: AtomicUsize::new(0),
