@@ -604,6 +604,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Err(e) = server::raise_fd_limit() {
         tracing::warn!("cannot raise the descriptor limit: {e}");
     }
+    fewer_arenas_under_a_limit();
     let port = args.port_arg.unwrap_or(args.port);
     let listener = match listener::bind_host(&args.host, port, args.backlog) {
         Ok(l) => l,
@@ -641,6 +642,32 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => {
             eprintln!("error: server failed: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Under an address-space limit (`ulimit -v`), caps glibc's malloc arenas
+/// at one per core. Each thread that allocates gets an arena of its own
+/// while there are fewer than eight per core, and each reserves 64 MiB of
+/// address space: a few client threads would otherwise spend the limit on
+/// arenas, and stacks as small as `--stack-kib 64` would buy nothing.
+/// Called before any thread starts; without a limit, malloc is left alone.
+fn fewer_arenas_under_a_limit() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the local rlimit it is given;
+        // mallopt only sets a tunable, before any other thread exists.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_AS, &mut lim) == 0
+                && lim.rlim_cur != libc::RLIM_INFINITY
+            {
+                let cores = libc::c_int::try_from(server::cores()).unwrap_or(1);
+                libc::mallopt(libc::M_ARENA_MAX, cores);
+            }
         }
     }
 }

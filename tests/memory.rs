@@ -13,14 +13,15 @@ use std::thread;
 use common::*;
 use concur::server::Model;
 
-/// Clients that arrive, one at a time.
-const CLIENTS: usize = 500;
+/// Clients that arrive, one at a time: more than fit as threads of 64 KiB
+/// stacks.
+const CLIENTS: usize = 1000;
 
 /// Room above the idle footprint: the server's own reserve (8 MiB), and
 /// more than the 64 MiB malloc arena glibc gives a new thread when it
 /// fits. That is the room in which the thread models aborted: the arena
 /// of one new thread took what the stacks of the next had left for their
-/// buffers. Still far less than 500 clients of the thread models need.
+/// buffers. Still far less than 1000 clients of the thread models need.
 const MARGIN_KIB: u64 = (8 + 88) << 10;
 
 /// Each model with the flags it runs with: the pool may grow to a thread
@@ -87,9 +88,11 @@ fn vm_size_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// The server's virtual size once it has served a client, without a limit.
+/// The server's virtual size once it has served a client, under a limit
+/// far above it: a server sets itself up differently under a limit (it
+/// caps malloc's arenas), and this is the footprint that one starts from.
 fn idle_footprint_kib(model: Model, extra: &[&str]) -> u64 {
-    let mut server = spawn(model, extra, None);
+    let mut server = spawn(model, extra, Some(64 << 20));
     let mut c = connect_served(server.addr);
     round_trip(&mut c);
     let kib = vm_size_kib(server.child.id());
@@ -189,6 +192,8 @@ fn under_a_memory_limit(model: Model, extra: &[&str]) {
 
 #[test]
 fn under_a_memory_limit_no_model_aborts() {
+    // Six servers' clients at once, both ends of each in this process.
+    concur::server::raise_fd_limit().unwrap();
     let runs: Vec<_> = runs()
         .into_iter()
         .map(|(model, extra)| thread::spawn(move || under_a_memory_limit(model, extra)))
