@@ -209,51 +209,59 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
 
     let stop = ctx.shutdown.channel();
     let mut refusals = RateLimited::new(Duration::from_secs(1));
+    let adaptive = pool.max > pool.min;
     let result = listener::accept_loop(listener, ctx, Blocking::Yes, |stream, peer| {
         ctx.set_off();
-        let accepted = Instant::now();
-        if pool.max > pool.min && pool.idle.load(Ordering::SeqCst) == 0 {
-            match pool.grow(pool.max) {
-                Ok(true) => info!(
-                    "pool grows to {} threads: every worker was busy",
-                    pool.alive.load(Ordering::SeqCst)
-                ),
-                Ok(false) => {}
-                // The address-space limit leaves no room for another
-                // worker. Where no worker takes the client and the queue
-                // has no place either, it cannot be afforded now: it is
-                // refused rather than left waiting for a worker that the
-                // pool, below its maximum, would otherwise have started.
-                Err(e) if e.kind() == ErrorKind::OutOfMemory => {
-                    match jobs.try_send((stream, peer, accepted)) {
-                        Ok(()) => return ControlFlow::Continue(()),
-                        Err(TrySendError::Disconnected(_)) => {
-                            ctx.count_failed();
-                            ctx.arrived();
-                            return ControlFlow::Break(());
-                        }
-                        Err(TrySendError::Full(job)) => {
-                            if let Some(held_back) = refusals.allow(Instant::now()) {
-                                warn!(
-                                    "{peer} rejected: every worker is busy and another does \
-                                     not fit: {e} ({held_back} more such rejections not shown)"
-                                );
-                            }
-                            drop(job);
-                            ctx.count_rejected();
-                            ctx.arrived();
-                            return ControlFlow::Continue(());
-                        }
-                    }
-                }
-                // The pool goes on serving with the workers it has.
-                Err(e) => warn!("cannot grow the pool: {e}"),
+        let job = (stream, peer, Instant::now());
+        // Grow while every worker is busy. `idle` can still count a
+        // worker that is just taking the previous client, so a client that
+        // no worker takes at once makes the pool grow too; otherwise it
+        // could wait, below the maximum, for a worker that never frees.
+        let mut grown =
+            (adaptive && pool.idle.load(Ordering::SeqCst) == 0).then(|| pool.grow(pool.max));
+        let job = match jobs.try_send(job) {
+            Ok(()) => return ControlFlow::Continue(()),
+            Err(TrySendError::Disconnected(_)) => {
+                // Every worker is gone; nobody can serve this client.
+                ctx.count_failed();
+                ctx.arrived();
+                return ControlFlow::Break(());
             }
+            Err(TrySendError::Full(job)) => job,
+        };
+        if adaptive && grown.is_none() {
+            grown = Some(pool.grow(pool.max));
+        }
+        match grown {
+            Some(Ok(true)) => info!(
+                "pool grows to {} threads: every worker was busy",
+                pool.alive.load(Ordering::SeqCst)
+            ),
+            // At its maximum: the client waits for a worker.
+            None | Some(Ok(false)) => {}
+            // The address-space limit leaves no room for another worker,
+            // no worker took the client and the queue has no place: it
+            // cannot be afforded now, and is refused rather than left
+            // waiting for a worker the pool, below its maximum, would
+            // otherwise have started.
+            Some(Err(e)) if e.kind() == ErrorKind::OutOfMemory => {
+                if let Some(held_back) = refusals.allow(Instant::now()) {
+                    warn!(
+                        "{peer} rejected: every worker is busy and another does not fit: {e} \
+                         ({held_back} more such rejections not shown)"
+                    );
+                }
+                drop(job);
+                ctx.count_rejected();
+                ctx.arrived();
+                return ControlFlow::Continue(());
+            }
+            // The pool goes on serving with the workers it has.
+            Some(Err(e)) => warn!("cannot grow the pool: {e}"),
         }
         select! {
-            send(jobs, (stream, peer, accepted)) -> sent => match sent {
+            send(jobs, job) -> sent => match sent {
                 Ok(()) => ControlFlow::Continue(()),
-                // Every worker is gone; nobody can serve this client.
                 Err(_) => {
                     ctx.count_failed();
                     ctx.arrived();
