@@ -46,6 +46,16 @@ struct Server {
     stdout: BufReader<std::process::ChildStdout>,
 }
 
+impl Drop for Server {
+    /// A failed assertion must not leave the server running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn spawn(model: Model, extra: &[&str], limit_kib: Option<u64>) -> Server {
     let exe = env!("CARGO_BIN_EXE_concur");
     let mut command = match limit_kib {
@@ -92,13 +102,11 @@ fn vm_size_kib(pid: u32) -> u64 {
 /// far above it: a server sets itself up differently under a limit (it
 /// caps malloc's arenas), and this is the footprint that one starts from.
 fn idle_footprint_kib(model: Model, extra: &[&str]) -> u64 {
-    let mut server = spawn(model, extra, Some(64 << 20));
+    let server = spawn(model, extra, Some(64 << 20));
     let mut c = connect_served(server.addr);
     round_trip(&mut c);
     let kib = vm_size_kib(server.child.id());
     drop(c);
-    let _ = server.child.kill();
-    let _ = server.child.wait();
     kib
 }
 
