@@ -162,12 +162,18 @@ impl Lines {
 /// Appends the answer line for `n`, tested `prime` or not: `prime`,
 /// `composite`, or `neither` for 0 and 1. Those two have no prime factor
 /// at all, so calling them composite (a product of primes) would be wrong.
-pub fn answer(n: u64, prime: bool, out: &mut Vec<u8>) {
-    out.extend_from_slice(match (n, prime) {
-        (0 | 1, _) => b"neither\n",
-        (_, true) => b"prime\n",
-        (_, false) => b"composite\n",
-    });
+pub fn answer_number(n: u64, prime: bool, out: &mut Vec<u8>) {
+    if n < 2 {
+        out.extend_from_slice(b"neither\n");
+    } else {
+        answer(prime, out);
+    }
+}
+
+/// Appends `prime` or `composite`, for a number of 2 or more; see
+/// [`answer_number`] for any number.
+pub fn answer(prime: bool, out: &mut Vec<u8>) {
+    out.extend_from_slice(if prime { b"prime\n" } else { b"composite\n" });
 }
 
 /// Appends the answer line for a request that is not a number.
@@ -285,10 +291,10 @@ mod tests {
     #[test]
     fn answers() {
         let mut out = Vec::new();
-        answer(97, true, &mut out);
-        answer(91, false, &mut out);
-        answer(0, false, &mut out);
-        answer(1, false, &mut out);
+        answer_number(97, true, &mut out);
+        answer_number(91, false, &mut out);
+        answer_number(0, false, &mut out);
+        answer_number(1, false, &mut out);
         answer_error("bad", &mut out);
         answer_too_long(&mut out);
         assert_eq!(

@@ -112,7 +112,7 @@ impl Responder {
                         Request::Number(n) if offload && n > prime::INLINE_LIMIT => {
                             return (consumed, Stop::Offload(n));
                         }
-                        Request::Number(n) => prime::answer(n, prime::is_prime(n), out),
+                        Request::Number(n) => prime::answer_number(n, prime::is_prime(n), out),
                         Request::Invalid(what) => prime::answer_error(&what, out),
                         Request::TooLong => {
                             prime::answer_too_long(out);
@@ -132,7 +132,7 @@ impl Responder {
 
     /// Appends the answer to a number handed back as [`Stop::Offload`].
     pub(crate) fn answered(&mut self, n: u64, prime: bool, out: &mut Vec<u8>) {
-        prime::answer(n, prime, out);
+        prime::answer_number(n, prime, out);
     }
 }
 
