@@ -17,7 +17,8 @@
 //!   [`run`](server::run) and [`start`](server::start), and the
 //!   [`Summary`](server::Summary) every model returns. Inside it,
 //!   `listener` binds and accepts (with the error policy), `conn` is the
-//!   blocking per-client loop, and `sequential`, `thread` and `pool` are the
+//!   blocking per-client loop, `memory` keeps within an address-space
+//!   limit, and `sequential`, `thread` and `pool` are the
 //!   models, each a short file that reads like the article.
 //! - [`shutdown`]: the one signal every model obeys: stop accepting, drain,
 //!   close the rest.

@@ -258,6 +258,12 @@ struct ThreadsArgs {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Exit status: 0 after a drain (the summary on standard output); \
+                        1 if it cannot listen or set itself up; 2 for a bad flag; \
+                        128 + the signal's number (130 for SIGINT, 143 for SIGTERM) when a \
+                        second signal cuts the drain short, after one line of the counters so far."
+)]
 struct ServeArgs {
     /// Concurrency model.
     #[arg(long, value_enum, default_value_t = Model::Pool)]
@@ -265,7 +271,8 @@ struct ServeArgs {
 
     /// Protocol: `bytes` is PROTOCOL.md (`*`, then `^...$` messages
     /// answered byte + 1); `prime` answers each line holding a number with
-    /// `prime` or `composite`, by trial division (CPU-bound on purpose).
+    /// `prime` or `composite` (`neither` for 0 and 1), by trial division
+    /// (CPU-bound on purpose).
     #[arg(long, value_enum, default_value_t = Protocol::Bytes)]
     protocol: Protocol,
 
@@ -316,7 +323,10 @@ struct ServeArgs {
     #[arg(long = "stack-kib", value_name = "K", value_parser = parse_stack_kib)]
     stack: Option<usize>,
 
-    /// Address to listen on (a name, an IPv4 or an IPv6 address).
+    /// Address to listen on: an IPv4 or IPv6 address, or a name. A name
+    /// is resolved and only the first of its addresses that can be bound
+    /// is listened on (`localhost`: 127.0.0.1, not also ::1); the banner
+    /// says which.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
 
@@ -673,6 +683,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Err(e) = server::raise_fd_limit() {
         tracing::warn!("cannot raise the descriptor limit: {e}");
     }
+    fewer_arenas_under_a_limit();
     let port = args.port_arg.unwrap_or(args.port);
     let listener = match listener::bind_host(&args.host, port, args.backlog) {
         Ok(l) => l,
@@ -697,11 +708,12 @@ fn serve(args: ServeArgs) -> ExitCode {
     );
 
     let shutdown = Shutdown::new();
-    if let Err(e) = on_signals(shutdown.clone()) {
+    let counters = server::Counters::default();
+    if let Err(e) = on_signals(shutdown.clone(), counters.clone()) {
         eprintln!("error: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    match server::run(listener, config, shutdown) {
+    match server::run_counted(listener, config, shutdown, counters) {
         Ok(summary) => {
             let _ = writeln!(std::io::stdout(), "{summary}");
             ExitCode::SUCCESS
@@ -713,9 +725,38 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// Under an address-space limit (`ulimit -v`), caps glibc's malloc arenas
+/// at one per core. Each thread that allocates gets an arena of its own
+/// while there are fewer than eight per core, and each reserves 64 MiB of
+/// address space: a few client threads would otherwise spend the limit on
+/// arenas, and stacks as small as `--stack-kib 64` would buy nothing.
+/// Called before any thread starts; without a limit, malloc is left alone.
+fn fewer_arenas_under_a_limit() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the local rlimit it is given;
+        // mallopt only sets a tunable, before any other thread exists.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_AS, &mut lim) == 0
+                && lim.rlim_cur != libc::RLIM_INFINITY
+            {
+                let cores = libc::c_int::try_from(server::cores()).unwrap_or(1);
+                libc::mallopt(libc::M_ARENA_MAX, cores);
+            }
+        }
+    }
+}
+
 /// The first SIGINT or SIGTERM starts a graceful shutdown; a second one
-/// means the user will not wait for the drain.
-fn on_signals(shutdown: Shutdown) -> std::io::Result<()> {
+/// means the user will not wait for the drain: the counters so far go out
+/// as one line, and the process exits at once with 128 + the signal's
+/// number (130 for SIGINT, 143 for SIGTERM), as a shell reports a process
+/// killed by it.
+fn on_signals(shutdown: Shutdown, counters: server::Counters) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     std::thread::Builder::new()
@@ -728,7 +769,12 @@ fn on_signals(shutdown: Shutdown) -> std::io::Result<()> {
                     tracing::info!("signal {signal}: shutting down (again to exit at once)");
                     shutdown.trigger();
                 } else {
-                    eprintln!("second signal: exiting without waiting for the drain");
+                    let summary = counters.summary();
+                    let _ = writeln!(
+                        std::io::stdout(),
+                        "{summary}; exited on a second signal with {} clients still connected",
+                        summary.clients_now
+                    );
                     std::process::exit(128 + signal);
                 }
             }

@@ -7,7 +7,8 @@
 //!
 //! - each request is a line (`\n`, an optional `\r` before it) holding a
 //!   decimal `u64`, with optional spaces around it;
-//! - the answer is the line `prime` or `composite`;
+//! - the answer is the line `prime` or `composite`, or `neither` for 0
+//!   and 1, which are neither prime nor composite;
 //! - a line that is not such a number gets `error: <what was wrong>` and
 //!   the connection goes on;
 //! - a line over [`MAX_LINE`] bytes gets an error line and ends the
@@ -158,7 +159,19 @@ impl Lines {
     }
 }
 
-/// Appends the answer line for a tested number.
+/// Appends the answer line for `n`, tested `prime` or not: `prime`,
+/// `composite`, or `neither` for 0 and 1. Those two have no prime factor
+/// at all, so calling them composite (a product of primes) would be wrong.
+pub fn answer_number(n: u64, prime: bool, out: &mut Vec<u8>) {
+    if n < 2 {
+        out.extend_from_slice(b"neither\n");
+    } else {
+        answer(prime, out);
+    }
+}
+
+/// Appends `prime` or `composite`, for a number of 2 or more; see
+/// [`answer_number`] for any number.
 pub fn answer(prime: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(if prime { b"prime\n" } else { b"composite\n" });
 }
@@ -278,13 +291,15 @@ mod tests {
     #[test]
     fn answers() {
         let mut out = Vec::new();
-        answer(true, &mut out);
-        answer(false, &mut out);
+        answer_number(97, true, &mut out);
+        answer_number(91, false, &mut out);
+        answer_number(0, false, &mut out);
+        answer_number(1, false, &mut out);
         answer_error("bad", &mut out);
         answer_too_long(&mut out);
         assert_eq!(
             out,
-            b"prime\ncomposite\nerror: bad\nerror: line longer than 64 bytes; closing\n"
+            b"prime\ncomposite\nneither\nneither\nerror: bad\nerror: line longer than 64 bytes; closing\n"
         );
     }
 }

@@ -246,7 +246,7 @@ pub fn run(options: &Options) -> std::io::Result<Report> {
 }
 
 /// The process's address-space limit in bytes (`ulimit -v`), if any.
-fn address_space_limit() -> Option<u64> {
+pub(crate) fn address_space_limit() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -257,7 +257,7 @@ fn address_space_limit() -> Option<u64> {
 }
 
 /// The stack Rust gives a thread whose builder sets none.
-fn default_stack() -> usize {
+pub(crate) fn default_stack() -> usize {
     std::env::var("RUST_MIN_STACK")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -56,3 +56,28 @@ fn a_fixed_pool_keeps_its_size() {
     drop((held, third));
     assert_eq!(server.stop().pool_threads, 2);
 }
+
+#[test]
+fn clients_arriving_together_are_all_served_by_a_growing_pool() {
+    // A worker that has just taken a client can still be counted idle for
+    // a moment; a client arriving then must not wait, below the maximum,
+    // for a worker that never frees. Many rounds of many clients at once
+    // make that moment come.
+    const AT_ONCE: usize = 8;
+    for _ in 0..20 {
+        let mut config = Config::new(Model::Pool).threads(1);
+        config.max_threads = AT_ONCE;
+        let server = start_with(config);
+        let addr = server.local_addr();
+        let clients: Vec<_> = (0..AT_ONCE)
+            .map(|_| std::thread::spawn(move || connect_served(addr)))
+            .collect();
+        let mut clients: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        for c in clients.iter_mut() {
+            round_trip(c);
+        }
+        assert_eq!(server.summary().pool_threads, AT_ONCE as u64);
+        drop(clients);
+        server.stop();
+    }
+}

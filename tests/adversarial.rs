@@ -50,7 +50,7 @@ fn a_thousand_clients_that_connect_and_reset_at_once() {
         still_serving(addr, model);
         let summary = server.stop();
         assert_eq!(
-            summary.served + summary.failed + summary.dropped,
+            summary.ended(),
             summary.accepted,
             "{model}: every accepted client accounted for: {summary:?}"
         );
@@ -210,5 +210,88 @@ fn a_client_that_never_reads_is_closed_by_the_write_timeout() {
         .collect();
     for run in runs {
         run.join().unwrap();
+    }
+}
+
+/// Floods `model`, takes every answer owed so far once, then never reads
+/// again, and returns how long after taking them the server closed it. A
+/// server whose write timeout is a deadline from the last answer taken
+/// closes it no sooner than the timeout after that read (the server had
+/// room to write again from then on) and not much later than the timeout
+/// after its buffers filled again, which takes milliseconds.
+fn closed_after_last_answer(model: Model, timeout: Duration) -> Duration {
+    use std::time::Instant;
+
+    let mut config = Config::new(model);
+    config.write_timeout = Some(timeout);
+    let server = start_with(config);
+    let mut hog = connect_served(server.local_addr());
+    hog.write_all(b"^").unwrap();
+    hog.set_nonblocking(true).unwrap();
+    let chunk = vec![b'x'; 64 << 10];
+    let mut answers = vec![0u8; 1 << 20];
+    let flood = |hog: &mut std::net::TcpStream| loop {
+        match hog.write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    };
+    // Until the server is stalled on us: our writes block and nothing more
+    // arrives for a moment.
+    let mut taken = 0;
+    loop {
+        assert!(flood(&mut hog), "{model}: closed before the read");
+        thread::sleep(Duration::from_millis(50));
+        match hog.read(&mut answers) {
+            Ok(n) if n > 0 && taken < (64 << 20) => taken += n,
+            _ => break,
+        }
+    }
+    // Everything owed so far, taken at once; then nothing ever again.
+    loop {
+        match hog.read(&mut answers) {
+            Ok(n) if n > 0 => {}
+            Err(e) if e.kind() != ErrorKind::WouldBlock => panic!("{model}: {e}"),
+            _ => break,
+        }
+    }
+    let last_taken = Instant::now();
+    let give_up = last_taken + PATIENCE * 3;
+    let closed_at = loop {
+        assert!(Instant::now() < give_up, "{model}: never closed");
+        if !flood(&mut hog) {
+            break Instant::now();
+        }
+        thread::sleep(Duration::from_millis(2));
+    };
+    let summary = server.stop();
+    assert_eq!(summary.timed_out, 1, "{model}: {summary:?}");
+    closed_at - last_taken
+}
+
+#[test]
+fn the_write_timeout_runs_from_the_last_answer_taken() {
+    // A timeout restarted by every partial send closed such a client after
+    // about twice the limit (4.1 s here); a deadline closes it after the
+    // limit plus the milliseconds its buffers take to fill. The margin is
+    // for a loaded machine, and still well short of twice the limit.
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    const MARGIN: Duration = Duration::from_millis(1500);
+    let runs: Vec<_> = Model::ALL
+        .into_iter()
+        .map(|model| thread::spawn(move || (model, closed_after_last_answer(model, TIMEOUT))))
+        .collect();
+    for run in runs {
+        let (model, after) = run.join().unwrap();
+        assert!(
+            after >= TIMEOUT,
+            "{model}: closed {after:?} after it last took answers, before the timeout"
+        );
+        assert!(
+            after <= TIMEOUT + MARGIN,
+            "{model}: closed {after:?} after it last took answers, not within \
+             {TIMEOUT:?} + {MARGIN:?}"
+        );
     }
 }

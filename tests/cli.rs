@@ -169,3 +169,45 @@ fn help_explains_the_models_and_flags() {
         assert!(help.contains(needle), "missing {needle}: {help}");
     }
 }
+
+/// A name is listened on at the first of its addresses that binds, and
+/// `--help` says so rather than letting `localhost` promise ::1 as well.
+#[test]
+fn a_host_name_is_listened_on_at_its_first_address() {
+    use std::io::{BufRead, BufReader};
+    use std::net::ToSocketAddrs;
+
+    let help = String::from_utf8_lossy(&concur(&["serve", "--help"]).stdout).into_owned();
+    // Wherever the help's lines are wrapped.
+    let words = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(words.contains("only the first of its addresses"), "{help}");
+
+    let first = ("localhost", 0)
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .expect("localhost resolves");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_concur"))
+        .args([
+            "serve",
+            "--host",
+            "localhost",
+            "--port",
+            "0",
+            "--model",
+            "thread",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run concur");
+    let mut banner = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut banner)
+        .unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = child.wait();
+    let addr: std::net::SocketAddr = banner.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert_eq!(addr.ip(), first.ip(), "{banner}");
+}

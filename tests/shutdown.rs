@@ -75,7 +75,11 @@ fn the_drain_timeout_closes_clients_that_stay() {
         let _ = std::io::Read::read_to_end(&mut idle, &mut rest);
         assert!(rest.is_empty(), "{model}: nothing more was owed");
         assert_eq!(summary.clients_now, 0, "{model}");
-        assert_eq!(summary.served + summary.failed, 1, "{model}");
+        assert_eq!(
+            (summary.served, summary.failed, summary.closed_at_shutdown),
+            (0, 0, 1),
+            "{model}: the drain closed it"
+        );
     }
 }
 
@@ -94,7 +98,7 @@ fn clients_queued_in_the_pool_are_closed_unserved() {
     drop(first);
     assert_eq!(read_to_end(&mut queued), b"", "closed without a greeting");
     let summary = server.join();
-    assert_eq!((summary.served, summary.dropped), (1, 1));
+    assert_eq!((summary.served, summary.closed_at_shutdown), (1, 1));
 }
 
 /// The real binary: banner on stdout, SIGTERM drains the client in the
@@ -137,8 +141,137 @@ fn the_binary_drains_and_exits_zero_on_sigterm() {
         std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
         assert!(status.success(), "{model}: exit {status:?}");
         assert!(
-            rest.contains("served 1 clients (0 failed"),
+            rest.contains("accepted 1 clients: 1 served, 0 failed"),
             "{model}: summary {rest:?}"
         );
+    }
+}
+
+/// One client of each fate, then a stop: every accepted client is counted
+/// exactly once, and the counts say which fate each met.
+fn mixed_run(model: Model) {
+    let mut config = Config::new(model).drain_timeout(Duration::from_millis(200));
+    config.max_conns = 2;
+    config.over_limit = concur::server::OverLimit::Reject;
+    config.idle_timeout = Some(Duration::from_secs(1));
+    let server = start_with(config);
+    let addr = server.local_addr();
+    let at_once = serves_at_once(model).min(2);
+
+    // Served: a whole session, closed by the client.
+    let (sends, want) = VECTORS[0];
+    assert_eq!(session(addr, sends), want, "{model}");
+    // Failed: a reset with answers pending.
+    let mut reset = connect_served(addr);
+    reset.write_all(b"^abc").unwrap();
+    assert_eq!(read_n(&mut reset, 3), b"bcd");
+    socket2::SockRef::from(&reset)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    reset.write_all(b"def").unwrap();
+    drop(reset);
+    // Timed out: greeted, then silent until the server closes it.
+    let mut idle = connect_served(addr);
+    assert_eq!(
+        read_to_end(&mut idle),
+        b"",
+        "{model}: closed by the idle timeout"
+    );
+    wait_until(|| server.summary().clients_now == 0);
+
+    // Closed at shutdown: still talking when the drain runs out. Over the
+    // cap of two, one more is rejected (a sequential server never holds
+    // two, so never rejects).
+    let mut staying: Vec<_> = (0..at_once).map(|_| connect_served(addr)).collect();
+    for c in staying.iter_mut() {
+        c.write_all(b"^ab").unwrap();
+        assert_eq!(read_n(c, 2), b"bc");
+    }
+    if at_once == 2 {
+        let mut over = connect(addr);
+        assert_eq!(read_to_end(&mut over), b"", "{model}: rejected");
+    }
+    let summary = server.stop();
+    for c in staying.iter_mut() {
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(c, &mut rest);
+        assert_eq!(rest, b"", "{model}: closed by the drain");
+    }
+
+    let rejected = u64::from(at_once == 2);
+    assert_eq!(summary.accepted, 3 + at_once as u64 + rejected, "{model}");
+    assert_eq!(
+        (
+            summary.served,
+            summary.failed,
+            summary.timed_out,
+            summary.rejected,
+            summary.closed_at_shutdown
+        ),
+        (1, 1, 1, rejected, at_once as u64),
+        "{model}: {summary:?}"
+    );
+    assert_eq!(summary.ended(), summary.accepted, "{model}: {summary:?}");
+}
+
+#[test]
+fn after_a_mixed_run_the_summary_adds_up() {
+    let runs: Vec<_> = Model::ALL
+        .into_iter()
+        .map(|model| thread::spawn(move || mixed_run(model)))
+        .collect();
+    for run in runs {
+        run.join().unwrap();
+    }
+}
+
+/// The real binary: a second SIGTERM during the drain exits at once with
+/// 143, after one line of what it has counted.
+#[test]
+fn a_second_signal_exits_143_with_the_counts_so_far() {
+    for model in Model::ALL {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_concur"))
+            .args(["serve", "--port", "0", "--model", model.name()])
+            .args(["--drain-timeout", "60"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run concur");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut banner = String::new();
+        out.read_line(&mut banner).unwrap();
+        let addr = banner.split_whitespace().nth(2).unwrap().parse().unwrap();
+        let mut c = connect_served(addr);
+        round_trip(&mut c);
+
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        // Two signals sent back to back may arrive as one: the second goes
+        // only once the first has been taken.
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("shutting down") {
+            line.clear();
+            assert!(
+                err.read_line(&mut line).unwrap() > 0,
+                "{model}: no shutdown line"
+            );
+        }
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(143), "{model}: {status:?}");
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        let lines: Vec<_> = rest.lines().collect();
+        assert_eq!(lines.len(), 1, "{model}: {rest:?}");
+        assert!(
+            lines[0].starts_with("accepted 1 clients: 0 served")
+                && lines[0].ends_with("with 1 clients still connected"),
+            "{model}: {rest:?}"
+        );
+        drop(c);
     }
 }

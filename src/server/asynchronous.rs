@@ -45,6 +45,10 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
         .worker_threads(ctx.config.workers)
         .thread_name("async-worker")
         .max_blocking_threads(ctx.config.workers)
+        // Each runtime thread's read buffer is made as it starts, with the
+        // server, rather than by whichever client comes first: near an
+        // address-space limit that could be the allocation that fails.
+        .on_thread_start(|| READ_BUF.with(|_| ()))
         .enable_io()
         .enable_time()
         .build()?;
@@ -104,7 +108,12 @@ async fn session(stream: &mut TcpStream, ctx: &Ctx) -> io::Result<()> {
         }
         let read = READ_BUF.with_borrow_mut(|buf| {
             let n = stream.try_read(buf)?;
+            // Grown only as the memory limit allows: a client whose answers
+            // do not fit is ended, not the server.
+            let growth = responder.max_growth(out.len(), n);
+            ctx.budget.reserve(&mut out, growth)?;
             let (used, stop) = responder.respond(&buf[..n], &mut out, true);
+            ctx.budget.reserve(&mut unread, n - used)?;
             unread.extend_from_slice(&buf[used..n]);
             Ok::<_, io::Error>((n, stop))
         });
@@ -146,13 +155,19 @@ async fn session(stream: &mut TcpStream, ctx: &Ctx) -> io::Result<()> {
                     .await
                     .map_err(io::Error::other)?;
                     match answer {
-                        Some(prime) => responder.answered(prime, &mut out),
+                        Some(prime) => {
+                            ctx.budget.reserve(&mut out, 16)?;
+                            responder.answered(n, prime, &mut out)
+                        }
                         None => return Err(conn::closed_while_computing()),
                     }
                 }
             }
             let input = std::mem::take(&mut unread);
+            let growth = responder.max_growth(out.len(), input.len());
+            ctx.budget.reserve(&mut out, growth)?;
             let (used, next) = responder.respond(&input, &mut out, true);
+            ctx.budget.reserve(&mut unread, input.len() - used)?;
             unread.extend_from_slice(&input[used..]);
             stop = next;
         }

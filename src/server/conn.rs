@@ -10,15 +10,18 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::panic::{self, AssertUnwindSafe};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use socket2::SockRef;
 use tracing::{info, warn};
 
 use std::sync::Arc;
 
+use super::memory;
 use super::responder::{Responder, Stop};
-use super::{ClientGuard, Ctx};
+use super::{ClientGuard, Ctx, End};
 use crate::prime;
 
 /// Bytes read per `read` call, and the most a single reply write holds.
@@ -48,10 +51,48 @@ pub(crate) fn admit(ctx: &Arc<Ctx>, stream: TcpStream, peer: SocketAddr) -> Clie
     }
 }
 
+/// A blocking client's buffers: one read's input and its answers,
+/// reserved whole and fallibly before the client is greeted, so that
+/// serving it never grows them and no allocation of its can abort the
+/// server. A pool worker (or the sequential server) keeps one set for
+/// every client it serves.
+pub(crate) struct Buffers {
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
+impl Buffers {
+    pub(crate) fn reserve(ctx: &Ctx) -> io::Result<Buffers> {
+        let mut input = Vec::new();
+        ctx.budget.reserve(&mut input, BUF_SIZE)?;
+        input.resize(BUF_SIZE, 0);
+        let mut output = Vec::new();
+        ctx.budget
+            .reserve(&mut output, memory::answer_capacity(ctx.config.protocol))?;
+        Ok(Buffers { input, output })
+    }
+}
+
 impl Client {
-    /// Serves the client from `*` to close, on the calling thread.
-    pub(crate) fn serve(self) {
-        self.serve_with(session);
+    /// Serves the client from `*` to close, on the calling thread, with
+    /// `buffers`.
+    pub(crate) fn serve(self, buffers: &mut Buffers) {
+        self.serve_with(|ctx, stream| session(ctx, stream, buffers));
+    }
+
+    /// Serves the client on a thread of its own: reserves its buffers,
+    /// calls `ready` (the client's whole cost is then mapped), and serves
+    /// it, or closes it unserved, as failed, if the buffers do not fit.
+    pub(crate) fn serve_alone(self, ready: impl FnOnce()) {
+        let buffers = Buffers::reserve(self.guard.ctx());
+        ready();
+        match buffers {
+            Ok(mut buffers) => self.serve(&mut buffers),
+            Err(e) => {
+                let Client { guard, peer, .. } = self;
+                finish(guard, peer, Ok(Err(e)));
+            }
+        }
     }
 
     fn serve_with(self, session: impl FnOnce(&Ctx, &mut TcpStream) -> io::Result<()>) {
@@ -76,28 +117,28 @@ pub(crate) type Outcome = Result<io::Result<()>, String>;
 /// Logs and counts the end of a client; every model ends its clients here.
 /// Call it while the client's socket is still open.
 pub(crate) fn finish(guard: ClientGuard, peer: SocketAddr, outcome: Outcome) {
-    let ctx = guard.ctx();
-    match outcome {
-        Ok(Ok(())) => {
-            info!(target: LOG_TARGET, "peer {peer} done");
-            guard.served();
+    let (end, what) = match &outcome {
+        Ok(Ok(())) => (End::Served, None),
+        Ok(Err(e)) if e.kind() == ErrorKind::TimedOut => (End::TimedOut, Some(e.to_string())),
+        Ok(Err(e)) => (End::Failed, Some(e.to_string())),
+        Err(panic) => (
+            End::Failed,
+            Some(format!("a panic while serving it: {panic}")),
+        ),
+    };
+    let counted = guard.end(end);
+    let what = what.unwrap_or_default();
+    match (counted, &outcome) {
+        // However it ended, the drain did it: its error (a write cut off,
+        // a computation abandoned) is the drain's, not the client's.
+        (None, _) => info!(target: LOG_TARGET, "peer {peer} closed at the end of the drain"),
+        (Some(End::Served), _) => info!(target: LOG_TARGET, "peer {peer} done"),
+        (Some(End::TimedOut), _) => info!(target: LOG_TARGET, "peer {peer} closed: {what}"),
+        (Some(_), Ok(Err(e))) if is_client_gone(e) => {
+            info!(target: LOG_TARGET, "peer {peer} went away: {what}")
         }
-        Ok(Err(e)) if e.kind() == ErrorKind::TimedOut => {
-            info!(target: LOG_TARGET, "peer {peer} closed: {e}");
-            ctx.count_timed_out();
-        }
-        Ok(Err(e)) if is_client_gone(&e) => {
-            info!(target: LOG_TARGET, "peer {peer} went away: {e}");
-            ctx.count_failed();
-        }
-        Ok(Err(e)) => {
-            warn!(target: LOG_TARGET, "peer {peer} ended by an error: {e}");
-            ctx.count_failed();
-        }
-        Err(what) => {
-            warn!(target: LOG_TARGET, "peer {peer} ended by a panic while serving it: {what}");
-            ctx.count_failed();
-        }
+        (Some(_), Ok(_)) => warn!(target: LOG_TARGET, "peer {peer} ended by an error: {what}"),
+        (Some(_), Err(_)) => warn!(target: LOG_TARGET, "peer {peer} ended by {what}"),
     }
 }
 
@@ -133,31 +174,91 @@ pub(crate) fn write_timeout(after: Duration) -> io::Error {
     )
 }
 
-/// A blocking call that ran out of its socket timeout. Linux reports it as
-/// EAGAIN, which std calls `WouldBlock`.
+/// A blocking read that ran out of its socket timeout. Linux reports it
+/// as EAGAIN, which std calls `WouldBlock`.
 fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
 
-fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
+/// Writes all of `bytes`, failing once none of them could be written for
+/// `limit`. `SO_SNDTIMEO` cannot say that: it bounds each `send` call, and
+/// a call that got a few bytes in as the kernel's send buffer grew starts
+/// the next one with a fresh timeout, so a client that reads nothing was
+/// closed after up to twice the limit. Here every `send` is non-blocking,
+/// and the wait for room runs to a deadline that only progress moves.
+fn send_all(stream: &mut TcpStream, bytes: &[u8], limit: Option<Duration>) -> io::Result<()> {
+    let Some(limit) = limit else {
+        return stream.write_all(bytes);
+    };
+    let socket = SockRef::from(&*stream);
+    let mut rest = bytes;
+    let mut deadline = Instant::now() + limit;
+    while !rest.is_empty() {
+        match socket.send_with_flags(rest, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                rest = &rest[n..];
+                deadline = Instant::now() + limit;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if !wait_writable(stream, deadline)? {
+                    return Err(write_timeout(limit));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `stream` has room to write (or an error to report), or
+/// `deadline` passes; false if it passed.
+fn wait_writable(stream: &TcpStream, deadline: Instant) -> io::Result<bool> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        // Rounded up, so that a wait never ends just short of the deadline
+        // and spins through a few zero-length polls.
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+        let mut fd = libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for a descriptor this stream owns.
+        match unsafe { libc::poll(&mut fd, 1, ms) } {
+            -1 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            0 => {}
+            // Writable, or an error or hang-up that the next send reports.
+            _ => return Ok(true),
+        }
+    }
+}
+
+fn session(ctx: &Ctx, stream: &mut TcpStream, buffers: &mut Buffers) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let (idle, write) = (ctx.config.idle_timeout, ctx.config.write_timeout);
     stream.set_read_timeout(idle)?;
-    stream.set_write_timeout(write)?;
-    let send = |stream: &mut TcpStream, bytes: &[u8]| match stream.write_all(bytes) {
-        Err(e) if is_timeout(&e) => Err(write_timeout(write.unwrap_or_default())),
-        other => other,
-    };
+    let send = |stream: &mut TcpStream, bytes: &[u8]| send_all(stream, bytes, write);
     let greeting = Responder::greeting(ctx.config.protocol);
     if !greeting.is_empty() {
         send(stream, greeting)?;
         ctx.count_bytes_out(greeting.len());
     }
     let mut responder = Responder::new(ctx.config.protocol);
-    let mut input = vec![0u8; BUF_SIZE];
-    let mut output = Vec::with_capacity(BUF_SIZE);
+    let Buffers { input, output } = buffers;
+    // What a session cut short by an error left behind.
+    output.clear();
     loop {
-        let n = match stream.read(&mut input) {
+        let n = match stream.read(input) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -167,13 +268,17 @@ fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
         ctx.count_bytes_in(n);
         let mut rest = &input[..n];
         loop {
-            let (used, stop) = responder.respond(rest, &mut output, true);
+            // Already there, as reserved; the check keeps it so should the
+            // protocol ever answer more.
+            ctx.budget
+                .reserve(output, responder.max_growth(output.len(), rest.len()))?;
+            let (used, stop) = responder.respond(rest, output, true);
             rest = &rest[used..];
             // Answers so far go out before a long computation, and never
             // pile up past one limit's worth.
             if !output.is_empty() {
                 ctx.note_buffered(output.len());
-                send(stream, &output)?;
+                send(stream, output)?;
                 ctx.count_bytes_out(output.len());
                 output.clear();
             }
@@ -185,7 +290,7 @@ fn session(ctx: &Ctx, stream: &mut TcpStream) -> io::Result<()> {
                 // as long as the number takes, unless the drain ends first.
                 Stop::Offload(number) => {
                     match prime::is_prime_unless(number, || ctx.is_closing()) {
-                        Some(answer) => responder.answered(answer, &mut output),
+                        Some(answer) => responder.answered(number, answer, output),
                         None => return Err(closed_while_computing()),
                     }
                 }
@@ -234,7 +339,7 @@ mod tests {
         let (mut client, server, peer) = pair();
         client.write_all(b"^hal$").unwrap();
         client.shutdown(std::net::Shutdown::Write).unwrap();
-        admit(&ctx, server, peer).serve();
+        admit(&ctx, server, peer).serve(&mut Buffers::reserve(&ctx).unwrap());
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"*ibm");

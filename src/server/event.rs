@@ -84,7 +84,7 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
         // Admitted here, not in the loop, so that the connection limit
         // counts clients still on their way to a loop.
         let guard = ctx.enter(&stream);
-        loops.hand((guard, stream, peer), &stop, ctx)
+        loops.hand((guard, stream, peer), &stop)
     });
     let all_failed = loops.handles.is_empty();
     loops.stop();
@@ -129,7 +129,7 @@ impl Loops {
     /// leaves the rotation and the client goes to the next one, so one
     /// broken loop costs its own clients and nobody else's. Breaks when the
     /// server stops or no loop is left.
-    fn hand(&mut self, client: NewClient, stop: &Receiver<()>, ctx: &Ctx) -> ControlFlow<()> {
+    fn hand(&mut self, client: NewClient, stop: &Receiver<()>) -> ControlFlow<()> {
         let mut client = Some(client);
         while !self.handles.is_empty() {
             let at = self.next % self.handles.len();
@@ -140,10 +140,9 @@ impl Loops {
             let target = &self.handles[at];
             let sent = select! {
                 send(target.clients, client.take().expect("held until sent")) -> sent => sent,
-                recv(stop) -> _ => {
-                    ctx.count_dropped();
-                    return ControlFlow::Break(());
-                }
+                // The client's guard, dropped here, counts it as closed at
+                // shutdown.
+                recv(stop) -> _ => return ControlFlow::Break(()),
             };
             match sent {
                 Ok(()) => {
@@ -159,8 +158,8 @@ impl Loops {
             }
         }
         tracing::error!("every event loop has failed: the server stops");
+        // Its guard counts it as failed.
         drop(client);
-        ctx.count_failed();
         ControlFlow::Break(())
     }
 
@@ -256,8 +255,9 @@ struct Job {
     waker: Arc<Waker>,
 }
 
-/// The answer to a [`Job`], for the client at this slab key with this id.
-type Answer = ((usize, u64), bool);
+/// The answer to a [`Job`], for the client at this slab key with this id:
+/// the number, and whether it is prime.
+type Answer = ((usize, u64), u64, bool);
 
 /// A loop's way to the compute pool.
 struct Offloader {
@@ -304,7 +304,7 @@ impl ComputePool {
                         let Some(prime) = prime::is_prime_unless(job.n, gave_up) else {
                             continue;
                         };
-                        if job.reply.send((job.client, prime)).is_ok() {
+                        if job.reply.send((job.client, job.n, prime)).is_ok() {
                             let _ = job.waker.wake();
                         }
                     }
@@ -433,8 +433,8 @@ impl EventLoop {
             match self.incoming.try_recv() {
                 Ok(client) => {
                     if self.ctx.shutdown.is_triggered() {
+                        // Its guard counts it as closed at shutdown.
                         drop(client);
-                        self.ctx.count_dropped();
                     } else {
                         let (guard, stream, peer) = client;
                         self.add(guard, stream, peer);
@@ -450,10 +450,17 @@ impl EventLoop {
     }
 
     fn take_answers(&mut self) {
-        while let Ok(((key, id), prime)) = self.results.try_recv() {
+        while let Ok(((key, id), n, prime)) = self.results.try_recv() {
             match self.clients.get_mut(key) {
                 Some(client) if client.id == id => {
-                    client.responder.answered(prime, &mut client.out);
+                    // An answer line is at most "composite\n".
+                    if let Err(e) = self.ctx.budget.reserve(&mut client.out, 16) {
+                        let mut client = self.clients.remove(key);
+                        let _ = self.poll.registry().deregister(&mut client.socket);
+                        client.close(Ok(Err(e)));
+                        continue;
+                    }
+                    client.responder.answered(n, prime, &mut client.out);
                     client.computing = false;
                     self.drive(key);
                 }
@@ -465,23 +472,29 @@ impl EventLoop {
 
     fn add(&mut self, guard: ClientGuard, stream: std::net::TcpStream, peer: SocketAddr) {
         info!(target: LOG_TARGET, "peer {peer} connected");
-        let entry = self.clients.vacant_entry();
-        let key = entry.key();
+        let key = self.clients.vacant_key();
         let mut socket = TcpStream::from_std(stream);
-        let setup = socket.set_nodelay(true).and_then(|()| {
-            self.poll
-                .registry()
-                .register(&mut socket, Token(key), Interest::READABLE)
-        });
-        self.next_id += 1;
         let protocol = self.ctx.config.protocol;
+        let greeting = Responder::greeting(protocol);
+        let mut out = Vec::new();
+        let setup = self
+            .room_for_one()
+            .and_then(|()| self.ctx.budget.reserve(&mut out, greeting.len()))
+            .and_then(|()| socket.set_nodelay(true))
+            .and_then(|()| {
+                self.poll
+                    .registry()
+                    .register(&mut socket, Token(key), Interest::READABLE)
+            });
+        out.extend_from_slice(greeting);
+        self.next_id += 1;
         let client = Client {
             guard,
             socket,
             peer,
             id: self.next_id,
             responder: Responder::new(protocol),
-            out: Responder::greeting(protocol).to_vec(),
+            out,
             sent: 0,
             unread: Vec::new(),
             computing: false,
@@ -493,12 +506,26 @@ impl EventLoop {
             last_progress: Instant::now(),
         };
         if let Err(e) = setup {
-            client.close(Ok(Err(e)));
+            let mut socket = client.socket;
+            let _ = self.poll.registry().deregister(&mut socket);
+            conn::finish(client.guard, client.peer, Ok(Err(e)));
             return;
         }
-        entry.insert(client);
+        self.clients.insert(client);
         // The greeting goes out now; the socket is writable from the start.
         self.drive(key);
+    }
+
+    /// Checks that one more client fits in the slab: it doubles as it
+    /// fills, and under an address-space limit that growth is checked like
+    /// any other (without one the check is free).
+    fn room_for_one(&self) -> io::Result<()> {
+        if self.clients.len() < self.clients.capacity() {
+            return Ok(());
+        }
+        let entry = std::mem::size_of::<Client>() + std::mem::size_of::<usize>();
+        let growth = self.clients.capacity().max(4) * entry;
+        Ok(self.ctx.budget.check(growth as u64)?)
     }
 
     /// Lets one client make all the progress it can.
@@ -611,7 +638,7 @@ impl Client {
             }
             if !self.unread.is_empty() {
                 let unread = std::mem::take(&mut self.unread);
-                self.answer(&unread, ctx, offload);
+                self.answer(&unread, ctx, offload)?;
                 continue;
             }
             if self.read_closed {
@@ -632,7 +659,7 @@ impl Client {
                     if self.pending() == 0 {
                         self.last_progress = self.last_heard;
                     }
-                    self.answer(&buf[..n], ctx, offload);
+                    self.answer(&buf[..n], ctx, offload)?;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -641,23 +668,39 @@ impl Client {
         }
     }
 
-    fn answer(&mut self, input: &[u8], ctx: &Ctx, offload: Option<(&Offloader, usize)>) {
+    /// Answers `input` into the outbound buffer, growing it (and the
+    /// unanswered rest) only as the memory limit allows: a client whose
+    /// answers do not fit is ended, not the server.
+    fn answer(
+        &mut self,
+        input: &[u8],
+        ctx: &Ctx,
+        offload: Option<(&Offloader, usize)>,
+    ) -> io::Result<()> {
+        let growth = self.responder.max_growth(self.out.len(), input.len());
+        ctx.budget.reserve(&mut self.out, growth)?;
         let (used, stop) = self
             .responder
             .respond(input, &mut self.out, offload.is_some());
+        let mut keep = |rest: &[u8]| -> io::Result<()> {
+            ctx.budget.reserve(&mut self.unread, rest.len())?;
+            self.unread.extend_from_slice(rest);
+            Ok(())
+        };
         match stop {
             Stop::No => {}
             Stop::Offload(n) => {
+                keep(&input[used..])?;
                 if let Some((offloader, key)) = offload {
                     offloader.send(n, (key, self.id));
                 }
                 self.computing = true;
-                self.unread.extend_from_slice(&input[used..]);
             }
             Stop::Close(reason) => self.close_reason = Some(reason),
-            Stop::Full => self.unread.extend_from_slice(&input[used..]),
+            Stop::Full => keep(&input[used..])?,
         }
         ctx.note_buffered(self.pending());
+        Ok(())
     }
 
     fn flush(&mut self, ctx: &Ctx) -> io::Result<()> {
@@ -820,7 +863,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let hand = |loops: &mut Loops| {
             let (client, server, peer) = accept_one(&listener);
-            let flow = loops.hand((ctx.enter(&server), server, peer), &stop, &ctx);
+            let flow = loops.hand((ctx.enter(&server), server, peer), &stop);
             (client, flow)
         };
 

@@ -26,7 +26,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
 
-use super::{Ctx, OverLimit};
+use super::{Ctx, OverLimit, memory};
 
 /// The listen backlog used when none is given.
 pub const DEFAULT_BACKLOG: i32 = 1024;
@@ -214,6 +214,8 @@ pub(crate) fn accept_loop(
     let mut events = Events::with_capacity(4);
     let mut log = RateLimited::new(Duration::from_secs(1));
     let mut reject_log = RateLimited::new(Duration::from_secs(1));
+    let mut memory_log = RateLimited::new(Duration::from_secs(1));
+    let cost = memory::client_cost(&ctx.config);
     let mut backoff = None;
     loop {
         if ctx.shutdown.is_triggered() {
@@ -246,6 +248,17 @@ pub(crate) fn accept_loop(
                                 "{peer} rejected: already serving {} clients, the limit \
                                  ({held_back} more rejections not shown)",
                                 ctx.config.max_conns
+                            );
+                        }
+                        continue;
+                    }
+                    if let Err(short) = ctx.budget.check(cost) {
+                        drop(stream);
+                        ctx.count_rejected();
+                        if let Some(held_back) = memory_log.allow(Instant::now()) {
+                            warn!(
+                                "{peer} rejected: no room for another client: {short} \
+                                 ({held_back} more such rejections not shown)"
                             );
                         }
                         continue;

@@ -9,6 +9,8 @@
 //! - `responder`: what to answer, for either [`Protocol`], without I/O;
 //! - `conn`: the blocking per-client loop of the thread models, and the one
 //!   place where every model ends a client (logged, counted);
+//! - `memory`: living under an address-space limit: what a client may
+//!   cost, checked before it is taken, so that no allocation aborts;
 //! - `state`: the [`Summary`] counters and the registry of clients being
 //!   served, which the cap reads and the end of a drain closes;
 //! - [`Shutdown`]: stop accepting at once, drain for up to
@@ -34,6 +36,7 @@ mod asynchronous;
 mod conn;
 mod event;
 pub mod listener;
+mod memory;
 mod pool;
 mod responder;
 mod sequential;
@@ -53,7 +56,7 @@ use tracing::warn;
 pub use crate::shutdown::Shutdown;
 pub use responder::Protocol;
 pub use state::Summary;
-pub(crate) use state::{ClientGuard, Ctx, Stats, snapshot};
+pub(crate) use state::{ClientGuard, Ctx, End, Stats, snapshot};
 
 /// How a server admits and serves its clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -305,13 +308,41 @@ pub fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> io::Res
     run_with(listener, config, shutdown, Arc::default())
 }
 
+/// A handle on a server's live counters, for whoever must report them
+/// without waiting for [`run`] to return: the binary, on a second signal,
+/// exits at once and prints what is known by then.
+#[derive(Clone, Default)]
+pub struct Counters(Arc<Stats>);
+
+impl Counters {
+    /// The counters so far.
+    pub fn summary(&self) -> Summary {
+        snapshot(&self.0)
+    }
+}
+
+/// [`run`], counting into `counters`.
+pub fn run_counted(
+    listener: TcpListener,
+    config: Config,
+    shutdown: Shutdown,
+    counters: Counters,
+) -> io::Result<Summary> {
+    run_with(listener, config, shutdown, counters.0)
+}
+
 fn run_with(
     listener: TcpListener,
     config: Config,
     shutdown: Shutdown,
     stats: Arc<Stats>,
 ) -> io::Result<Summary> {
-    let ctx = Arc::new(Ctx::new(config, shutdown.clone(), Arc::clone(&stats)));
+    let ctx = Arc::new(Ctx::new(config, shutdown, Arc::clone(&stats)));
+    run_ctx(listener, ctx, stats)
+}
+
+fn run_ctx(listener: TcpListener, ctx: Arc<Ctx>, stats: Arc<Stats>) -> io::Result<Summary> {
+    let shutdown = ctx.shutdown.clone();
     // The drain runs beside the model rather than after it, because a
     // model may be blocked serving a client (sequential serves in its
     // accept loop) and only the end of the drain can unblock it.
@@ -394,14 +425,19 @@ pub struct Server {
 
 /// Starts a server of `config.model` on `listener`, on a new thread.
 pub fn start(listener: TcpListener, config: Config) -> io::Result<Server> {
-    let addr = listener.local_addr()?;
-    let shutdown = Shutdown::new();
     let stats = Arc::<Stats>::default();
+    let ctx = Ctx::new(config, Shutdown::new(), Arc::clone(&stats));
+    start_ctx(listener, ctx, stats)
+}
+
+fn start_ctx(listener: TcpListener, ctx: Ctx, stats: Arc<Stats>) -> io::Result<Server> {
+    let addr = listener.local_addr()?;
+    let shutdown = ctx.shutdown.clone();
     let thread = {
-        let (shutdown, stats) = (shutdown.clone(), Arc::clone(&stats));
+        let stats = Arc::clone(&stats);
         std::thread::Builder::new()
-            .name(format!("{}-server", config.model))
-            .spawn(move || run_with(listener, config, shutdown, stats))?
+            .name(format!("{}-server", ctx.config.model))
+            .spawn(move || run_ctx(listener, Arc::new(ctx), stats))?
     };
     Ok(Server {
         addr,
@@ -445,6 +481,137 @@ impl Server {
             Ok(Ok(summary)) => summary,
             Ok(Err(e)) => panic!("server failed: {e}"),
             Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// The pretend address-space limit of these tests, and what they say
+    /// is in use: the real process's size is shared by every test running.
+    const LIMIT: u64 = 1 << 30;
+
+    fn start_pretending(model: Model, used: fn() -> io::Result<u64>) -> Server {
+        let stats = Arc::<Stats>::default();
+        let mut ctx = Ctx::new(Config::new(model), Shutdown::new(), Arc::clone(&stats));
+        ctx.budget = memory::Budget::new(Some(LIMIT), used);
+        let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+        start_ctx(listener, ctx, stats).unwrap()
+    }
+
+    fn connect(server: &Server) -> TcpStream {
+        let c = TcpStream::connect(server.local_addr()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        c
+    }
+
+    fn round_trip(c: &mut TcpStream) {
+        c.write_all(b"^hi$").unwrap();
+        let mut got = [0u8; 2];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ij");
+    }
+
+    fn greeted(server: &Server) -> TcpStream {
+        let mut c = connect(server);
+        let mut star = [0u8; 1];
+        c.read_exact(&mut star).unwrap();
+        assert_eq!(&star, b"*");
+        c
+    }
+
+    /// Closed without a `*`: end-of-file or a reset, never a byte.
+    fn refused(mut c: TcpStream) {
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest);
+        assert_eq!(rest, b"");
+    }
+
+    #[test]
+    fn with_no_room_left_newcomers_are_refused_and_the_served_go_on() {
+        static USED: AtomicU64 = AtomicU64::new(0);
+        fn used() -> io::Result<u64> {
+            Ok(USED.load(Ordering::SeqCst))
+        }
+        // One model after another: they share the pretend figure.
+        for model in Model::ALL {
+            USED.store(0, Ordering::SeqCst);
+            let server = start_pretending(model, used);
+            let mut first = greeted(&server);
+            round_trip(&mut first);
+
+            USED.store(LIMIT, Ordering::SeqCst);
+            let newcomer = connect(&server);
+            if model == Model::Sequential {
+                // It waits its turn; it is refused when the first leaves.
+                drop(first);
+                refused(newcomer);
+            } else {
+                refused(newcomer);
+                round_trip(&mut first);
+                drop(first);
+            }
+
+            USED.store(0, Ordering::SeqCst);
+            let mut next = greeted(&server);
+            round_trip(&mut next);
+            drop(next);
+            let summary = server.stop();
+            assert_eq!(
+                (summary.served, summary.rejected, summary.ended()),
+                (2, 1, 3),
+                "{model}: {summary:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_client_whose_answers_do_not_fit_is_ended_alone() {
+        static USED: AtomicU64 = AtomicU64::new(0);
+        fn used() -> io::Result<u64> {
+            Ok(USED.load(Ordering::SeqCst))
+        }
+        for model in Model::ALL.into_iter().filter(|&m| m != Model::Sequential) {
+            USED.store(0, Ordering::SeqCst);
+            let server = start_pretending(model, used);
+            let mut quiet = greeted(&server);
+            round_trip(&mut quiet);
+            let mut flood = greeted(&server);
+            round_trip(&mut flood);
+
+            // Room for 32 KiB more; one read of the flood needs 64 KiB of
+            // answers.
+            USED.store(LIMIT - memory::RESERVE - (32 << 10), Ordering::SeqCst);
+            let message: Vec<u8> = std::iter::once(b'^').chain([b'a'; 200 << 10]).collect();
+            let _ = flood.write_all(&message);
+            let _ = flood.shutdown(std::net::Shutdown::Write);
+            let mut answers = Vec::new();
+            let _ = flood.read_to_end(&mut answers);
+            round_trip(&mut quiet);
+            drop(quiet);
+            let summary = server.stop();
+            match model {
+                // Their buffers were reserved whole before the greeting;
+                // answering never grows them.
+                Model::Thread | Model::Pool => {
+                    assert_eq!(answers.len(), 200 << 10, "{model}");
+                    assert_eq!((summary.served, summary.failed), (2, 0), "{model}");
+                }
+                _ => {
+                    assert!(
+                        answers.len() < 200 << 10,
+                        "{model}: {} answers",
+                        answers.len()
+                    );
+                    assert_eq!((summary.served, summary.failed), (1, 1), "{model}");
+                }
+            }
         }
     }
 }

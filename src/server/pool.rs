@@ -22,16 +22,16 @@ use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, select};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError, select};
 
-use super::listener::{self, Blocking};
-use super::{Ctx, conn};
+use super::listener::{self, Blocking, RateLimited};
+use super::{Ctx, conn, memory};
 
 /// A client waiting for a worker, with the moment it was accepted.
 type Job = (TcpStream, SocketAddr, Instant);
@@ -52,6 +52,9 @@ struct Pool {
 
 impl Pool {
     /// Starts one more worker, if the pool is below `limit`; true if it did.
+    /// Under an address-space limit a worker that does not fit is not
+    /// started ([`ErrorKind::OutOfMemory`]). Returns once the worker runs
+    /// and holds its buffers, so that the next check sees all it mapped.
     fn grow(self: &Arc<Self>, limit: usize) -> io::Result<bool> {
         let grew = self
             .alive
@@ -62,27 +65,39 @@ impl Pool {
         if !grew {
             return Ok(false);
         }
+        let started = self.start_worker();
+        if started.is_err() {
+            self.alive.fetch_sub(1, Ordering::SeqCst);
+        }
+        started.map(|()| true)
+    }
+
+    fn start_worker(self: &Arc<Self>) -> io::Result<()> {
+        let config = &self.ctx.config;
+        let (stack, rest) = (memory::stack_size(config), memory::thread_cost(config));
+        self.ctx
+            .stacks
+            .check_thread(&self.ctx.budget, stack, rest)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let pool = Arc::clone(self);
-        match self
-            .ctx
-            .config
+        let (ready, started) = mpsc::sync_channel(1);
+        let worker = config
             .thread_builder(format!("worker-{id}"))
-            .spawn(move || pool.work())
-        {
-            Ok(worker) => {
-                self.ctx.stats().pool_threads.fetch_add(1, Ordering::SeqCst);
-                self.workers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(worker);
-                Ok(true)
-            }
-            Err(e) => {
-                self.alive.fetch_sub(1, Ordering::SeqCst);
-                Err(e)
-            }
+            .spawn(move || pool.work(ready))?;
+        let start = started
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the worker ended as it started")));
+        if let Err(e) = start {
+            let _ = worker.join();
+            self.ctx.stacks.thread_ended();
+            return Err(e);
         }
+        self.ctx.stats().pool_threads.fetch_add(1, Ordering::SeqCst);
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(worker);
+        Ok(())
     }
 
     /// Leaves the pool if it is above its minimum; true if this worker
@@ -107,7 +122,17 @@ impl Pool {
         }
     }
 
-    fn work(&self) {
+    /// Reserves the worker's buffers, says whether it could, and then
+    /// serves clients from the hand-off with them.
+    fn work(&self, ready: mpsc::SyncSender<io::Result<()>>) {
+        let mut buffers = match conn::Buffers::reserve(&self.ctx) {
+            Ok(buffers) => buffers,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
         let adaptive = self.max > self.min;
         loop {
             self.idle.fetch_add(1, Ordering::SeqCst);
@@ -120,9 +145,10 @@ impl Pool {
             };
             self.idle.fetch_sub(1, Ordering::SeqCst);
             match job {
-                Ok(job) => self.serve(job),
+                Ok(job) => self.serve(job, &mut buffers),
                 Err(RecvTimeoutError::Timeout) => {
                     if self.retire() {
+                        self.ctx.stacks.thread_ended();
                         return;
                     }
                 }
@@ -131,13 +157,13 @@ impl Pool {
         }
     }
 
-    fn serve(&self, (stream, peer, accepted): Job) {
+    fn serve(&self, (stream, peer, accepted): Job, buffers: &mut conn::Buffers) {
         let ctx = &self.ctx;
         if ctx.shutdown.is_triggered() {
             // Accepted but never served: closing it is as if it had never
             // been accepted.
             drop(stream);
-            ctx.count_dropped();
+            ctx.count_closed_at_shutdown();
             ctx.arrived();
             return;
         }
@@ -150,7 +176,7 @@ impl Pool {
         }
         let client = conn::admit(ctx, stream, peer);
         ctx.arrived();
-        client.serve();
+        client.serve(buffers);
     }
 }
 
@@ -182,31 +208,68 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
     }
 
     let stop = ctx.shutdown.channel();
+    let mut refusals = RateLimited::new(Duration::from_secs(1));
+    let adaptive = pool.max > pool.min;
     let result = listener::accept_loop(listener, ctx, Blocking::Yes, |stream, peer| {
         ctx.set_off();
-        let accepted = Instant::now();
-        if pool.max > pool.min && pool.idle.load(Ordering::SeqCst) == 0 {
-            match pool.grow(pool.max) {
-                Ok(true) => info!(
-                    "pool grows to {} threads: every worker was busy",
-                    pool.alive.load(Ordering::SeqCst)
-                ),
-                Ok(false) => {}
-                // The pool goes on serving with the workers it has.
-                Err(e) => warn!("cannot grow the pool: {e}"),
+        let job = (stream, peer, Instant::now());
+        // Grow while every worker is busy. `idle` can still count a
+        // worker that is just taking the previous client, so a client that
+        // no worker takes at once makes the pool grow too; otherwise it
+        // could wait, below the maximum, for a worker that never frees.
+        let mut grown =
+            (adaptive && pool.idle.load(Ordering::SeqCst) == 0).then(|| pool.grow(pool.max));
+        let job = match jobs.try_send(job) {
+            Ok(()) => return ControlFlow::Continue(()),
+            Err(TrySendError::Disconnected(_)) => {
+                // Every worker is gone; nobody can serve this client.
+                ctx.count_failed();
+                ctx.arrived();
+                return ControlFlow::Break(());
             }
+            Err(TrySendError::Full(job)) => job,
+        };
+        if adaptive && grown.is_none() {
+            grown = Some(pool.grow(pool.max));
+        }
+        match grown {
+            Some(Ok(true)) => info!(
+                "pool grows to {} threads: every worker was busy",
+                pool.alive.load(Ordering::SeqCst)
+            ),
+            // At its maximum: the client waits for a worker.
+            None | Some(Ok(false)) => {}
+            // The address-space limit leaves no room for another worker,
+            // no worker took the client and the queue has no place: it
+            // cannot be afforded now, and is refused rather than left
+            // waiting for a worker the pool, below its maximum, would
+            // otherwise have started.
+            Some(Err(e)) if e.kind() == ErrorKind::OutOfMemory => {
+                if let Some(held_back) = refusals.allow(Instant::now()) {
+                    warn!(
+                        "{peer} rejected: every worker is busy and another does not fit: {e} \
+                         ({held_back} more such rejections not shown)"
+                    );
+                }
+                drop(job);
+                ctx.count_rejected();
+                ctx.arrived();
+                return ControlFlow::Continue(());
+            }
+            // The pool goes on serving with the workers it has.
+            Some(Err(e)) => warn!("cannot grow the pool: {e}"),
         }
         select! {
-            send(jobs, (stream, peer, accepted)) -> sent => match sent {
+            send(jobs, job) -> sent => match sent {
                 Ok(()) => ControlFlow::Continue(()),
-                // Every worker is gone; nobody can serve this client.
                 Err(_) => {
+                    ctx.count_failed();
                     ctx.arrived();
                     ControlFlow::Break(())
                 }
             },
             recv(stop) -> _ => {
-                ctx.count_dropped();
+                ctx.count_closed_at_shutdown();
                 ctx.arrived();
                 ControlFlow::Break(())
             }

@@ -43,6 +43,10 @@ pub(crate) enum Stop {
 /// of answers for a client that does not read them.
 pub(crate) const OUT_LIMIT: usize = 64 * 1024;
 
+/// More than the longest answer line: an error line quotes the request,
+/// up to [`prime::MAX_LINE`] characters, each escaped to at most ten.
+pub(crate) const MAX_ANSWER: usize = 1024;
+
 /// One client's protocol state.
 pub(crate) enum Responder {
     Bytes(Processor),
@@ -63,6 +67,20 @@ impl Responder {
         match protocol {
             Protocol::Bytes => &[ACK],
             Protocol::Prime => b"",
+        }
+    }
+
+    /// The most bytes [`Responder::respond`] can append to `out`, which
+    /// holds `out_len` bytes, for `input_len` bytes of input: reserve them
+    /// first (fallibly), and answering allocates nothing. The byte protocol
+    /// answers at most a byte per byte; the line protocol stops once `out`
+    /// reaches [`OUT_LIMIT`], so its last line starts below it.
+    pub(crate) fn max_growth(&self, out_len: usize, input_len: usize) -> usize {
+        match self {
+            Responder::Bytes(_) => input_len,
+            Responder::Prime(_) => (OUT_LIMIT + MAX_ANSWER)
+                .saturating_sub(out_len)
+                .min(input_len.saturating_mul(MAX_ANSWER)),
         }
     }
 
@@ -94,7 +112,7 @@ impl Responder {
                         Request::Number(n) if offload && n > prime::INLINE_LIMIT => {
                             return (consumed, Stop::Offload(n));
                         }
-                        Request::Number(n) => prime::answer(prime::is_prime(n), out),
+                        Request::Number(n) => prime::answer_number(n, prime::is_prime(n), out),
                         Request::Invalid(what) => prime::answer_error(&what, out),
                         Request::TooLong => {
                             prime::answer_too_long(out);
@@ -113,8 +131,8 @@ impl Responder {
     }
 
     /// Appends the answer to a number handed back as [`Stop::Offload`].
-    pub(crate) fn answered(&mut self, prime: bool, out: &mut Vec<u8>) {
-        prime::answer(prime, out);
+    pub(crate) fn answered(&mut self, n: u64, prime: bool, out: &mut Vec<u8>) {
+        prime::answer_number(n, prime, out);
     }
 }
 
@@ -130,7 +148,7 @@ mod tests {
         let (used, stop) = r.respond(input, &mut out, true);
         assert_eq!(stop, Stop::Offload(1_000_000_000_039));
         assert_eq!(out, b"prime\n");
-        r.answered(true, &mut out);
+        r.answered(1_000_000_000_039, true, &mut out);
         let (rest, stop) = r.respond(&input[used..], &mut out, true);
         assert_eq!((rest, stop), (input.len() - used, Stop::No));
         assert_eq!(out, b"prime\nprime\ncomposite\n");
@@ -167,6 +185,40 @@ mod tests {
         }
         assert_eq!(at, input.len());
         assert!(calls > 1, "10,000 error lines need several calls");
+    }
+
+    #[test]
+    fn answers_never_grow_past_what_max_growth_promises() {
+        // The longest error lines: 64 bytes that each escape to six
+        // characters, and 4-byte characters that escape to nine.
+        let mut input = [b'\x1f'; 64].to_vec();
+        input.push(b'\n');
+        input.extend("\u{e0001}".repeat(16).bytes());
+        input.push(b'\n');
+        input.extend(b"\n7\n0\n".repeat(5000));
+        for protocol in [Protocol::Bytes, Protocol::Prime] {
+            let mut r = Responder::new(protocol);
+            let mut out = Vec::new();
+            for chunk in input.chunks(3001) {
+                let mut rest = chunk;
+                loop {
+                    let promised = r.max_growth(out.len(), rest.len());
+                    let before = out.len();
+                    let (used, stop) = r.respond(rest, &mut out, false);
+                    assert!(out.len() - before <= promised, "{protocol:?}");
+                    rest = &rest[used..];
+                    if stop == Stop::No {
+                        break;
+                    }
+                    out.clear();
+                }
+                if protocol == Protocol::Prime {
+                    let longest = out.split(|&b| b == b'\n').map(<[u8]>::len).max();
+                    assert!(longest.unwrap_or(0) < MAX_ANSWER);
+                }
+                out.clear();
+            }
+        }
     }
 
     #[test]

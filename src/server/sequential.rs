@@ -14,8 +14,12 @@ use super::listener::{self, Blocking};
 use super::{Ctx, conn};
 
 pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
+    // One client at a time: one set of buffers, reserved as the server
+    // sets itself up.
+    let mut buffers = conn::Buffers::reserve(ctx)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot reserve the buffers: {e}")))?;
     listener::accept_loop(listener, ctx, Blocking::Yes, |stream, peer| {
-        conn::admit(ctx, stream, peer).serve();
+        conn::admit(ctx, stream, peer).serve(&mut buffers);
         ControlFlow::Continue(())
     })
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
+use super::memory::{Budget, Stacks};
 use super::{Config, Shutdown, conn};
 
 /// What a server did, counted as it ran. A running server's
@@ -22,16 +23,20 @@ pub struct Summary {
     pub accepted: u64,
     /// Clients that got `*` and ended without an error on our side.
     pub served: u64,
-    /// Clients ended by an error: read, write, thread spawn or a panic.
+    /// Clients ended by an error: read, write, thread spawn, a memory
+    /// reservation that failed while serving them, or a panic.
     pub failed: u64,
     /// Clients closed by the idle or the write timeout.
     pub timed_out: u64,
-    /// Clients over the connection limit, closed unserved
-    /// ([`OverLimit::Reject`](super::OverLimit::Reject)).
+    /// Clients closed unserved, without a `*`, as they were accepted:
+    /// over the connection limit
+    /// ([`OverLimit::Reject`](super::OverLimit::Reject)), or more than the
+    /// address-space limit (`ulimit -v`) leaves room for.
     pub rejected: u64,
-    /// Clients accepted but closed without being served, because the
-    /// server was shutting down.
-    pub dropped: u64,
+    /// Clients the shutdown ended: accepted but never served because the
+    /// server was stopping, or still connected when the drain timeout ran
+    /// out, whatever they were doing then.
+    pub closed_at_shutdown: u64,
     /// Errors from `accept` itself (not counted as clients).
     pub accept_errors: u64,
     /// Bytes read from clients.
@@ -54,13 +59,15 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "served {} clients ({} failed, {} timed out, {} rejected, {} dropped at shutdown), \
-             {} bytes in, {} bytes out, at most {} at once, {} accept errors",
+            "accepted {} clients: {} served, {} failed, {} timed out, {} rejected, \
+             {} closed at shutdown; {} bytes in, {} bytes out, at most {} at once, \
+             {} accept errors",
+            self.accepted,
             self.served,
             self.failed,
             self.timed_out,
             self.rejected,
-            self.dropped,
+            self.closed_at_shutdown,
             self.bytes_in,
             self.bytes_out,
             self.max_clients,
@@ -74,6 +81,14 @@ impl fmt::Display for Summary {
 }
 
 impl Summary {
+    /// Clients whose end has been counted: every accepted client is
+    /// counted exactly once, as served, failed, timed out, rejected or
+    /// closed at shutdown, so once none is connected this equals
+    /// [`Summary::accepted`].
+    pub fn ended(&self) -> u64 {
+        self.served + self.failed + self.timed_out + self.rejected + self.closed_at_shutdown
+    }
+
     /// The live figures, for the `--stats-interval` line.
     pub fn live_line(&self) -> String {
         let mut line = format!(
@@ -100,7 +115,7 @@ pub(crate) struct Stats {
     failed: AtomicU64,
     timed_out: AtomicU64,
     rejected: AtomicU64,
-    dropped: AtomicU64,
+    closed_at_shutdown: AtomicU64,
     accept_errors: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -119,6 +134,10 @@ fn bump(counter: &AtomicU64, by: u64) {
 pub(crate) struct Ctx {
     pub(crate) config: Config,
     pub(crate) shutdown: Shutdown,
+    /// The address-space limit, and the checks that keep within it.
+    pub(crate) budget: Budget,
+    /// Stacks of ended client threads or workers, there to be reused.
+    pub(crate) stacks: Stacks,
     stats: Arc<Stats>,
     clients: Mutex<Clients>,
     // Set when the drain ends: long computations for clients give up.
@@ -157,6 +176,8 @@ impl Ctx {
         Ctx {
             config,
             shutdown,
+            budget: Budget::from_rlimit(),
+            stacks: Stacks::default(),
             stats,
             clients: Mutex::new(Clients::default()),
             in_transit: AtomicUsize::new(0),
@@ -195,6 +216,7 @@ impl Ctx {
         ClientGuard {
             ctx: Arc::clone(self),
             id,
+            counted: false,
         }
     }
 
@@ -291,8 +313,9 @@ impl Ctx {
             .unwrap_or_else(|e| e.into_inner());
     }
 
-    pub(crate) fn count_dropped(&self) {
-        bump(&self.stats.dropped, 1);
+    /// A client the shutdown ended before it could be served.
+    pub(crate) fn count_closed_at_shutdown(&self) {
+        bump(&self.stats.closed_at_shutdown, 1);
     }
 
     pub(crate) fn count_bytes_in(&self, n: usize) {
@@ -321,10 +344,19 @@ fn shutdown_fd(fd: RawFd) {
     }
 }
 
+/// How a client being served ended, before the shutdown has its say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    Served,
+    Failed,
+    TimedOut,
+}
+
 /// A client counted as being served; dropping it ends the count.
 pub(crate) struct ClientGuard {
     ctx: Arc<Ctx>,
     id: u64,
+    counted: bool,
 }
 
 impl ClientGuard {
@@ -332,19 +364,44 @@ impl ClientGuard {
         &self.ctx
     }
 
-    /// Ends the client as served (no error on our side).
-    pub(crate) fn served(self) {
-        bump(&self.ctx.stats.served, 1);
+    /// Counts how the client ended, and returns what was counted. One rule
+    /// for every model: a client still connected when the drain ran out is
+    /// closed at shutdown, whether it was idle, being written to or waiting
+    /// for a number, since its own outcome is then the drain's doing.
+    pub(crate) fn end(mut self, end: End) -> Option<End> {
+        self.counted = true;
+        if self.ctx.is_closing() {
+            self.ctx.count_closed_at_shutdown();
+            return None;
+        }
+        let counter = match end {
+            End::Served => &self.ctx.stats.served,
+            End::Failed => &self.ctx.stats.failed,
+            End::TimedOut => &self.ctx.stats.timed_out,
+        };
+        bump(counter, 1);
+        Some(end)
     }
 }
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            // Only an async task unwinds past its guard (tokio catches the
-            // panic); the blocking and event models catch theirs first.
-            warn!(target: conn::LOG_TARGET, "a client's task panicked; that client is closed");
-            self.ctx.count_failed();
+        // A guard dropped without `end` is a client let go on the way: a
+        // thread that could not start, a hand-off the shutdown cut short, a
+        // task the runtime dropped. Counting it here keeps every accepted
+        // client counted exactly once.
+        if !self.counted {
+            if std::thread::panicking() {
+                // Only an async task unwinds past its guard (tokio catches
+                // the panic); the blocking and event models catch theirs
+                // first.
+                warn!(target: conn::LOG_TARGET, "a client's task panicked; that client is closed");
+                self.ctx.count_failed();
+            } else if self.ctx.shutdown.is_triggered() {
+                self.ctx.count_closed_at_shutdown();
+            } else {
+                self.ctx.count_failed();
+            }
         }
         // Map and count change together under the lock, as in `enter`: a
         // count below the cap means there is room (`Ctx::full` reads the
@@ -366,7 +423,7 @@ pub(crate) fn snapshot(stats: &Stats) -> Summary {
         failed: get(&stats.failed),
         timed_out: get(&stats.timed_out),
         rejected: get(&stats.rejected),
-        dropped: get(&stats.dropped),
+        closed_at_shutdown: get(&stats.closed_at_shutdown),
         accept_errors: get(&stats.accept_errors),
         bytes_in: get(&stats.bytes_in),
         bytes_out: get(&stats.bytes_out),
