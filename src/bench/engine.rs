@@ -534,7 +534,7 @@ impl Shared {
         let stream = plan.scenario == Scenario::Stream;
         let line = |n: u64| {
             let mut answer = Vec::new();
-            crate::prime::answer(crate::prime::is_prime(n), &mut answer);
+            crate::prime::answer_number(n, crate::prime::is_prime(n), &mut answer);
             (format!("{n}\n").into_bytes(), answer)
         };
         Shared {
@@ -1826,7 +1826,9 @@ mod tests {
         assert_eq!((held.connected, held.greeted, held.unopened), (5, 2, 0));
         assert!(held.errors.is_empty(), "{:?}", held.errors);
         drop(held);
+        // The two greeted were served; those that waited may reach a
+        // worker before the stop, or be closed by it.
         let summary = server.stop();
-        assert_eq!(summary.served, 2);
+        assert!((2..=5).contains(&summary.served), "{summary}");
     }
 }
