@@ -104,8 +104,8 @@ pub fn run(out: &Path) -> io::Result<Demo> {
 
     let mut runs = Vec::new();
     for (config, report) in served.into_iter().zip(reports) {
-        let chart_path = out.join(format!("demo-{}.svg", config.model));
-        let json_path = out.join(format!("demo-{}.json", config.model));
+        let chart_path = out.join(format!("demo-{}.svg", config.model()));
+        let json_path = out.join(format!("demo-{}.json", config.model()));
         let with_path = |e: io::Error, p: &Path| {
             io::Error::new(e.kind(), format!("cannot write {}: {e}", p.display()))
         };
@@ -187,7 +187,7 @@ pub fn command(out: &Path) -> u8 {
     for run in &demo.runs {
         println!(
             "{}: chart {}, timelines {}",
-            run.config.model,
+            run.config.model(),
             run.chart.display(),
             run.json.display()
         );

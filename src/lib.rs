@@ -13,13 +13,20 @@
 //!   answers appended to a buffer; the one implementation every model uses.
 //! - [`prime`]: the primality protocol (`--protocol prime`): request lines,
 //!   trial division, answer lines; CPU-bound on purpose.
-//! - [`server`]: [`Config`](server::Config), [`Model`](server::Model),
-//!   [`run`](server::run) and [`start`](server::start), and the
-//!   [`Summary`](server::Summary) every model returns. Inside it,
-//!   `listener` binds and accepts (with the error policy), `conn` is the
-//!   blocking per-client loop, `memory` keeps within an address-space
-//!   limit, and `sequential`, `thread` and `pool` are the
-//!   models, each a short file that reads like the article.
+//! - [`server`]: [`run`](server::run) and [`start`](server::start), and
+//!   the [`Summary`](server::Summary) every model returns. Inside it:
+//!   - [`server::config`]: the [`Model`](server::Model), the
+//!     [`Config`](server::Config) every model obeys, each model's own
+//!     settings, and the one check of them all;
+//!   - `listener` binds and accepts (the error policy, the connection cap
+//!     as a permit taken before accept); `state` counts; `memory` keeps
+//!     within an address-space limit; `responder` says what to answer;
+//!   - `conn`: the blocking per-client loop, and the one place where every
+//!     model ends a client (an `Outcome`, logged and counted);
+//!   - the models, each a file that reads like the article: `sequential`,
+//!     `thread`, `pool` (fixed or adaptive, bounded hand-off), `event`
+//!     (mio loops) and `asynchronous` (tokio tasks); `compute` is the pool
+//!     that tests large numbers for the two that must not block.
 //! - [`shutdown`]: the one signal every model obeys: stop accepting, drain,
 //!   close the rest.
 //! - [`client`]: the article's simulated client (N connections on a

@@ -246,14 +246,11 @@ pub fn run(options: &Options) -> std::io::Result<Report> {
 }
 
 /// The process's address-space limit in bytes (`ulimit -v`), if any.
-pub(crate) fn address_space_limit() -> Option<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the local rlimit it is given.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == 0;
-    (ok && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+pub fn address_space_limit() -> Option<u64> {
+    match rlimit::Resource::AS.get() {
+        Ok((soft, _)) if soft != rlimit::INFINITY => Some(soft),
+        _ => None,
+    }
 }
 
 /// The stack Rust gives a thread whose builder sets none.

@@ -11,8 +11,9 @@ use concur::server::{Config, Model};
 #[test]
 fn the_pool_grows_under_load_and_shrinks_back() {
     let mut config = Config::new(Model::Pool).threads(1);
-    config.max_threads = 4;
-    config.keep_alive = Duration::from_millis(200);
+    let pool = config.pool_mut().unwrap();
+    pool.max_threads = 4;
+    pool.keep_alive = Duration::from_millis(200);
     let server = start_with(config);
     let addr = server.local_addr();
     // The server starts its workers on its own thread.
@@ -66,7 +67,7 @@ fn clients_arriving_together_are_all_served_by_a_growing_pool() {
     const AT_ONCE: usize = 8;
     for _ in 0..20 {
         let mut config = Config::new(Model::Pool).threads(1);
-        config.max_threads = AT_ONCE;
+        config.pool_mut().unwrap().max_threads = AT_ONCE;
         let server = start_with(config);
         let addr = server.local_addr();
         let clients: Vec<_> = (0..AT_ONCE)

@@ -68,21 +68,40 @@ fn durations_take_plain_seconds_or_a_unit() {
 fn bad_values_say_what_is_allowed() {
     for (args, wanted) in [
         // Its slots are allocated up front: this used to abort the server.
-        (&["serve", "--queue", "99999999999"][..], "0..=100000"),
+        (&["serve", "--queue", "99999999999"][..], "give 0 to 100000"),
+        (&["serve", "--idle-timeout", "-1"], "give 0 or more"),
         (
-            &["serve", "--idle-timeout", "-1"],
+            &["serve", "--idle-timeout", "0"],
             "more than 0, up to 31536000",
         ),
         (&["serve", "--write-timeout", "-1"], "or `off`"),
+        (&["serve", "--write-timeout", "0"], "more than 0"),
         (
-            &["serve", "--keep-alive", "-1"],
-            "more than 0, up to 31536000",
+            &["serve", "--keep-alive", "0", "--model", "pool"],
+            "more than 0",
+        ),
+        (&["serve", "--stats-interval", "0"], "more than 0"),
+        (&["serve", "--drain-timeout", "-1"], "give 0 or more"),
+        (
+            &["serve", "--drain-timeout", "1e9"],
+            "give 0, up to 31536000",
         ),
         (
-            &["serve", "--stats-interval", "-1"],
-            "more than 0, up to 31536000",
+            &["serve", "-n", "0"],
+            "--threads 0 is out of range: give 1 to 100000",
         ),
-        (&["serve", "--drain-timeout", "-1"], "give 0 to 31536000"),
+        (
+            &["serve", "--model", "event", "--loops", "2000"],
+            "give 1 to 1024",
+        ),
+        (
+            &["serve", "--model", "thread", "--stack-kib", "4"],
+            "give 16 to",
+        ),
+        (
+            &["serve", "-n", "8", "--max-threads", "4"],
+            "below the pool's 8 threads",
+        ),
         // A flag is not taken for a missing value.
         (
             &["serve", "--idle-timeout", "--quiet"],
@@ -93,6 +112,18 @@ fn bad_values_say_what_is_allowed() {
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         assert!(stderr(&o).contains(wanted), "{args:?}: {}", stderr(&o));
     }
+}
+
+#[test]
+fn a_setting_out_of_range_is_clap_s_error_with_the_usage_line() {
+    let o = concur(&["serve", "--model", "async", "--workers", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("error: --workers 0 is out of range"),
+        "{err}"
+    );
+    assert!(err.contains("Usage: concur serve"), "{err}");
 }
 
 #[test]

@@ -650,7 +650,7 @@ fn threads_reports_the_threads_it_started_and_exits() {
     let o = concur(&["threads", "5", "--stack-kib", "1"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        text(&o.stderr).contains("16..=1048576"),
+        text(&o.stderr).contains("give 16 to 1073741824 KiB"),
         "{}",
         text(&o.stderr)
     );

@@ -6,7 +6,7 @@ use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 
 use common::*;
-use concur::server::{Config, Model};
+use concur::server::{Config, Model, Settings, ThreadSettings};
 use socket2::SockRef;
 
 /// Sends up to `limit` bytes of one message without reading any answer,
@@ -112,14 +112,17 @@ fn a_client_that_leaves_before_its_greeting_costs_nothing() {
     }
 }
 
-/// A stack larger than the address space: creating a thread with it fails
-/// for real, on any machine.
-const UNMAPPABLE_STACK: usize = 1 << 60;
+/// The largest stack the server takes, 1 TiB: more than the kernel's
+/// overcommit heuristic (its default) maps on a machine with less memory
+/// than that, so creating a thread with it fails for real.
+const UNMAPPABLE_STACK: usize = 1 << 40;
 
 #[test]
 fn a_thread_that_cannot_be_started_costs_only_its_client() {
     let mut config = Config::new(Model::Thread);
-    config.stack_size = Some(UNMAPPABLE_STACK);
+    config.settings = Settings::Thread(ThreadSettings {
+        stack_size: Some(UNMAPPABLE_STACK),
+    });
     let server = start_with(config);
     // Each client is closed without its greeting, and the server goes on
     // accepting the next.
@@ -137,7 +140,7 @@ fn a_thread_that_cannot_be_started_costs_only_its_client() {
 #[test]
 fn a_pool_that_cannot_start_its_workers_says_so() {
     let mut config = Config::new(Model::Pool).threads(2);
-    config.stack_size = Some(UNMAPPABLE_STACK);
+    config.pool_mut().unwrap().stack_size = Some(UNMAPPABLE_STACK);
     let listener = concur::server::listener::bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
     let error = concur::server::run(listener, config, concur::shutdown::Shutdown::new())
         .expect_err("no workers, no server");

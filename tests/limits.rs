@@ -97,7 +97,7 @@ fn many_idle_clients_do_not_starve_a_small_pool() {
     // about one timeout. (With `--queue 0` they would wait in the kernel's
     // backlog, where the server cannot see them.)
     let mut config = Config::new(Model::Pool).threads(4);
-    config.queue = 4096;
+    config.pool_mut().unwrap().queue = 4096;
     config.idle_timeout = Some(Duration::from_secs(1));
     let server = start_with(config);
     let addr = server.local_addr();

@@ -86,7 +86,7 @@ fn the_drain_timeout_closes_clients_that_stay() {
 #[test]
 fn clients_queued_in_the_pool_are_closed_unserved() {
     let mut config = Config::new(Model::Pool).threads(1).drain_timeout(PATIENCE);
-    config.queue = 1;
+    config.pool_mut().unwrap().queue = 1;
     let server = start_with(config);
     let addr = server.local_addr();
     let mut first = connect_served(addr);

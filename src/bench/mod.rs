@@ -58,6 +58,7 @@ pub mod cpus;
 pub mod engine;
 pub mod idle;
 pub mod kernel;
+pub mod latency;
 pub mod plot;
 pub mod report;
 pub mod run;

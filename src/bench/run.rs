@@ -117,29 +117,44 @@ impl Options {
                 );
             }
         }
-        if let Some(&c) = self.counts.iter().find(|&&c| c == 0 || c > MAX_COUNT) {
-            return Err(format!(
-                "a count of {c} is out of range; give 1 to {MAX_COUNT}"
-            ));
+        crate::server::config::time("--secs", self.params.secs, false)
+            .map_err(|e| e.to_string())?;
+        let within = |flag: &str, value: u64, lo: u64, hi: u64, what: &str| {
+            if (lo..=hi).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{flag} {value} is out of range; give {lo} to {hi}{what}"
+                ))
+            }
+        };
+        for &c in &self.counts {
+            within("-c", c as u64, 1, MAX_COUNT as u64, "")?;
         }
-        if self.params.size == 0 || self.params.size > 16 << 20 {
-            return Err(format!(
-                "--size {} is out of range; give 1 to {} bytes",
-                self.params.size,
-                16 << 20
-            ));
-        }
-        if self.params.rate == 0 {
-            return Err("--rate 0 sends nothing; give at least 1 request per second".into());
-        }
-        if self.repeat == 0 {
-            return Err("--repeat 0 runs nothing; give at least 1".into());
-        }
-        if !(1..=MAX_CLIENT_THREADS).contains(&self.client_threads) {
-            return Err(format!(
-                "--client-threads {} is out of range; give 1 to {MAX_CLIENT_THREADS}",
-                self.client_threads
-            ));
+        within("--size", self.params.size as u64, 1, 16 << 20, " bytes")?;
+        within(
+            "--rate",
+            self.params.rate,
+            1,
+            10_000_000,
+            " requests per second",
+        )?;
+        within("--repeat", self.repeat as u64, 1, 100, "")?;
+        within(
+            "--client-threads",
+            self.client_threads as u64,
+            1,
+            MAX_CLIENT_THREADS as u64,
+            "",
+        )?;
+        if let Some(n) = self.pool_threads {
+            within(
+                "--pool-threads",
+                n as u64,
+                1,
+                *crate::server::limits::THREADS.end() as u64,
+                "",
+            )?;
         }
         Ok(())
     }

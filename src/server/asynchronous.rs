@@ -12,6 +12,9 @@
 //! - Backpressure is `write_all(..).await`: a client that does not read
 //!   stalls only its own task, which stops reading it; at most one read's
 //!   answers (64 KiB) are buffered per client.
+//! - Large numbers (`--protocol prime`) go to the same compute pool as the
+//!   event model's, as many threads as workers, and the task awaits the
+//!   answer while the runtime serves everyone else.
 //! - Shutdown is the same as everywhere: the accept loop stops, tasks
 //!   finish or are closed at the end of the drain, then the runtime goes.
 
@@ -20,7 +23,6 @@ use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, TcpListener};
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -28,11 +30,11 @@ use tokio::net::TcpStream;
 use tokio::time;
 use tracing::{info, warn};
 
-use super::conn::{self, BUF_SIZE, LOG_TARGET};
-use super::listener::{self, Blocking};
+use super::compute::{Compute, ComputePool};
+use super::conn::{self, BUF_SIZE, LOG_TARGET, Outcome};
+use super::listener::{self, Io};
 use super::responder::{Responder, Stop};
-use super::{ClientGuard, Ctx};
-use crate::prime;
+use super::{AsyncSettings, ClientGuard, Protocol, ServerState};
 
 thread_local! {
     // Each runtime thread's read buffer. A task borrows it only between
@@ -40,11 +42,19 @@ thread_local! {
     static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; BUF_SIZE].into_boxed_slice());
 }
 
-pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
+pub(crate) fn run(
+    listener: TcpListener,
+    ctx: &Arc<ServerState>,
+    settings: &AsyncSettings,
+) -> io::Result<()> {
+    let pool = match ctx.config.protocol {
+        Protocol::Prime => Some(ComputePool::start(settings.workers, ctx.closing_flag())?),
+        Protocol::Bytes => None,
+    };
+    let compute = pool.as_ref().map(ComputePool::handle);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(ctx.config.workers)
+        .worker_threads(settings.workers)
         .thread_name("async-worker")
-        .max_blocking_threads(ctx.config.workers)
         // Each runtime thread's read buffer is made as it starts, with the
         // server, rather than by whichever client comes first: near an
         // address-space limit that could be the allocation that fails.
@@ -52,14 +62,14 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
         .enable_io()
         .enable_time()
         .build()?;
-    let result = listener::accept_loop(listener, ctx, Blocking::No, |stream, peer| {
+    let result = listener::accept_loop(listener, ctx, Io::NonBlocking, |stream, peer, permit| {
         // Registered with the runtime here, on the accept thread, so that a
         // socket the runtime refuses is closed before it is ever counted.
         let _runtime = runtime.enter();
         match TcpStream::from_std(stream) {
             Ok(stream) => {
-                let guard = ctx.enter(&stream);
-                runtime.spawn(serve(guard, stream, peer));
+                let guard = ctx.enter(&stream, permit);
+                runtime.spawn(serve(guard, stream, peer, compute.clone()));
             }
             Err(e) => {
                 warn!("cannot serve {peer}: {e}");
@@ -72,21 +82,28 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
     // them all (it closes whoever stays past the drain timeout).
     ctx.wait_idle(ctx.config.drain_timeout + Duration::from_secs(5));
     runtime.shutdown_timeout(Duration::from_secs(1));
+    if let Some(pool) = pool {
+        pool.stop();
+    }
     result
 }
 
-async fn serve(guard: ClientGuard, stream: TcpStream, peer: SocketAddr) {
+async fn serve(guard: ClientGuard, stream: TcpStream, peer: SocketAddr, compute: Option<Compute>) {
     // Bound in this order so that, should the task unwind or be dropped,
     // the guard drops before the socket (locals drop in reverse): the
     // drain's registry must never hold a closed descriptor.
     let mut stream = stream;
     let guard = guard;
     info!(target: LOG_TARGET, "peer {peer} connected");
-    let outcome = session(&mut stream, guard.ctx()).await;
-    conn::finish(guard, peer, Ok(outcome));
+    let outcome = session(&mut stream, guard.ctx(), compute.as_ref()).await;
+    conn::finish(guard, peer, outcome.err().unwrap_or(Outcome::Done));
 }
 
-async fn session(stream: &mut TcpStream, ctx: &Ctx) -> io::Result<()> {
+async fn session(
+    stream: &mut TcpStream,
+    ctx: &ServerState,
+    compute: Option<&Compute>,
+) -> Result<(), Outcome> {
     stream.set_nodelay(true)?;
     let (idle, write) = (ctx.config.idle_timeout, ctx.config.write_timeout);
     let greeting = Responder::greeting(ctx.config.protocol);
@@ -112,7 +129,7 @@ async fn session(stream: &mut TcpStream, ctx: &Ctx) -> io::Result<()> {
             // do not fit is ended, not the server.
             let growth = responder.max_growth(out.len(), n);
             ctx.budget.reserve(&mut out, growth)?;
-            let (used, stop) = responder.respond(&buf[..n], &mut out, true);
+            let (used, stop) = responder.respond(&buf[..n], &mut out, compute.is_some());
             ctx.budget.reserve(&mut unread, n - used)?;
             unread.extend_from_slice(&buf[used..n]);
             Ok::<_, io::Error>((n, stop))
@@ -131,7 +148,7 @@ async fn session(stream: &mut TcpStream, ctx: &Ctx) -> io::Result<()> {
                 continue;
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         loop {
             if !out.is_empty() {
@@ -141,32 +158,28 @@ async fn session(stream: &mut TcpStream, ctx: &Ctx) -> io::Result<()> {
                 out.clear();
             }
             match stop {
-                Stop::No => break,
+                Stop::Consumed => break,
                 Stop::Close(reason) => return Err(conn::protocol_violation(reason)),
                 Stop::Full => {}
                 Stop::Offload(n) => {
-                    // The runtime's blocking pool is capped at `workers`
-                    // threads, so heavy requests queue there while the
-                    // runtime threads go on serving everyone else.
-                    let closing = ctx.closing_flag();
-                    let answer = tokio::task::spawn_blocking(move || {
-                        prime::is_prime_unless(n, || closing.load(Ordering::SeqCst))
-                    })
-                    .await
-                    .map_err(io::Error::other)?;
+                    let answer = match compute {
+                        Some(compute) => compute.test(n).await,
+                        // Offloading is only asked for with a pool.
+                        None => None,
+                    };
                     match answer {
                         Some(prime) => {
                             ctx.budget.reserve(&mut out, 16)?;
                             responder.answered(n, prime, &mut out)
                         }
-                        None => return Err(conn::closed_while_computing()),
+                        None => return Err(Outcome::ClosedAtShutdown),
                     }
                 }
             }
             let input = std::mem::take(&mut unread);
             let growth = responder.max_growth(out.len(), input.len());
             ctx.budget.reserve(&mut out, growth)?;
-            let (used, next) = responder.respond(&input, &mut out, true);
+            let (used, next) = responder.respond(&input, &mut out, compute.is_some());
             ctx.budget.reserve(&mut unread, input.len() - used)?;
             unread.extend_from_slice(&input[used..]);
             stop = next;
@@ -176,16 +189,20 @@ async fn session(stream: &mut TcpStream, ctx: &Ctx) -> io::Result<()> {
 
 /// Writes everything, or fails once the client has taken none of it for
 /// `limit`.
-async fn send(stream: &mut TcpStream, bytes: &[u8], limit: Option<Duration>) -> io::Result<()> {
+async fn send(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    limit: Option<Duration>,
+) -> Result<(), Outcome> {
     let Some(limit) = limit else {
-        return stream.write_all(bytes).await;
+        return Ok(stream.write_all(bytes).await?);
     };
     let mut rest = bytes;
     while !rest.is_empty() {
         match time::timeout(limit, stream.write(rest)).await {
-            Ok(Ok(0)) => return Err(ErrorKind::WriteZero.into()),
+            Ok(Ok(0)) => return Err(io::Error::from(ErrorKind::WriteZero).into()),
             Ok(Ok(n)) => rest = &rest[n..],
-            Ok(Err(e)) => return Err(e),
+            Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Err(conn::write_timeout(limit)),
         }
     }

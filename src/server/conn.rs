@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use super::memory;
 use super::responder::{Responder, Stop};
-use super::{ClientGuard, Ctx, End};
+use super::{ClientGuard, End, Permit, ServerState};
 use crate::prime;
 
 /// Bytes read per `read` call, and the most a single reply write holds.
@@ -33,7 +33,7 @@ pub(crate) const LOG_TARGET: &str = "concur::conn";
 
 /// A client taken on by the server: counted, and known to the drain,
 /// from the moment it is admitted, even before a thread runs it.
-pub(crate) struct Client {
+pub(crate) struct BlockingClient {
     // Declared before the socket, so it drops first: the drain's registry
     // must never hold a closed descriptor.
     guard: ClientGuard,
@@ -43,9 +43,14 @@ pub(crate) struct Client {
 
 /// Takes on a client. The thread model admits on the accept thread, so
 /// that a shutdown cannot finish while a client's thread is still starting.
-pub(crate) fn admit(ctx: &Arc<Ctx>, stream: TcpStream, peer: SocketAddr) -> Client {
-    Client {
-        guard: ctx.enter(&stream),
+pub(crate) fn admit(
+    ctx: &Arc<ServerState>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Permit,
+) -> BlockingClient {
+    BlockingClient {
+        guard: ctx.enter(&stream, permit),
         stream,
         peer,
     }
@@ -57,15 +62,14 @@ pub(crate) fn admit(ctx: &Arc<Ctx>, stream: TcpStream, peer: SocketAddr) -> Clie
 /// server. A pool worker (or the sequential server) keeps one set for
 /// every client it serves.
 pub(crate) struct Buffers {
-    input: Vec<u8>,
+    input: Box<[u8]>,
     output: Vec<u8>,
 }
 
 impl Buffers {
-    pub(crate) fn reserve(ctx: &Ctx) -> io::Result<Buffers> {
-        let mut input = Vec::new();
-        ctx.budget.reserve(&mut input, BUF_SIZE)?;
-        input.resize(BUF_SIZE, 0);
+    pub(crate) fn reserve(ctx: &ServerState) -> io::Result<Buffers> {
+        ctx.budget.check(BUF_SIZE as u64)?;
+        let input = zeroed(BUF_SIZE)?;
         let mut output = Vec::new();
         ctx.budget
             .reserve(&mut output, memory::answer_capacity(ctx.config.protocol))?;
@@ -73,7 +77,29 @@ impl Buffers {
     }
 }
 
-impl Client {
+/// `len` zero bytes, allocated fallibly, and zeroed the way the allocator
+/// can do for free (fresh pages are zero already): an idle client's read
+/// buffer then costs address space, not resident memory, until it reads.
+fn zeroed(len: usize) -> io::Result<Box<[u8]>> {
+    let layout = std::alloc::Layout::array::<u8>(len).map_err(io::Error::other)?;
+    if len == 0 {
+        return Ok(Box::default());
+    }
+    // SAFETY: the layout has a non-zero size, checked above.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return Err(io::Error::new(
+            ErrorKind::OutOfMemory,
+            format!("cannot allocate a {len}-byte buffer"),
+        ));
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with the layout
+    // of `[u8; len]`, is zeroed (so initialised), and is owned by nobody
+    // else; the Box frees it with the same layout.
+    Ok(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) })
+}
+
+impl BlockingClient {
     /// Serves the client from `*` to close, on the calling thread, with
     /// `buffers`.
     pub(crate) fn serve(self, buffers: &mut Buffers) {
@@ -89,56 +115,88 @@ impl Client {
         match buffers {
             Ok(mut buffers) => self.serve(&mut buffers),
             Err(e) => {
-                let Client { guard, peer, .. } = self;
-                finish(guard, peer, Ok(Err(e)));
+                let BlockingClient { guard, peer, .. } = self;
+                finish(guard, peer, e.into());
             }
         }
     }
 
-    fn serve_with(self, session: impl FnOnce(&Ctx, &mut TcpStream) -> io::Result<()>) {
-        let Client {
+    fn serve_with(self, session: impl FnOnce(&ServerState, &mut TcpStream) -> Result<(), Outcome>) {
+        let BlockingClient {
             guard,
             mut stream,
             peer,
         } = self;
         info!(target: LOG_TARGET, "peer {peer} connected");
         let ctx = guard.ctx();
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| session(ctx, &mut stream)))
-            .map_err(|panic| panic_message(&*panic));
-        // Before `stream` drops: see `Client`.
+        let outcome = match panic::catch_unwind(AssertUnwindSafe(|| session(ctx, &mut stream))) {
+            Ok(Ok(())) => Outcome::Done,
+            Ok(Err(outcome)) => outcome,
+            Err(panic) => Outcome::Panicked(panic_message(&*panic)),
+        };
+        // Before `stream` drops: see `BlockingClient`.
         finish(guard, peer, outcome);
     }
 }
 
-/// How serving a client ended: the session's own result, or the message
-/// of a panic caught while serving it.
-pub(crate) type Outcome = Result<io::Result<()>, String>;
+/// How serving a client ended. A session returns `Err` of one of these
+/// for any end but [`Outcome::Done`]; an I/O error converts to
+/// [`Outcome::Gone`] or [`Outcome::Failed`].
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// It said everything (end-of-file) and got every answer.
+    Done,
+    /// The idle or the write timeout closed it; why.
+    TimedOut(String),
+    /// It went away abruptly: a reset, a broken pipe.
+    Gone(io::Error),
+    /// An error of its connection or of its memory, or it broke the
+    /// protocol.
+    Failed(io::Error),
+    /// A panic while serving it, caught; its message.
+    Panicked(String),
+    /// The end of the drain closed it while it was being served (its
+    /// number was being tested, say).
+    ClosedAtShutdown,
+}
+
+impl From<io::Error> for Outcome {
+    fn from(e: io::Error) -> Self {
+        if is_client_gone(&e) {
+            Outcome::Gone(e)
+        } else {
+            Outcome::Failed(e)
+        }
+    }
+}
 
 /// Logs and counts the end of a client; every model ends its clients here.
 /// Call it while the client's socket is still open.
 pub(crate) fn finish(guard: ClientGuard, peer: SocketAddr, outcome: Outcome) {
-    let (end, what) = match &outcome {
-        Ok(Ok(())) => (End::Served, None),
-        Ok(Err(e)) if e.kind() == ErrorKind::TimedOut => (End::TimedOut, Some(e.to_string())),
-        Ok(Err(e)) => (End::Failed, Some(e.to_string())),
-        Err(panic) => (
-            End::Failed,
-            Some(format!("a panic while serving it: {panic}")),
-        ),
+    let end = match &outcome {
+        Outcome::Done => End::Served,
+        Outcome::TimedOut(_) => End::TimedOut,
+        Outcome::ClosedAtShutdown => End::ClosedAtShutdown,
+        Outcome::Gone(_) | Outcome::Failed(_) | Outcome::Panicked(_) => End::Failed,
     };
-    let counted = guard.end(end);
-    let what = what.unwrap_or_default();
-    match (counted, &outcome) {
-        // However it ended, the drain did it: its error (a write cut off,
-        // a computation abandoned) is the drain's, not the client's.
-        (None, _) => info!(target: LOG_TARGET, "peer {peer} closed at the end of the drain"),
-        (Some(End::Served), _) => info!(target: LOG_TARGET, "peer {peer} done"),
-        (Some(End::TimedOut), _) => info!(target: LOG_TARGET, "peer {peer} closed: {what}"),
-        (Some(_), Ok(Err(e))) if is_client_gone(e) => {
-            info!(target: LOG_TARGET, "peer {peer} went away: {what}")
+    // However it ended, once the drain is over the drain did it: its error
+    // (a write cut off, a computation abandoned) is the drain's, not the
+    // client's.
+    if guard.end(end).is_none() {
+        info!(target: LOG_TARGET, "peer {peer} closed at the end of the drain");
+        return;
+    }
+    match outcome {
+        Outcome::Done => info!(target: LOG_TARGET, "peer {peer} done"),
+        Outcome::TimedOut(why) => info!(target: LOG_TARGET, "peer {peer} closed: {why}"),
+        Outcome::Gone(e) => info!(target: LOG_TARGET, "peer {peer} went away: {e}"),
+        Outcome::Failed(e) => warn!(target: LOG_TARGET, "peer {peer} ended by an error: {e}"),
+        Outcome::Panicked(what) => {
+            warn!(target: LOG_TARGET, "peer {peer} ended by a panic while serving it: {what}")
         }
-        (Some(_), Ok(_)) => warn!(target: LOG_TARGET, "peer {peer} ended by an error: {what}"),
-        (Some(_), Err(_)) => warn!(target: LOG_TARGET, "peer {peer} ended by {what}"),
+        Outcome::ClosedAtShutdown => {
+            info!(target: LOG_TARGET, "peer {peer} closed at the end of the drain")
+        }
     }
 }
 
@@ -158,20 +216,16 @@ fn is_client_gone(e: &io::Error) -> bool {
     )
 }
 
-/// The error that ends a client idle for `after`.
-pub(crate) fn idle_timeout(after: Duration) -> io::Error {
-    io::Error::new(
-        ErrorKind::TimedOut,
-        format!("sent nothing for {after:?} (idle timeout)"),
-    )
+/// How a client idle for `after` ends.
+pub(crate) fn idle_timeout(after: Duration) -> Outcome {
+    Outcome::TimedOut(format!("sent nothing for {after:?} (idle timeout)"))
 }
 
-/// The error that ends a client that read none of its answers for `after`.
-pub(crate) fn write_timeout(after: Duration) -> io::Error {
-    io::Error::new(
-        ErrorKind::TimedOut,
-        format!("took none of its answers for {after:?} (write timeout)"),
-    )
+/// How a client that took none of its answers for `after` ends.
+pub(crate) fn write_timeout(after: Duration) -> Outcome {
+    Outcome::TimedOut(format!(
+        "took none of its answers for {after:?} (write timeout)"
+    ))
 }
 
 /// A blocking read that ran out of its socket timeout. Linux reports it
@@ -186,16 +240,16 @@ fn is_timeout(e: &io::Error) -> bool {
 /// the next one with a fresh timeout, so a client that reads nothing was
 /// closed after up to twice the limit. Here every `send` is non-blocking,
 /// and the wait for room runs to a deadline that only progress moves.
-fn send_all(stream: &mut TcpStream, bytes: &[u8], limit: Option<Duration>) -> io::Result<()> {
+fn send_all(stream: &mut TcpStream, bytes: &[u8], limit: Option<Duration>) -> Result<(), Outcome> {
     let Some(limit) = limit else {
-        return stream.write_all(bytes);
+        return Ok(stream.write_all(bytes)?);
     };
     let socket = SockRef::from(&*stream);
     let mut rest = bytes;
     let mut deadline = Instant::now() + limit;
     while !rest.is_empty() {
         match socket.send_with_flags(rest, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(0) => return Err(io::Error::from(ErrorKind::WriteZero).into()),
             Ok(n) => {
                 rest = &rest[n..];
                 deadline = Instant::now() + limit;
@@ -206,7 +260,7 @@ fn send_all(stream: &mut TcpStream, bytes: &[u8], limit: Option<Duration>) -> io
                 }
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -243,7 +297,11 @@ fn wait_writable(stream: &TcpStream, deadline: Instant) -> io::Result<bool> {
     }
 }
 
-fn session(ctx: &Ctx, stream: &mut TcpStream, buffers: &mut Buffers) -> io::Result<()> {
+fn session(
+    ctx: &ServerState,
+    stream: &mut TcpStream,
+    buffers: &mut Buffers,
+) -> Result<(), Outcome> {
     stream.set_nodelay(true)?;
     let (idle, write) = (ctx.config.idle_timeout, ctx.config.write_timeout);
     stream.set_read_timeout(idle)?;
@@ -263,7 +321,7 @@ fn session(ctx: &Ctx, stream: &mut TcpStream, buffers: &mut Buffers) -> io::Resu
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) if is_timeout(&e) => return Err(idle_timeout(idle.unwrap_or_default())),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         ctx.count_bytes_in(n);
         let mut rest = &input[..n];
@@ -283,7 +341,7 @@ fn session(ctx: &Ctx, stream: &mut TcpStream, buffers: &mut Buffers) -> io::Resu
                 output.clear();
             }
             match stop {
-                Stop::No => break,
+                Stop::Consumed => break,
                 Stop::Full => {}
                 Stop::Close(reason) => return Err(protocol_violation(reason)),
                 // This thread is the client's own, so it computes here, for
@@ -291,7 +349,7 @@ fn session(ctx: &Ctx, stream: &mut TcpStream, buffers: &mut Buffers) -> io::Resu
                 Stop::Offload(number) => {
                     match prime::is_prime_unless(number, || ctx.is_closing()) {
                         Some(answer) => responder.answered(number, answer, output),
-                        None => return Err(closed_while_computing()),
+                        None => return Err(Outcome::ClosedAtShutdown),
                     }
                 }
             }
@@ -299,18 +357,9 @@ fn session(ctx: &Ctx, stream: &mut TcpStream, buffers: &mut Buffers) -> io::Resu
     }
 }
 
-/// The error that ends a client whose number was still being tested when
-/// the drain ended.
-pub(crate) fn closed_while_computing() -> io::Error {
-    io::Error::new(
-        ErrorKind::Interrupted,
-        "closed at the end of the drain while its number was being tested",
-    )
-}
-
-/// The error that ends a client that broke the protocol's rules.
-pub(crate) fn protocol_violation(reason: String) -> io::Error {
-    io::Error::new(ErrorKind::InvalidData, reason)
+/// How a client that broke the protocol's rules ends.
+pub(crate) fn protocol_violation(reason: String) -> Outcome {
+    Outcome::Failed(io::Error::new(ErrorKind::InvalidData, reason))
 }
 
 #[cfg(test)]
@@ -328,9 +377,10 @@ mod tests {
 
     #[test]
     fn a_panic_ends_only_that_client_and_is_counted() {
-        let (ctx, stats) = Ctx::for_test(Config::new(Model::Pool));
+        let (ctx, stats) = ServerState::for_test(Config::new(Model::Pool));
         let (mut client, server, peer) = pair();
-        admit(&ctx, server, peer).serve_with(|_, _| panic!("boom"));
+        admit(&ctx, server, peer, ctx.try_permit().unwrap())
+            .serve_with(|_, _| -> Result<(), Outcome> { panic!("boom") });
         // The server side is closed: the client reads end-of-file.
         let mut buf = [0u8; 1];
         assert_eq!(client.read(&mut buf).unwrap(), 0);
@@ -339,7 +389,8 @@ mod tests {
         let (mut client, server, peer) = pair();
         client.write_all(b"^hal$").unwrap();
         client.shutdown(std::net::Shutdown::Write).unwrap();
-        admit(&ctx, server, peer).serve(&mut Buffers::reserve(&ctx).unwrap());
+        admit(&ctx, server, peer, ctx.try_permit().unwrap())
+            .serve(&mut Buffers::reserve(&ctx).unwrap());
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"*ibm");

@@ -26,7 +26,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
 
-use super::{Ctx, OverLimit, memory};
+use super::{OverLimit, Permit, ServerState, memory};
 
 /// The listen backlog used when none is given.
 pub const DEFAULT_BACKLOG: i32 = 1024;
@@ -175,12 +175,13 @@ impl RateLimited {
     }
 }
 
-/// Whether a model serves its clients' sockets with blocking calls (the
-/// thread models) or readiness events (event, async).
+/// How a model does its clients' I/O: blocking calls on a thread per
+/// client (the thread models), or non-blocking calls driven by readiness
+/// events (event, async).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Blocking {
-    Yes,
-    No,
+pub(crate) enum Io {
+    Blocking,
+    NonBlocking,
 }
 
 const LISTENER: Token = Token(0);
@@ -195,9 +196,9 @@ const WAKE: Token = Token(1);
 /// wait in the listen backlog.
 pub(crate) fn accept_loop(
     listener: TcpListener,
-    ctx: &Ctx,
-    blocking: Blocking,
-    mut on_client: impl FnMut(TcpStream, SocketAddr) -> ControlFlow<()>,
+    ctx: &Arc<ServerState>,
+    io: Io,
+    mut on_client: impl FnMut(TcpStream, SocketAddr, Permit) -> ControlFlow<()>,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let mut poll = Poll::new()?;
@@ -230,17 +231,22 @@ pub(crate) fn accept_loop(
         // Readiness is edge-triggered: accept until the backlog is empty.
         // After a back-off this runs on the timeout, with no event.
         loop {
-            if ctx.config.over_limit == OverLimit::Wait && ctx.full() {
-                // Newcomers wait in the backlog until a client leaves.
-                ctx.wait_for_room();
-            }
+            // With `wait`, a place is taken before the accept: while there
+            // is none, newcomers wait in the backlog until a client leaves.
+            let waited = match ctx.config.over_limit {
+                OverLimit::Wait => match ctx.wait_permit() {
+                    Some(permit) => Some(permit),
+                    None => return Ok(()),
+                },
+                OverLimit::Reject => None,
+            };
             if ctx.shutdown.is_triggered() {
                 return Ok(());
             }
             match listener.accept() {
                 Ok((stream, peer)) => {
                     ctx.count_accepted();
-                    if ctx.config.over_limit == OverLimit::Reject && ctx.full() {
+                    let Some(permit) = waited.or_else(|| ctx.try_permit()) else {
                         drop(stream);
                         ctx.count_rejected();
                         if let Some(held_back) = reject_log.allow(Instant::now()) {
@@ -251,7 +257,7 @@ pub(crate) fn accept_loop(
                             );
                         }
                         continue;
-                    }
+                    };
                     if let Err(short) = ctx.budget.check(cost) {
                         drop(stream);
                         ctx.count_rejected();
@@ -265,12 +271,12 @@ pub(crate) fn accept_loop(
                     }
                     // Linux does not pass the listener's O_NONBLOCK on, but
                     // other systems do: say what the model needs.
-                    if let Err(e) = stream.set_nonblocking(blocking == Blocking::No) {
+                    if let Err(e) = stream.set_nonblocking(io == Io::NonBlocking) {
                         warn!("cannot serve {peer}: {e}");
                         ctx.count_failed();
                         continue;
                     }
-                    if on_client(stream, peer).is_break() {
+                    if on_client(stream, peer, permit).is_break() {
                         return Ok(());
                     }
                 }

@@ -60,7 +60,7 @@ pub(crate) fn answer_capacity(protocol: Protocol) -> usize {
 
 /// The stack of each client thread or pool worker.
 pub(crate) fn stack_size(config: &Config) -> u64 {
-    config.stack_size.unwrap_or_else(threads::default_stack) as u64
+    config.stack_size().unwrap_or_else(threads::default_stack) as u64
 }
 
 /// What a newcomer needs to begin with, in address space, beyond what its
@@ -69,7 +69,7 @@ pub(crate) fn stack_size(config: &Config) -> u64 {
 /// Growth beyond that is checked as it comes.
 pub(crate) fn client_cost(config: &Config) -> u64 {
     let buffers = buffers_cost(config.protocol);
-    match config.model {
+    match config.model() {
         // Their buffers are reserved as the server (or a worker) starts,
         // and serve one client after another: a client costs nothing more,
         // and is refused only once the reserve itself is in use.

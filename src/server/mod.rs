@@ -33,6 +33,8 @@
 //! ```
 
 mod asynchronous;
+mod compute;
+pub mod config;
 mod conn;
 mod event;
 pub mod listener;
@@ -43,10 +45,8 @@ mod sequential;
 mod state;
 mod thread;
 
-use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -54,167 +54,20 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 pub use crate::shutdown::Shutdown;
+pub use config::{
+    AsyncSettings, Config, ConfigError, DEFAULT_MAX_CONNS, DEFAULT_WRITE_TIMEOUT, EventSettings,
+    Model, OverLimit, PoolSettings, Settings, ThreadSettings, limits,
+};
 pub use responder::Protocol;
 pub use state::Summary;
-pub(crate) use state::{ClientGuard, Ctx, End, Stats, snapshot};
-
-/// How a server admits and serves its clients.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
-pub enum Model {
-    /// One client at a time, in the accept loop (the article's part 1).
-    Sequential,
-    /// One thread per client (the article's C server).
-    Thread,
-    /// A pool of worker threads fed through a bounded hand-off (the
-    /// article's Python server); fixed, or growing and shrinking with the
-    /// load.
-    Pool,
-    /// mio event loops: no thread per client, per-client state and
-    /// outbound buffers (where the article points next).
-    Event,
-    /// tokio: one task per client on a few runtime threads.
-    Async,
-}
-
-impl Model {
-    /// Every model, so that tests and benchmarks can loop over them.
-    pub const ALL: [Model; 5] = [
-        Model::Sequential,
-        Model::Thread,
-        Model::Pool,
-        Model::Event,
-        Model::Async,
-    ];
-
-    /// The name used on the command line and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Model::Sequential => "sequential",
-            Model::Thread => "thread",
-            Model::Pool => "pool",
-            Model::Event => "event",
-            Model::Async => "async",
-        }
-    }
-}
-
-impl fmt::Display for Model {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Model {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Model::ALL
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = Model::ALL.iter().map(|m| m.name()).collect();
-                format!("unknown model {s:?}; expected one of {}", names.join(", "))
-            })
-    }
-}
-
-/// What a server is asked to be. Every model reads the same fields and
-/// ignores the ones that are not about it.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// The concurrency model.
-    pub model: Model,
-    /// The protocol spoken to clients.
-    pub protocol: Protocol,
-    /// Worker threads of [`Model::Pool`]: all of them for a fixed pool,
-    /// the fewest for one that adapts (see [`Config::max_threads`]).
-    pub threads: usize,
-    /// The most worker threads [`Model::Pool`] grows to while every worker
-    /// is busy and clients wait; at or below [`Config::threads`] the pool
-    /// is fixed.
-    pub max_threads: usize,
-    /// How long a worker beyond [`Config::threads`] may sit idle before it
-    /// leaves.
-    pub keep_alive: Duration,
-    /// Clients the pool's hand-off holds while every worker is busy. Zero
-    /// is a rendezvous: the accept loop waits for a free worker and further
-    /// clients wait in the kernel's listen backlog, as in the article. At
-    /// most [`MAX_QUEUE`]; a larger value is taken as that.
-    pub queue: usize,
-    /// After a shutdown signal, how long clients being served may go on
-    /// before they are closed.
-    pub drain_timeout: Duration,
-    /// Event loops (threads) of [`Model::Event`].
-    pub loops: usize,
-    /// Runtime threads of [`Model::Async`].
-    pub workers: usize,
-    /// Answers [`Model::Event`] holds for one client before it stops
-    /// reading from that client until they drain.
-    pub outbound_cap: usize,
-    /// The most clients served at once; see [`OverLimit`] for what happens
-    /// to the next one.
-    pub max_conns: usize,
-    /// What the server does with a client over [`Config::max_conns`].
-    pub over_limit: OverLimit,
-    /// Close a client that sends nothing for this long.
-    pub idle_timeout: Option<Duration>,
-    /// Close a client whose answers cannot be written for this long,
-    /// because it does not read them.
-    pub write_timeout: Option<Duration>,
-    /// Log a line of live figures this often.
-    pub stats_interval: Option<Duration>,
-    /// Stack size of each client thread ([`Model::Thread`]) or worker
-    /// ([`Model::Pool`]); `None` is Rust's default (2 MiB unless
-    /// `RUST_MIN_STACK` says otherwise). Most of a stack is address space
-    /// never touched, so a smaller one fits more threads under an
-    /// address-space limit (or strict overcommit) rather than saving
-    /// resident memory.
-    pub stack_size: Option<usize>,
-}
-
-/// What happens to a client that arrives while the server already serves
-/// [`Config::max_conns`] clients.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum OverLimit {
-    /// Stop accepting until a client leaves; newcomers wait in the listen
-    /// backlog (and, once that is full, in their SYN retries).
-    Wait,
-    /// Accept and close at once, without a `*`; counted as rejected.
-    Reject,
-}
-
-/// The default of [`Config::max_conns`].
-pub const DEFAULT_MAX_CONNS: usize = 10_000;
-
-/// The longest pool hand-off ([`Config::queue`]): its slots are allocated
-/// up front, so a mistyped length must not ask for terabytes.
-pub const MAX_QUEUE: usize = 100_000;
-
-/// The default of [`Config::write_timeout`].
-pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) use state::{ClientGuard, End, Permit, ServerState, Stats, snapshot};
 
 /// Raises this process's soft limit on open descriptors to its hard limit,
 /// and returns the new soft limit. Every client costs a descriptor, and the
 /// usual soft limit (1024) is far below what a server of many clients
 /// needs; a limit lowered on purpose (`ulimit -n` lowers both) stays.
 pub fn raise_fd_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: both calls get a valid pointer to a local rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(lim.rlim_cur)
+    rlimit::increase_nofile_limit(u64::MAX)
 }
 
 /// The machine's core count, the default number of event loops and async
@@ -223,87 +76,13 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-impl Config {
-    /// The defaults for `model`: 64 pool workers, a rendezvous hand-off,
-    /// a five-second drain, an event loop or async worker per core, and a
-    /// 64 KiB outbound cap.
-    pub fn new(model: Model) -> Self {
-        Config {
-            model,
-            protocol: Protocol::Bytes,
-            threads: 64,
-            max_threads: 0,
-            keep_alive: Duration::from_secs(10),
-            queue: 0,
-            drain_timeout: Duration::from_secs(5),
-            loops: cores(),
-            workers: cores(),
-            outbound_cap: 64 * 1024,
-            max_conns: DEFAULT_MAX_CONNS,
-            over_limit: OverLimit::Wait,
-            idle_timeout: None,
-            write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
-            stats_interval: None,
-            stack_size: None,
-        }
-    }
-
-    /// A builder for one of this server's client threads or workers.
-    pub(crate) fn thread_builder(&self, name: String) -> std::thread::Builder {
-        let builder = std::thread::Builder::new().name(name);
-        match self.stack_size {
-            Some(size) => builder.stack_size(size),
-            None => builder,
-        }
-    }
-
-    /// Sets [`Config::threads`].
-    pub fn threads(mut self, threads: usize) -> Self {
-        self.threads = threads;
-        self
-    }
-
-    /// Sets [`Config::drain_timeout`].
-    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.drain_timeout = timeout;
-        self
-    }
-
-    /// A short description for banners and chart titles, such as
-    /// `model pool, 64 threads`.
-    pub fn describe(&self) -> String {
-        let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-        let model = match self.model {
-            Model::Pool if self.max_threads > self.threads => {
-                format!(
-                    "model pool, {} to {} threads",
-                    self.threads, self.max_threads
-                )
-            }
-            Model::Pool => format!("model pool, {}", count(self.threads, "thread")),
-            Model::Event => format!("model event, {}", count(self.loops, "loop")),
-            Model::Async => format!("model async, {}", count(self.workers, "worker")),
-            m => format!("model {m}"),
-        };
-        match self.protocol {
-            Protocol::Bytes => model,
-            Protocol::Prime => format!("{model}, protocol prime"),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config::new(Model::Pool)
-    }
-}
-
 /// Serves clients on `listener` with `config` until `shutdown` fires, then
 /// drains and returns what happened. Blocks the calling thread.
 ///
-/// An error here is a failure to set the server up (the event queue, say);
-/// errors of one client, or of one `accept`, are logged and counted, never
-/// returned.
+/// An error here is a configuration out of range ([`Config::check`], as
+/// `InvalidInput`) or a failure to set the server up (the event queue,
+/// say); errors of one client, or of one `accept`, are logged and counted,
+/// never returned.
 pub fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> io::Result<Summary> {
     run_with(listener, config, shutdown, Arc::default())
 }
@@ -337,11 +116,19 @@ fn run_with(
     shutdown: Shutdown,
     stats: Arc<Stats>,
 ) -> io::Result<Summary> {
-    let ctx = Arc::new(Ctx::new(config, shutdown, Arc::clone(&stats)));
+    checked(&config)?;
+    let ctx = Arc::new(ServerState::new(config, shutdown, Arc::clone(&stats)));
     run_ctx(listener, ctx, stats)
 }
 
-fn run_ctx(listener: TcpListener, ctx: Arc<Ctx>, stats: Arc<Stats>) -> io::Result<Summary> {
+/// A configuration out of range is refused before anything starts.
+fn checked(config: &Config) -> io::Result<()> {
+    config
+        .check()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
+}
+
+fn run_ctx(listener: TcpListener, ctx: Arc<ServerState>, stats: Arc<Stats>) -> io::Result<Summary> {
     let shutdown = ctx.shutdown.clone();
     // The drain runs beside the model rather than after it, because a
     // model may be blocked serving a client (sequential serves in its
@@ -367,12 +154,12 @@ fn run_ctx(listener: TcpListener, ctx: Arc<Ctx>, stats: Arc<Stats>) -> io::Resul
         }
         None => None,
     };
-    let result = match ctx.config.model {
-        Model::Sequential => sequential::run(listener, &ctx),
-        Model::Thread => thread::run(listener, &ctx),
-        Model::Pool => pool::run(listener, &ctx),
-        Model::Event => event::run(listener, &ctx),
-        Model::Async => asynchronous::run(listener, &ctx),
+    let result = match &ctx.config.settings {
+        Settings::Sequential => sequential::run(listener, &ctx),
+        Settings::Thread(_) => thread::run(listener, &ctx),
+        Settings::Pool(settings) => pool::run(listener, &ctx, settings),
+        Settings::Event(settings) => event::run(listener, &ctx, settings),
+        Settings::Async(settings) => asynchronous::run(listener, &ctx, settings),
     };
     // A model that failed to start has not seen the signal; fire it so the
     // drainer ends too.
@@ -392,7 +179,7 @@ fn run_ctx(listener: TcpListener, ctx: Arc<Ctx>, stats: Arc<Stats>) -> io::Resul
     Ok(snapshot(&stats))
 }
 
-fn drain(ctx: &Ctx) {
+fn drain(ctx: &ServerState) {
     ctx.shutdown.wait();
     // An accept loop waiting for room must see the signal too; notifying
     // under the lock means it cannot be between its check and its wait.
@@ -423,20 +210,21 @@ pub struct Server {
     thread: JoinHandle<io::Result<Summary>>,
 }
 
-/// Starts a server of `config.model` on `listener`, on a new thread.
+/// Starts a server of `config.model()` on `listener`, on a new thread.
 pub fn start(listener: TcpListener, config: Config) -> io::Result<Server> {
+    checked(&config)?;
     let stats = Arc::<Stats>::default();
-    let ctx = Ctx::new(config, Shutdown::new(), Arc::clone(&stats));
+    let ctx = ServerState::new(config, Shutdown::new(), Arc::clone(&stats));
     start_ctx(listener, ctx, stats)
 }
 
-fn start_ctx(listener: TcpListener, ctx: Ctx, stats: Arc<Stats>) -> io::Result<Server> {
+fn start_ctx(listener: TcpListener, ctx: ServerState, stats: Arc<Stats>) -> io::Result<Server> {
     let addr = listener.local_addr()?;
     let shutdown = ctx.shutdown.clone();
     let thread = {
         let stats = Arc::clone(&stats);
         std::thread::Builder::new()
-            .name(format!("{}-server", ctx.config.model))
+            .name(format!("{}-server", ctx.config.model()))
             .spawn(move || run_ctx(listener, Arc::new(ctx), stats))?
     };
     Ok(Server {
@@ -498,7 +286,7 @@ mod tests {
 
     fn start_pretending(model: Model, used: fn() -> io::Result<u64>) -> Server {
         let stats = Arc::<Stats>::default();
-        let mut ctx = Ctx::new(Config::new(model), Shutdown::new(), Arc::clone(&stats));
+        let mut ctx = ServerState::new(Config::new(model), Shutdown::new(), Arc::clone(&stats));
         ctx.budget = memory::Budget::new(Some(LIMIT), used);
         let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 64).unwrap();
         start_ctx(listener, ctx, stats).unwrap()

@@ -30,16 +30,23 @@ use tracing::{info, warn};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError, select};
 
-use super::listener::{self, Blocking, RateLimited};
-use super::{Ctx, conn, memory};
+use super::listener::{self, Io, RateLimited};
+use super::{Permit, PoolSettings, ServerState, conn, memory};
 
-/// A client waiting for a worker, with the moment it was accepted.
-type Job = (TcpStream, SocketAddr, Instant);
+/// A client waiting for a worker: its connection, when it was accepted,
+/// and its place among the clients served at once.
+struct Queued {
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    permit: Permit,
+}
 
 /// The workers, and what growing and shrinking them needs.
 struct Pool {
-    ctx: Arc<Ctx>,
-    queue: Receiver<Job>,
+    ctx: Arc<ServerState>,
+    settings: PoolSettings,
+    queue: Receiver<Queued>,
     /// Workers alive (also in the summary's `pool_threads`).
     alive: AtomicUsize,
     /// Workers waiting for a client.
@@ -114,7 +121,7 @@ impl Pool {
                 info!(
                     "pool shrinks to {} threads: a worker was idle for {:?}",
                     was - 1,
-                    self.ctx.config.keep_alive
+                    self.settings.keep_alive
                 );
                 true
             }
@@ -137,7 +144,7 @@ impl Pool {
         loop {
             self.idle.fetch_add(1, Ordering::SeqCst);
             let job = if adaptive {
-                self.queue.recv_timeout(self.ctx.config.keep_alive)
+                self.queue.recv_timeout(self.settings.keep_alive)
             } else {
                 self.queue
                     .recv()
@@ -157,39 +164,45 @@ impl Pool {
         }
     }
 
-    fn serve(&self, (stream, peer, accepted): Job, buffers: &mut conn::Buffers) {
+    fn serve(&self, job: Queued, buffers: &mut conn::Buffers) {
         let ctx = &self.ctx;
         if ctx.shutdown.is_triggered() {
-            // Accepted but never served: closing it is as if it had never
-            // been accepted.
-            drop(stream);
+            // Accepted but never served (its permit goes with it).
+            drop(job);
             ctx.count_closed_at_shutdown();
-            ctx.arrived();
             return;
         }
-        if idled_out_in_queue(ctx, &stream, accepted) {
+        let Queued {
+            stream,
+            peer,
+            accepted,
+            permit,
+        } = job;
+        if idled_out_in_queue(ctx, &self.settings, &stream, accepted) {
             info!(target: conn::LOG_TARGET, "peer {peer} closed unserved: sent nothing while it waited past the idle timeout");
             drop(stream);
             ctx.count_timed_out();
-            ctx.arrived();
             return;
         }
-        let client = conn::admit(ctx, stream, peer);
-        ctx.arrived();
-        client.serve(buffers);
+        conn::admit(ctx, stream, peer, permit).serve(buffers);
     }
 }
 
-pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
-    let (jobs, queue) = crossbeam_channel::bounded::<Job>(ctx.config.queue);
-    let min = ctx.config.threads;
+pub(crate) fn run(
+    listener: TcpListener,
+    ctx: &Arc<ServerState>,
+    settings: &PoolSettings,
+) -> io::Result<()> {
+    let (jobs, queue) = crossbeam_channel::bounded::<Queued>(settings.queue);
+    let min = settings.threads;
     let pool = Arc::new(Pool {
         ctx: Arc::clone(ctx),
+        settings: settings.clone(),
         queue,
         alive: AtomicUsize::new(0),
         idle: AtomicUsize::new(0),
         min,
-        max: ctx.config.max_threads.max(min),
+        max: settings.max_threads.max(min),
         workers: Mutex::new(Vec::new()),
         next_id: AtomicUsize::new(0),
     });
@@ -210,9 +223,13 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
     let stop = ctx.shutdown.channel();
     let mut refusals = RateLimited::new(Duration::from_secs(1));
     let adaptive = pool.max > pool.min;
-    let result = listener::accept_loop(listener, ctx, Blocking::Yes, |stream, peer| {
-        ctx.set_off();
-        let job = (stream, peer, Instant::now());
+    let result = listener::accept_loop(listener, ctx, Io::Blocking, |stream, peer, permit| {
+        let job = Queued {
+            stream,
+            peer,
+            accepted: Instant::now(),
+            permit,
+        };
         // Grow while every worker is busy. `idle` can still count a
         // worker that is just taking the previous client, so a client that
         // no worker takes at once makes the pool grow too; otherwise it
@@ -224,7 +241,6 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
             Err(TrySendError::Disconnected(_)) => {
                 // Every worker is gone; nobody can serve this client.
                 ctx.count_failed();
-                ctx.arrived();
                 return ControlFlow::Break(());
             }
             Err(TrySendError::Full(job)) => job,
@@ -253,7 +269,6 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
                 }
                 drop(job);
                 ctx.count_rejected();
-                ctx.arrived();
                 return ControlFlow::Continue(());
             }
             // The pool goes on serving with the workers it has.
@@ -264,13 +279,11 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
                 Ok(()) => ControlFlow::Continue(()),
                 Err(_) => {
                     ctx.count_failed();
-                    ctx.arrived();
                     ControlFlow::Break(())
                 }
             },
             recv(stop) -> _ => {
                 ctx.count_closed_at_shutdown();
-                ctx.arrived();
                 ControlFlow::Break(())
             }
         }
@@ -296,14 +309,19 @@ fn join_all(pool: &Pool) {
 /// from its accept; the time it spent in the kernel's backlog before that
 /// is unknown to the server, which is why a queue (`--queue`) lets the idle
 /// timeout clear idle clients out faster than a rendezvous does.
-fn idled_out_in_queue(ctx: &Ctx, stream: &TcpStream, accepted: Instant) -> bool {
+fn idled_out_in_queue(
+    ctx: &ServerState,
+    settings: &PoolSettings,
+    stream: &TcpStream,
+    accepted: Instant,
+) -> bool {
     let Some(limit) = ctx.config.idle_timeout else {
         return false;
     };
     // A rendezvous has no queue: the client waited in the accept loop's
     // hand, for a worker, as a polite client waits for its `*`. Only
     // clients parked in a `--queue` are shed.
-    if ctx.config.queue == 0 {
+    if settings.queue == 0 {
         return false;
     }
     if accepted.elapsed() < limit {

@@ -26,7 +26,7 @@ pub enum Protocol {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Stop {
     /// All input consumed.
-    No,
+    Consumed,
     /// This number needs testing off the caller's thread; call
     /// [`Responder::answered`] with the result before responding further.
     Offload(u64),
@@ -96,7 +96,7 @@ impl Responder {
         match self {
             Responder::Bytes(p) => {
                 p.feed(input, out);
-                (input.len(), Stop::No)
+                (input.len(), Stop::Consumed)
             }
             Responder::Prime(lines) => {
                 let mut rest = input;
@@ -105,7 +105,7 @@ impl Responder {
                         return (input.len() - rest.len(), Stop::Full);
                     }
                     let Some(request) = lines.next_request(&mut rest) else {
-                        return (input.len(), Stop::No);
+                        return (input.len(), Stop::Consumed);
                     };
                     let consumed = input.len() - rest.len();
                     match request {
@@ -150,13 +150,16 @@ mod tests {
         assert_eq!(out, b"prime\n");
         r.answered(1_000_000_000_039, true, &mut out);
         let (rest, stop) = r.respond(&input[used..], &mut out, true);
-        assert_eq!((rest, stop), (input.len() - used, Stop::No));
+        assert_eq!((rest, stop), (input.len() - used, Stop::Consumed));
         assert_eq!(out, b"prime\nprime\ncomposite\n");
 
         // Without offloading, the same input is answered in one go.
         let mut out = Vec::new();
         let mut r = Responder::new(Protocol::Prime);
-        assert_eq!(r.respond(input, &mut out, false), (input.len(), Stop::No));
+        assert_eq!(
+            r.respond(input, &mut out, false),
+            (input.len(), Stop::Consumed)
+        );
         assert_eq!(out, b"prime\nprime\ncomposite\n");
     }
 
@@ -178,7 +181,7 @@ mod tests {
             let lines = out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
             out.clear();
             assert!(lines > 0);
-            if stop == Stop::No {
+            if stop == Stop::Consumed {
                 break;
             }
             assert_eq!(stop, Stop::Full);
@@ -207,7 +210,7 @@ mod tests {
                     let (used, stop) = r.respond(rest, &mut out, false);
                     assert!(out.len() - before <= promised, "{protocol:?}");
                     rest = &rest[used..];
-                    if stop == Stop::No {
+                    if stop == Stop::Consumed {
                         break;
                     }
                     out.clear();

@@ -10,16 +10,16 @@ use std::net::TcpListener;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use super::listener::{self, Blocking};
-use super::{Ctx, conn};
+use super::listener::{self, Io};
+use super::{ServerState, conn};
 
-pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
+pub(crate) fn run(listener: TcpListener, ctx: &Arc<ServerState>) -> io::Result<()> {
     // One client at a time: one set of buffers, reserved as the server
     // sets itself up.
     let mut buffers = conn::Buffers::reserve(ctx)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot reserve the buffers: {e}")))?;
-    listener::accept_loop(listener, ctx, Blocking::Yes, |stream, peer| {
-        conn::admit(ctx, stream, peer).serve(&mut buffers);
+    listener::accept_loop(listener, ctx, Io::Blocking, |stream, peer, permit| {
+        conn::admit(ctx, stream, peer, permit).serve(&mut buffers);
         ControlFlow::Continue(())
     })
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -131,7 +131,7 @@ fn bump(counter: &AtomicU64, by: u64) {
 
 /// The server's shared state: its configuration, its counters, and the
 /// clients it is serving now.
-pub(crate) struct Ctx {
+pub(crate) struct ServerState {
     pub(crate) config: Config,
     pub(crate) shutdown: Shutdown,
     /// The address-space limit, and the checks that keep within it.
@@ -142,10 +142,8 @@ pub(crate) struct Ctx {
     clients: Mutex<Clients>,
     // Set when the drain ends: long computations for clients give up.
     closing: Arc<AtomicBool>,
-    // Clients the pool's accept loop has handed off that no worker has
-    // admitted yet: the connection cap counts them too.
-    in_transit: AtomicUsize,
-    // Signalled whenever a client leaves, for the drain.
+    // Signalled whenever a client leaves or a permit is given back, for
+    // the drain and the accept loop.
     pub(super) left: Condvar,
 }
 
@@ -159,28 +157,21 @@ pub(super) struct Clients {
     open: HashMap<u64, RawFd>,
     // Set when the drain ends: late arrivals are closed at once.
     closing: bool,
+    // Permits out: clients accepted and not yet gone, wherever they are.
+    permits: usize,
 }
 
-impl Ctx {
-    pub(crate) fn new(mut config: Config, shutdown: Shutdown, stats: Arc<Stats>) -> Self {
-        // A zero timeout would close every client at once; it means "off".
-        for timeout in [&mut config.idle_timeout, &mut config.write_timeout] {
-            if timeout.is_some_and(|t| t.is_zero()) {
-                *timeout = None;
-            }
-        }
-        config.queue = config.queue.min(super::MAX_QUEUE);
-        // Deadlines are `now + drain_timeout`: keep that sum representable.
-        const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
-        config.drain_timeout = config.drain_timeout.min(YEAR);
-        Ctx {
+impl ServerState {
+    /// The state of a server of `config`, which [`Config::check`] has
+    /// passed (so every deadline `now + timeout` is representable).
+    pub(crate) fn new(config: Config, shutdown: Shutdown, stats: Arc<Stats>) -> Self {
+        ServerState {
             config,
             shutdown,
             budget: Budget::from_rlimit(),
             stacks: Stacks::default(),
             stats,
             clients: Mutex::new(Clients::default()),
-            in_transit: AtomicUsize::new(0),
             closing: Arc::default(),
             left: Condvar::new(),
         }
@@ -188,9 +179,9 @@ impl Ctx {
 
     /// A context of its own for a unit test, and the figures it counts.
     #[cfg(test)]
-    pub(crate) fn for_test(config: Config) -> (Arc<Ctx>, Arc<Stats>) {
+    pub(crate) fn for_test(config: Config) -> (Arc<ServerState>, Arc<Stats>) {
         let stats = Arc::<Stats>::default();
-        let ctx = Ctx::new(config, Shutdown::new(), Arc::clone(&stats));
+        let ctx = ServerState::new(config, Shutdown::new(), Arc::clone(&stats));
         (Arc::new(ctx), stats)
     }
 
@@ -200,9 +191,41 @@ impl Ctx {
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a client being served; it stays counted until the guard
-    /// drops. The guard must drop before `socket` closes.
-    pub(crate) fn enter(self: &Arc<Self>, socket: &impl AsRawFd) -> ClientGuard {
+    /// Waits for a place among the clients served at once, while the
+    /// server is full, and takes it; `None` once the shutdown fires.
+    pub(crate) fn wait_permit(self: &Arc<Self>) -> Option<Permit> {
+        let clients = self.lock();
+        let mut clients = self
+            .left
+            .wait_while(clients, |c| {
+                c.permits >= self.config.max_conns && !self.shutdown.is_triggered()
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        if self.shutdown.is_triggered() {
+            return None;
+        }
+        clients.permits += 1;
+        Some(Permit {
+            ctx: Arc::clone(self),
+        })
+    }
+
+    /// Takes a place among the clients served at once, if there is one.
+    pub(crate) fn try_permit(self: &Arc<Self>) -> Option<Permit> {
+        let mut clients = self.lock();
+        if clients.permits >= self.config.max_conns {
+            return None;
+        }
+        clients.permits += 1;
+        Some(Permit {
+            ctx: Arc::clone(self),
+        })
+    }
+
+    /// Registers a client being served, holding its `permit`; it stays
+    /// counted until the guard drops. The guard must drop before `socket`
+    /// closes.
+    pub(crate) fn enter(self: &Arc<Self>, socket: &impl AsRawFd, permit: Permit) -> ClientGuard {
         let fd = socket.as_raw_fd();
         let mut clients = self.lock();
         let id = clients.next_id;
@@ -217,6 +240,7 @@ impl Ctx {
             ctx: Arc::clone(self),
             id,
             counted: false,
+            _permit: permit,
         }
     }
 
@@ -282,37 +306,6 @@ impl Ctx {
         bump(&self.stats.rejected, 1);
     }
 
-    /// Whether the server serves as many clients as it may.
-    pub(crate) fn full(&self) -> bool {
-        self.lock().open.len() + self.in_transit.load(Ordering::SeqCst) >= self.config.max_conns
-    }
-
-    /// A client is on its way to a thread that will admit it.
-    pub(crate) fn set_off(&self) {
-        self.in_transit.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// A client set off has arrived: admitted (call this after
-    /// [`Ctx::enter`], so it is never uncounted), or closed unserved.
-    pub(crate) fn arrived(&self) {
-        let _clients = self.lock();
-        self.in_transit.fetch_sub(1, Ordering::SeqCst);
-        self.left.notify_all();
-    }
-
-    /// Blocks while the server is full, until a client leaves or the
-    /// shutdown fires.
-    pub(crate) fn wait_for_room(&self) {
-        let clients = self.lock();
-        let _clients = self
-            .left
-            .wait_while(clients, |c| {
-                c.open.len() + self.in_transit.load(Ordering::SeqCst) >= self.config.max_conns
-                    && !self.shutdown.is_triggered()
-            })
-            .unwrap_or_else(|e| e.into_inner());
-    }
-
     /// A client the shutdown ended before it could be served.
     pub(crate) fn count_closed_at_shutdown(&self) {
         bump(&self.stats.closed_at_shutdown, 1);
@@ -350,17 +343,40 @@ pub(crate) enum End {
     Served,
     Failed,
     TimedOut,
+    ClosedAtShutdown,
 }
 
-/// A client counted as being served; dropping it ends the count.
+/// A place among the clients served at once ([`Config::max_conns`]),
+/// taken before a client is accepted (or, with `--over-limit reject`, just
+/// after) and given back when the client is gone, served or let go on its
+/// way (a full queue, a thread that could not start): the cap counts every
+/// client wherever it is, and cannot count one twice or lose one.
+pub(crate) struct Permit {
+    ctx: Arc<ServerState>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut clients = self.ctx.lock();
+        clients.permits -= 1;
+        drop(clients);
+        self.ctx.left.notify_all();
+    }
+}
+
+/// A client counted as being served; dropping it ends the count (and gives
+/// its permit back).
 pub(crate) struct ClientGuard {
-    ctx: Arc<Ctx>,
+    ctx: Arc<ServerState>,
     id: u64,
     counted: bool,
+    // Dropped after the guard's own `drop` has taken the client out of
+    // the registry.
+    _permit: Permit,
 }
 
 impl ClientGuard {
-    pub(crate) fn ctx(&self) -> &Ctx {
+    pub(crate) fn ctx(&self) -> &ServerState {
         &self.ctx
     }
 
@@ -370,7 +386,7 @@ impl ClientGuard {
     /// for a number, since its own outcome is then the drain's doing.
     pub(crate) fn end(mut self, end: End) -> Option<End> {
         self.counted = true;
-        if self.ctx.is_closing() {
+        if self.ctx.is_closing() || end == End::ClosedAtShutdown {
             self.ctx.count_closed_at_shutdown();
             return None;
         }
@@ -378,6 +394,7 @@ impl ClientGuard {
             End::Served => &self.ctx.stats.served,
             End::Failed => &self.ctx.stats.failed,
             End::TimedOut => &self.ctx.stats.timed_out,
+            End::ClosedAtShutdown => unreachable!("counted above"),
         };
         bump(counter, 1);
         Some(end)
@@ -404,7 +421,7 @@ impl Drop for ClientGuard {
             }
         }
         // Map and count change together under the lock, as in `enter`: a
-        // count below the cap means there is room (`Ctx::full` reads the
+        // count below the cap means there is room (`ServerState::full` reads the
         // map), and whoever sees the map empty (`wait_idle`, before the
         // final summary) sees the count at zero too.
         let mut clients = self.ctx.lock();

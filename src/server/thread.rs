@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::listener::{self, Blocking, RateLimited};
-use super::{Ctx, conn, memory};
+use super::listener::{self, Io, RateLimited};
+use super::{ServerState, conn, memory};
 
-pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
+pub(crate) fn run(listener: TcpListener, ctx: &Arc<ServerState>) -> io::Result<()> {
     let mut next = 0u64;
     // Under an address-space limit the accept loop checks that each
     // newcomer's thread fits (see `memory`); waiting until the previous
@@ -28,7 +28,7 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
         memory::thread_cost(&ctx.config),
     );
     let mut refusals = RateLimited::new(Duration::from_secs(1));
-    listener::accept_loop(listener, ctx, Blocking::Yes, |stream, peer| {
+    listener::accept_loop(listener, ctx, Io::Blocking, |stream, peer, permit| {
         if let Err(short) = ctx.stacks.check_thread(&ctx.budget, stack, rest) {
             drop(stream);
             ctx.count_rejected();
@@ -41,7 +41,7 @@ pub(crate) fn run(listener: TcpListener, ctx: &Arc<Ctx>) -> io::Result<()> {
             return ControlFlow::Continue(());
         }
         next += 1;
-        let client = conn::admit(ctx, stream, peer);
+        let client = conn::admit(ctx, stream, peer, permit);
         let (ready, started) = mpsc::sync_channel::<()>(1);
         let ended = Arc::clone(ctx);
         let spawned = ctx
