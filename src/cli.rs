@@ -115,7 +115,7 @@ pub(crate) struct BenchArgs {
     )]
     pub(crate) counts: Vec<usize>,
 
-    /// Models to start and measure, comma-separated [default: all five;
+    /// Models to start and measure, comma-separated [default: all six;
     /// none with --addr].
     #[arg(long, value_enum, value_delimiter = ',', value_name = "MODEL,...")]
     pub(crate) models: Vec<Model>,
@@ -309,8 +309,14 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub(crate) workers: Option<usize>,
 
+    /// io_uring rings, each a thread [default: the number of cores] (only
+    /// with --model uring).
+    #[arg(long, value_name = "N")]
+    pub(crate) rings: Option<usize>,
+
     /// Answer bytes held for one client before the server stops reading
-    /// from it until they drain [default: 65536] (only with --model event).
+    /// from it until they drain [default: 65536] (only with --model event
+    /// or uring).
     #[arg(long, value_name = "BYTES")]
     pub(crate) outbound_cap: Option<usize>,
 

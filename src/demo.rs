@@ -2,8 +2,9 @@
 //! and a `pool -n 2` server, each on a free port of 127.0.0.1, and the
 //! simulated client with three connections on the article's schedule
 //! against each. The article measured about 6.6 s, 2.2 s and 4.4 s. The
-//! event-driven models it points to at its end (`event`, `async`) run
-//! beside them, so the comparison covers both families.
+//! event-driven models it points to at its end (`event`, `async`) and the
+//! completion-based one (`uring`) run beside them, so the comparison
+//! covers every family.
 //!
 //! The runs go at the same time: the clients spend nearly all of their
 //! time asleep between sends, so they do not disturb each other, and the
@@ -20,7 +21,8 @@ use crate::server::{self, Config, Model, listener};
 pub const CLIENTS: usize = 3;
 
 /// Every model: the servers of the article's part 2 in the order it shows
-/// them (its pool has two workers), then the event-driven ones.
+/// them (its pool has two workers), then the event-driven ones, then
+/// io_uring's.
 pub fn configs() -> Vec<Config> {
     Model::ALL
         .into_iter()
@@ -49,6 +51,9 @@ pub struct Run {
 pub struct Demo {
     /// One per server, in the order of [`configs`].
     pub runs: Vec<Run>,
+    /// The models this machine cannot run (`uring` where the kernel
+    /// refuses io_uring), each with why.
+    pub skipped: Vec<(Model, String)>,
 }
 
 impl Demo {
@@ -77,7 +82,12 @@ pub fn run(out: &Path) -> io::Result<Demo> {
     std::fs::create_dir_all(out)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", out.display())))?;
     let mut servers = Vec::new();
+    let mut skipped = Vec::new();
     for config in configs() {
+        if let Err(e) = server::check_available(config.model()) {
+            skipped.push((config.model(), e.to_string()));
+            continue;
+        }
         let listener = listener::bind("127.0.0.1:0".parse().expect("an address"), 64)?;
         servers.push((config.clone(), server::start(listener, config)?));
     }
@@ -120,7 +130,7 @@ pub fn run(out: &Path) -> io::Result<Demo> {
             json: json_path,
         });
     }
-    Ok(Demo { runs })
+    Ok(Demo { runs, skipped })
 }
 
 impl fmt::Display for Demo {
@@ -184,6 +194,9 @@ pub fn command(out: &Path) -> u8 {
         }
     };
     println!("{demo}");
+    for (model, why) in &demo.skipped {
+        eprintln!("skipped: model {model}: {why}");
+    }
     for run in &demo.runs {
         println!(
             "{}: chart {}, timelines {}",

@@ -122,6 +122,8 @@ fn bench(args: BenchArgs) -> ExitCode {
         options.models = args.models;
     } else if args.addr.is_some() {
         options.models.clear();
+    } else if let Err(e) = server::check_available(Model::Uring) {
+        eprintln!("note: model uring left out: {e}");
     }
     options.addr = args.addr;
     options.reference = !args.no_reference;
@@ -195,18 +197,19 @@ fn init_logging(quiet: bool) {
 /// The server `args` ask for, or what is wrong with them: a flag of
 /// another model, or a value out of range ([`Config::check`]).
 fn serve_config(args: &ServeArgs) -> Result<Config, String> {
-    let misplaced: [(&[Model], &str, bool); 8] = [
+    let misplaced: [(&[Model], &str, bool); 9] = [
         (&[Model::Pool], "--keep-alive", args.keep_alive.is_some()),
         (&[Model::Pool], "--threads", args.threads.is_some()),
         (&[Model::Pool], "--queue", args.queue.is_some()),
         (&[Model::Pool], "--max-threads", args.max_threads.is_some()),
         (&[Model::Event], "--loops", args.loops.is_some()),
         (
-            &[Model::Event],
+            &[Model::Event, Model::Uring],
             "--outbound-cap",
             args.outbound_cap.is_some(),
         ),
         (&[Model::Async], "--workers", args.workers.is_some()),
+        (&[Model::Uring], "--rings", args.rings.is_some()),
         (
             &[Model::Thread, Model::Pool],
             "--stack-kib",
@@ -256,6 +259,14 @@ fn serve_config(args: &ServeArgs) -> Result<Config, String> {
                 a.workers = n;
             }
         }
+        Settings::Uring(u) => {
+            if let Some(n) = args.rings {
+                u.rings = n;
+            }
+            if let Some(cap) = args.outbound_cap {
+                u.outbound_cap = cap;
+            }
+        }
     }
     config.protocol = args.protocol;
     config.max_conns = args.max_conns;
@@ -273,6 +284,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(message) => usage_error("serve", message),
     };
     init_logging(args.quiet);
+    // Before the banner: a model the kernel will not run is not serving.
+    if let Err(e) = server::check_available(config.model()) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = server::raise_fd_limit() {
         tracing::warn!("cannot raise the descriptor limit: {e}");
     }

@@ -6,7 +6,8 @@
 //! the way that suits how it blocks:
 //!
 //! - an accept loop parked in `epoll_wait` registers a [`mio::Waker`], which
-//!   the trigger wakes;
+//!   the trigger wakes (an io_uring ring registers its eventfd the same
+//!   way, through [`Wake`]);
 //! - a thread blocked on a channel `select!`s on [`Shutdown::channel`], a
 //!   receiver that becomes ready (disconnected) when the trigger fires;
 //! - anything else [`wait`](Shutdown::wait)s or polls
@@ -37,8 +38,21 @@ struct Inner {
     rx: Receiver<()>,
 }
 
+/// Something that wakes a thread blocked in the kernel: a [`mio::Waker`]
+/// for an epoll loop, an eventfd for an io_uring ring.
+pub(crate) trait Wake: Send + Sync {
+    /// Wakes it; an error means nobody is left to wake.
+    fn wake(&self);
+}
+
+impl Wake for mio::Waker {
+    fn wake(&self) {
+        let _ = mio::Waker::wake(self);
+    }
+}
+
 struct State {
-    wakers: Vec<Arc<mio::Waker>>,
+    wakers: Vec<Arc<dyn Wake>>,
     tx: Option<Sender<()>>,
 }
 
@@ -80,7 +94,7 @@ impl Shutdown {
         state.tx = None;
         for waker in &state.wakers {
             // A waker whose poll is gone has nobody left to wake.
-            let _ = waker.wake();
+            waker.wake();
         }
         self.inner.changed.notify_all();
     }
@@ -121,10 +135,10 @@ impl Shutdown {
     }
 
     /// Wakes `waker` when the signal fires (at once if it already has).
-    pub(crate) fn register_waker(&self, waker: Arc<mio::Waker>) {
+    pub(crate) fn register_waker(&self, waker: Arc<dyn Wake>) {
         let mut state = self.lock();
         if self.is_triggered() {
-            let _ = waker.wake();
+            waker.wake();
         } else {
             state.wakers.push(waker);
         }
@@ -166,7 +180,7 @@ mod tests {
         s.trigger();
         let mut poll = mio::Poll::new().unwrap();
         let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(7)).unwrap());
-        s.register_waker(Arc::clone(&waker));
+        s.register_waker(waker.clone());
         let mut events = mio::Events::with_capacity(4);
         poll.poll(&mut events, Some(Duration::from_secs(10)))
             .unwrap();

@@ -39,7 +39,7 @@ fn noise(len: usize, mut seed: u64) -> Vec<u8> {
 
 #[test]
 fn a_thousand_clients_that_connect_and_reset_at_once() {
-    for model in Model::ALL {
+    for model in models() {
         let server = start(model);
         let addr = server.local_addr();
         let clients: Vec<_> = (0..1000).map(|_| connect(addr)).collect();
@@ -64,7 +64,7 @@ fn every_byte_value_in_and_out_of_messages_split_everywhere() {
     input.extend((0..=255u8).filter(|&b| b != b'$'));
     input.extend(b"$tail^\xff");
     let want = reference(&input);
-    for model in Model::ALL {
+    for model in models() {
         let server = start(model);
         let addr = server.local_addr();
         for cut in 0..=input.len() {
@@ -92,7 +92,7 @@ fn every_byte_value_in_and_out_of_messages_split_everywhere() {
 #[test]
 fn ten_megabytes_of_noise_beside_ten_well_behaved_clients() {
     const NOISE: usize = 10 << 20;
-    for model in Model::ALL {
+    for model in models() {
         let server = start(model);
         let addr = server.local_addr();
         let noisy = thread::spawn(move || {
@@ -132,7 +132,7 @@ fn ten_megabytes_of_noise_beside_ten_well_behaved_clients() {
 
 #[test]
 fn slowloris_gets_its_answers_and_blocks_nobody() {
-    for model in Model::ALL {
+    for model in models() {
         let server = start(model);
         let addr = server.local_addr();
         let mut slow = connect_served(addr);
@@ -158,7 +158,7 @@ fn slowloris_gets_its_answers_and_blocks_nobody() {
 #[test]
 fn a_client_that_never_reads_is_closed_by_the_write_timeout() {
     const LIMIT: usize = 50 << 20;
-    let runs: Vec<_> = Model::ALL
+    let runs: Vec<_> = models()
         .into_iter()
         .map(|model| {
             thread::spawn(move || {
@@ -278,7 +278,7 @@ fn the_write_timeout_runs_from_the_last_answer_taken() {
     // for a loaded machine, and still well short of twice the limit.
     const TIMEOUT: Duration = Duration::from_secs(2);
     const MARGIN: Duration = Duration::from_millis(1500);
-    let runs: Vec<_> = Model::ALL
+    let runs: Vec<_> = models()
         .into_iter()
         .map(|model| thread::spawn(move || (model, closed_after_last_answer(model, TIMEOUT))))
         .collect();

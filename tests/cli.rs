@@ -19,7 +19,7 @@ fn an_unknown_model_lists_the_models() {
     let o = concur(&["serve", "--model", "fibers"]);
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
-    for name in ["sequential", "thread", "pool", "event", "async"] {
+    for name in ["sequential", "thread", "pool", "event", "async", "uring"] {
         assert!(err.contains(name), "{err}");
     }
 }

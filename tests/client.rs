@@ -168,7 +168,7 @@ fn the_article_schedule_against_every_model() {
     assert_eq!(Script::article().expected_reply(), expected);
 
     let runs: Vec<(Model, Report)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = Model::ALL
+        let handles: Vec<_> = models()
             .into_iter()
             .map(|model| {
                 scope.spawn(move || {
@@ -203,7 +203,7 @@ fn the_article_schedule_against_every_model() {
 fn binary_runs() -> Vec<(Model, serde_json::Value, String)> {
     let script = scratch("fast.script");
     std::fs::write(&script, FAST).unwrap();
-    Model::ALL
+    models()
         .into_iter()
         .map(|model| {
             let server = start_with(small_config(model));
@@ -558,8 +558,8 @@ fn the_demo_prints_its_table_and_writes_a_chart_per_model() {
         .map(|c| c[1].to_string())
         .collect();
     // A row per model, in order; the article's pool has two workers.
-    assert_eq!(servers.len(), Model::ALL.len(), "{stdout}");
-    for (row, model) in servers.iter().zip(Model::ALL) {
+    assert_eq!(servers.len(), models().len(), "{stdout}");
+    for (row, model) in servers.iter().zip(models()) {
         let name = format!("model {model}");
         assert!(
             row == &name || row.starts_with(&format!("{name},")),
@@ -570,7 +570,7 @@ fn the_demo_prints_its_table_and_writes_a_chart_per_model() {
         servers.contains(&"model pool, 2 threads".into()),
         "{stdout}"
     );
-    for model in Model::ALL {
+    for model in models() {
         let svg = std::fs::read_to_string(out.join(format!("demo-{model}.svg"))).unwrap();
         roxmltree::Document::parse(&svg).unwrap();
         let json = std::fs::read_to_string(out.join(format!("demo-{model}.json"))).unwrap();

@@ -33,7 +33,7 @@ fn flood_then_reset(mut s: TcpStream, limit: usize) -> usize {
 
 #[test]
 fn a_reset_with_replies_pending_ends_only_that_client() {
-    for model in Model::ALL {
+    for model in models() {
         // One worker: the client after the reset is served by the very
         // thread that met the reset.
         let server = start_with(Config::new(model).threads(1));
@@ -54,7 +54,7 @@ fn a_reset_with_replies_pending_ends_only_that_client() {
 
 #[test]
 fn a_reset_does_not_disturb_clients_being_served() {
-    for model in Model::ALL.into_iter().filter(|&m| serves_at_once(m) >= 2) {
+    for model in models().into_iter().filter(|&m| serves_at_once(m) >= 2) {
         let server = start_with(small_config(model));
         let addr = server.local_addr();
         let mut good = connect_served(addr);
@@ -78,7 +78,7 @@ fn a_reset_does_not_disturb_clients_being_served() {
 
 #[test]
 fn a_half_closed_client_gets_every_byte_then_eof() {
-    for model in Model::ALL {
+    for model in models() {
         let server = start(model);
         // `session` shuts down the client's write side after its sends.
         assert_eq!(session(server.local_addr(), &[b"^abc"]), b"bcd", "{model}");
@@ -93,7 +93,7 @@ fn a_half_closed_client_gets_every_byte_then_eof() {
 
 #[test]
 fn a_client_that_leaves_before_its_greeting_costs_nothing() {
-    for model in Model::ALL {
+    for model in models() {
         let server = start_with(small_config(model));
         let addr = server.local_addr();
         for _ in 0..20 {

@@ -21,7 +21,7 @@ fn capped(model: Model, over_limit: OverLimit) -> Config {
 
 #[test]
 fn over_the_cap_newcomers_wait_for_a_client_to_leave() {
-    for model in Model::ALL {
+    for model in models() {
         let server = start_with(capped(model, OverLimit::Wait));
         let at_once = serves_at_once(model).min(CAP);
         check_admission(model, server.local_addr(), 4, at_once);
@@ -34,7 +34,7 @@ fn over_the_cap_newcomers_wait_for_a_client_to_leave() {
 #[test]
 fn over_the_cap_with_reject_the_newcomer_is_closed_without_a_greeting() {
     // Sequential never holds two clients, so it never reaches a cap of two.
-    for model in Model::ALL.into_iter().filter(|&m| serves_at_once(m) >= CAP) {
+    for model in models().into_iter().filter(|&m| serves_at_once(m) >= CAP) {
         let server = start_with(capped(model, OverLimit::Reject));
         let addr = server.local_addr();
         let mut held: Vec<_> = (0..CAP).map(|_| connect_served(addr)).collect();
@@ -59,7 +59,7 @@ fn over_the_cap_with_reject_the_newcomer_is_closed_without_a_greeting() {
 fn idle_clients_are_closed_and_the_next_one_is_served() {
     // The article's risk: with `pool -n 2`, two idle clients hold both
     // workers and the third waits forever. The idle timeout frees them.
-    for model in Model::ALL {
+    for model in models() {
         let mut config = small_config(model);
         config.idle_timeout = Some(Duration::from_secs(1));
         let server = start_with(config);
@@ -186,7 +186,7 @@ fn cpu_secs(pid: u32) -> f64 {
 /// must serve again once the clients leave.
 #[test]
 fn descriptor_exhaustion_is_survived() {
-    for model in Model::ALL {
+    for model in models() {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg("ulimit -n 64 && exec \"$0\" serve --port 0 -q --model \"$1\"")

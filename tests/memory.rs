@@ -29,7 +29,7 @@ const MARGIN_KIB: u64 = (8 + 88) << 10;
 /// stacks the README suggests for fitting more threads under a limit
 /// (which aborted sooner than the default ones did).
 fn runs() -> Vec<(Model, &'static [&'static str])> {
-    let mut runs: Vec<(Model, &[&str])> = Model::ALL
+    let mut runs: Vec<(Model, &[&str])> = models()
         .into_iter()
         .map(|model| match model {
             Model::Pool => (model, &["-n", "2", "--max-threads", "1000"][..]),

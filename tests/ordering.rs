@@ -8,11 +8,10 @@
 mod common;
 
 use common::*;
-use concur::server::Model;
 
 #[test]
 fn clients_are_admitted_as_the_article_shows() {
-    for model in Model::ALL {
+    for model in models() {
         let server = start_with(small_config(model));
         let addr = server.local_addr();
         let at_once = serves_at_once(model).min(3);

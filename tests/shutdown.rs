@@ -25,7 +25,7 @@ fn join_in_background(server: concur::server::Server) -> mpsc::Receiver<Summary>
 
 #[test]
 fn a_client_mid_session_gets_everything_it_is_owed() {
-    for model in Model::ALL {
+    for model in models() {
         let server = start_with(Config::new(model).drain_timeout(PATIENCE * 3));
         let addr = server.local_addr();
         let mut c = connect_served(addr);
@@ -64,7 +64,7 @@ fn a_client_mid_session_gets_everything_it_is_owed() {
 
 #[test]
 fn the_drain_timeout_closes_clients_that_stay() {
-    for model in Model::ALL {
+    for model in models() {
         let server = start_with(Config::new(model).drain_timeout(Duration::from_millis(100)));
         let mut idle = connect_served(server.local_addr());
         idle.write_all(b"^a").unwrap();
@@ -105,7 +105,7 @@ fn clients_queued_in_the_pool_are_closed_unserved() {
 /// middle of its session, prints the summary, exits 0.
 #[test]
 fn the_binary_drains_and_exits_zero_on_sigterm() {
-    for model in Model::ALL {
+    for model in models() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_concur"))
             .args(["serve", "--port", "0", "--model", model.name()])
             // The client finishes its session after the signal: however
@@ -216,7 +216,7 @@ fn mixed_run(model: Model) {
 
 #[test]
 fn after_a_mixed_run_the_summary_adds_up() {
-    let runs: Vec<_> = Model::ALL
+    let runs: Vec<_> = models()
         .into_iter()
         .map(|model| thread::spawn(move || mixed_run(model)))
         .collect();
@@ -229,7 +229,7 @@ fn after_a_mixed_run_the_summary_adds_up() {
 /// 143, after one line of what it has counted.
 #[test]
 fn a_second_signal_exits_143_with_the_counts_so_far() {
-    for model in Model::ALL {
+    for model in models() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_concur"))
             .args(["serve", "--port", "0", "--model", model.name()])
             .args(["--drain-timeout", "60"])

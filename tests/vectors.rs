@@ -7,7 +7,6 @@ use std::thread;
 
 use common::*;
 use concur::protocol::Processor;
-use concur::server::Model;
 
 #[test]
 fn the_core_answers_every_vector() {
@@ -23,7 +22,7 @@ fn the_core_answers_every_vector() {
 
 #[test]
 fn every_model_answers_every_vector() {
-    for model in Model::ALL {
+    for model in models() {
         let server = start(model);
         for (sends, want) in VECTORS {
             let got = session(server.local_addr(), sends);
@@ -39,7 +38,7 @@ fn every_model_answers_every_vector() {
 /// the sends as separate reads, so state must carry over between them.
 #[test]
 fn every_model_keeps_state_across_reads() {
-    for model in Model::ALL {
+    for model in models() {
         let server = start(model);
         let mut s = connect_served(server.local_addr());
         let steps: &[(&[u8], &[u8])] = &[
@@ -62,7 +61,7 @@ fn every_model_keeps_state_across_reads() {
 
 #[test]
 fn concurrent_clients_keep_separate_state() {
-    for model in Model::ALL {
+    for model in models() {
         let server = start(model);
         let addr = server.local_addr();
         let clients: Vec<_> = (0..16)

@@ -74,14 +74,18 @@ pub struct Options {
 }
 
 impl Options {
-    /// `scenario` against every model and the reference, default counts,
-    /// three repeats of `secs`.
+    /// `scenario` against every model this machine can run (all but
+    /// `uring` where the kernel refuses io_uring) and the reference,
+    /// default counts, three repeats of `secs`.
     pub fn new(scenario: Scenario, secs: Duration) -> Self {
         Options {
             scenario,
             counts: Vec::new(),
             sweep: false,
-            models: Model::ALL.to_vec(),
+            models: Model::ALL
+                .into_iter()
+                .filter(|&m| server::check_available(m).is_ok())
+                .collect(),
             addr: None,
             reference: true,
             params: Params::new(scenario, secs),
@@ -101,6 +105,9 @@ impl Options {
     pub fn check(&self) -> Result<(), String> {
         if self.models.is_empty() && self.addr.is_none() {
             return Err("no server to measure: give --models or --addr".into());
+        }
+        for &model in &self.models {
+            server::check_available(model).map_err(|e| format!("--models {model}: {e}"))?;
         }
         if let Some(addr) = self.addr {
             if !addr.ip().is_loopback() {

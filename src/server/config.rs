@@ -27,16 +27,20 @@ pub enum Model {
     Event,
     /// tokio: one task per client on a few runtime threads.
     Async,
+    /// io_uring rings: the kernel is handed the reads and writes and says
+    /// when they completed, rather than when a socket is ready.
+    Uring,
 }
 
 impl Model {
     /// Every model, so that tests and benchmarks can loop over them.
-    pub const ALL: [Model; 5] = [
+    pub const ALL: [Model; 6] = [
         Model::Sequential,
         Model::Thread,
         Model::Pool,
         Model::Event,
         Model::Async,
+        Model::Uring,
     ];
 
     /// The name used on the command line and in reports.
@@ -47,6 +51,7 @@ impl Model {
             Model::Pool => "pool",
             Model::Event => "event",
             Model::Async => "async",
+            Model::Uring => "uring",
         }
     }
 }
@@ -85,6 +90,8 @@ pub enum Settings {
     Event(EventSettings),
     /// [`Model::Async`].
     Async(AsyncSettings),
+    /// [`Model::Uring`].
+    Uring(UringSettings),
 }
 
 /// [`Model::Thread`]'s settings.
@@ -133,6 +140,16 @@ pub struct AsyncSettings {
     pub workers: usize,
 }
 
+/// [`Model::Uring`]'s settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UringSettings {
+    /// Rings, each a thread.
+    pub rings: usize,
+    /// Answers held for one client before the ring stops receiving from
+    /// it until they drain.
+    pub outbound_cap: usize,
+}
+
 impl Default for PoolSettings {
     fn default() -> Self {
         PoolSettings {
@@ -149,6 +166,15 @@ impl Default for EventSettings {
     fn default() -> Self {
         EventSettings {
             loops: super::cores(),
+            outbound_cap: 64 * 1024,
+        }
+    }
+}
+
+impl Default for UringSettings {
+    fn default() -> Self {
+        UringSettings {
+            rings: super::cores(),
             outbound_cap: 64 * 1024,
         }
     }
@@ -171,6 +197,7 @@ impl Settings {
             Model::Pool => Settings::Pool(PoolSettings::default()),
             Model::Event => Settings::Event(EventSettings::default()),
             Model::Async => Settings::Async(AsyncSettings::default()),
+            Model::Uring => Settings::Uring(UringSettings::default()),
         }
     }
 
@@ -182,6 +209,7 @@ impl Settings {
             Settings::Pool(_) => Model::Pool,
             Settings::Event(_) => Model::Event,
             Settings::Async(_) => Model::Async,
+            Settings::Uring(_) => Model::Uring,
         }
     }
 }
@@ -213,7 +241,8 @@ pub mod limits {
     pub const THREADS: RangeInclusive<usize> = 1..=100_000;
     /// The pool's hand-off (`--queue`).
     pub const QUEUE: RangeInclusive<usize> = 0..=100_000;
-    /// Event loops and async workers (`--loops`, `--workers`).
+    /// Event loops, async workers and rings (`--loops`, `--workers`,
+    /// `--rings`).
     pub const LOOPS: RangeInclusive<usize> = 1..=1024;
     /// Answers held per client (`--outbound-cap`), in bytes.
     pub const OUTBOUND_CAP: RangeInclusive<usize> = 1..=1 << 30;
@@ -307,7 +336,7 @@ pub fn time(flag: &'static str, value: Duration, zero_allowed: bool) -> Result<(
 
 impl Config {
     /// The defaults for `model`: 64 pool workers, a rendezvous hand-off,
-    /// a five-second drain, an event loop or async worker per core, a
+    /// a five-second drain, an event loop, async worker or ring per core, a
     /// 64 KiB outbound cap, 10,000 clients at once, a 30 s write timeout.
     pub fn new(model: Model) -> Self {
         Config {
@@ -356,6 +385,14 @@ impl Config {
     pub fn event_mut(&mut self) -> Option<&mut EventSettings> {
         match &mut self.settings {
             Settings::Event(event) => Some(event),
+            _ => None,
+        }
+    }
+
+    /// The rings' settings, when the model is uring.
+    pub fn uring_mut(&mut self) -> Option<&mut UringSettings> {
+        match &mut self.settings {
+            Settings::Uring(uring) => Some(uring),
             _ => None,
         }
     }
@@ -426,6 +463,15 @@ impl Config {
                 )
             }
             Settings::Async(a) => within("--workers", a.workers, limits::LOOPS, ""),
+            Settings::Uring(u) => {
+                within("--rings", u.rings, limits::LOOPS, "")?;
+                within(
+                    "--outbound-cap",
+                    u.outbound_cap,
+                    limits::OUTBOUND_CAP,
+                    " bytes",
+                )
+            }
         }
     }
 
@@ -449,6 +495,7 @@ impl Config {
             Settings::Pool(p) => format!("model pool, {}", count(p.threads, "thread")),
             Settings::Event(e) => format!("model event, {}", count(e.loops, "loop")),
             Settings::Async(a) => format!("model async, {}", count(a.workers, "worker")),
+            Settings::Uring(u) => format!("model uring, {}", count(u.rings, "ring")),
             other => format!("model {}", other.model()),
         };
         match self.protocol {
@@ -496,6 +543,17 @@ mod tests {
         let mut c = Config::new(Model::Event);
         c.event_mut().unwrap().loops = 0;
         assert_eq!(c.check().unwrap_err().flag, "--loops");
+
+        let mut c = Config::new(Model::Uring);
+        c.uring_mut().unwrap().rings = 0;
+        assert_eq!(c.check().unwrap_err().flag, "--rings");
+        c.uring_mut().unwrap().rings = 1;
+        c.uring_mut().unwrap().outbound_cap = 0;
+        let e = c.check().unwrap_err();
+        assert_eq!(e.flag, "--outbound-cap");
+        assert!(e.message.contains("bytes"), "{e}");
+        c.uring_mut().unwrap().outbound_cap = 1;
+        assert_eq!(c.describe(), "model uring, 1 ring");
 
         let mut c = Config::new(Model::Thread);
         c.idle_timeout = Some(Duration::ZERO);

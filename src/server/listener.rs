@@ -33,7 +33,7 @@ pub const DEFAULT_BACKLOG: i32 = 1024;
 
 /// How long the accept loop waits before trying again after an error that
 /// is not one connection's.
-const BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds a listening TCP socket on `addr` with `SO_REUSEADDR` (so a
 /// restarted server can bind while old connections sit in `TIME_WAIT`) and
@@ -105,7 +105,7 @@ impl std::error::Error for BindError {
 
 /// How the accept loop treats a failed `accept`.
 #[derive(Debug, PartialEq, Eq)]
-enum AcceptFailure {
+pub(crate) enum AcceptFailure {
     /// One pending connection died; skip it.
     Connection,
     /// Out of descriptors or memory; back off.
@@ -114,7 +114,7 @@ enum AcceptFailure {
     Other,
 }
 
-fn classify(e: &io::Error) -> AcceptFailure {
+pub(crate) fn classify(e: &io::Error) -> AcceptFailure {
     match e.kind() {
         ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted => {
             return AcceptFailure::Connection;
@@ -211,7 +211,7 @@ pub(crate) fn accept_loop(
     // handle and dropped it after waking, the eventfd would close and take
     // the pending wake-up with it, before `poll` had seen it.
     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
-    ctx.shutdown.register_waker(Arc::clone(&waker));
+    ctx.shutdown.register_waker(waker.clone());
     let mut events = Events::with_capacity(4);
     let mut log = RateLimited::new(Duration::from_secs(1));
     let mut reject_log = RateLimited::new(Duration::from_secs(1));

@@ -79,7 +79,7 @@ pub(crate) fn client_cost(config: &Config) -> u64 {
         Model::Thread => 0,
         // Answers to one read, its state, and the runtime's or the loop's
         // share (a task, a registration).
-        Model::Event | Model::Async => buffers + (16 << 10),
+        Model::Event | Model::Async | Model::Uring => buffers + (16 << 10),
     }
 }
 

@@ -222,6 +222,11 @@ impl ServerState {
         })
     }
 
+    /// Whether a place among the clients served at once is free now.
+    pub(crate) fn has_room(&self) -> bool {
+        self.lock().permits < self.config.max_conns
+    }
+
     /// Registers a client being served, holding its `permit`; it stays
     /// counted until the guard drops. The guard must drop before `socket`
     /// closes.

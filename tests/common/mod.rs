@@ -25,6 +25,30 @@ pub fn start_with(config: Config) -> Server {
     server::start(listener, config).expect("start server")
 }
 
+/// Every model this machine can run, for a test to loop over:
+/// [`Model::ALL`], less `uring` where the kernel refuses io_uring (it is
+/// disabled, filtered by seccomp, or missing). That is found out once; each
+/// test that leaves the model out says so on its standard error, with the
+/// reason, rather than passing as if it had run it.
+pub fn models() -> Vec<Model> {
+    static UNAVAILABLE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let why = UNAVAILABLE.get_or_init(|| {
+        server::check_available(Model::Uring)
+            .err()
+            .map(|e| e.to_string())
+    });
+    Model::ALL
+        .into_iter()
+        .filter(|&model| match why {
+            Some(why) if model == Model::Uring => {
+                eprintln!("skipped: model uring: {why}");
+                false
+            }
+            _ => true,
+        })
+        .collect()
+}
+
 /// Starts `model` with its defaults.
 pub fn start(model: Model) -> Server {
     start_with(Config::new(model))
@@ -148,7 +172,7 @@ pub fn serves_at_once(model: Model) -> usize {
         Model::Sequential => 1,
         Model::Thread => usize::MAX,
         Model::Pool => SMALL_POOL,
-        Model::Event | Model::Async => usize::MAX,
+        Model::Event | Model::Async | Model::Uring => usize::MAX,
     }
 }
 

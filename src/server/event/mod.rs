@@ -208,7 +208,7 @@ fn start_loop(
 /// How often a loop looks for clients past a timeout: an eighth of the
 /// shortest timeout, so a client is closed at most 12.5% late, within
 /// bounds that keep the scan rare.
-fn sweep_interval(config: &Config) -> Option<Duration> {
+pub(super) fn sweep_interval(config: &Config) -> Option<Duration> {
     let shortest = [config.idle_timeout, config.write_timeout]
         .into_iter()
         .flatten()
@@ -267,7 +267,7 @@ impl EventLoop {
     ) -> io::Result<(Self, Sender<NewClient>, Arc<Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
-        ctx.shutdown.register_waker(Arc::clone(&waker));
+        ctx.shutdown.register_waker(waker.clone());
         let (clients, incoming) = crossbeam_channel::bounded(HANDOFF);
         let (reply, results) = crossbeam_channel::unbounded();
         let event_loop = EventLoop {

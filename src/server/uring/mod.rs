@@ -1,0 +1,253 @@
+//! The completion-based server: io_uring rings, no thread per client.
+//!
+//! `event` is built on *readiness*: it asks the kernel (epoll) which
+//! sockets can be read or written without blocking, then makes the
+//! `read` and `write` calls itself, one system call each. io_uring turns
+//! that around. The server *submits* the operations it wants done (accept
+//! on this listener; receive from this socket; send these bytes) into a
+//! ring shared with the kernel, and the kernel reports each one when it
+//! has *completed*, with its result: the bytes are already in a buffer,
+//! or already sent. One `io_uring_enter` submits everything queued and
+//! reaps every completion that is there.
+//!
+//! - **Accept**: one multishot accept on ring 0 takes every connection
+//!   as it comes (`accept`: who gets them, and how the cap is kept).
+//! - **Receive**: one multishot receive per client, armed once, yields a
+//!   completion for every arrival. It names no buffer: the kernel takes
+//!   one from the ring's provided-buffer group when data comes
+//!   (`bufring`), so an idle client holds no read buffer, as in `event`.
+//! - **Send**: one send per answer buffer, one in flight per client, so
+//!   that bytes go out in order (`client`).
+//! - **Backpressure**: once a client's unsent answers pass
+//!   [`UringSettings::outbound_cap`], the ring stops its receive and
+//!   re-arms it only once they drain below half of it; each receive is
+//!   armed with a limit of the room left (Linux 6.17+), so that it stops
+//!   by itself rather than racing a cancellation.
+//! - **Timeouts and the stop**: no timer thread; a multishot timeout op in
+//!   each ring ticks, and each tick closes who ran out of a timeout. An
+//!   eventfd read in each ring wakes it for the shutdown, a computed
+//!   answer or a freed place.
+//! - **Large numbers** (`--protocol prime`) go to the compute pool, as in
+//!   `event`; the answer comes back through a channel and the eventfd.
+//!
+//! Every operation that points at memory of ours stays counted until its
+//! final completion, and a client's memory is freed, and its socket
+//! closed, only once none of its operations is left (`ops`): closing a
+//! socket does not cancel what the kernel holds of it.
+
+mod accept;
+mod bufring;
+mod client;
+mod ops;
+mod serve;
+mod setup;
+mod worker;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, mpsc};
+use std::thread;
+use std::time::Duration;
+
+use accept::{Acceptor, Peer};
+use setup::EventFd;
+use worker::Worker;
+
+use super::compute::{Compute, ComputePool};
+use super::{ClientGuard, Config, Protocol, ServerState, UringSettings};
+
+pub(crate) use setup::check;
+
+/// The provided-buffer group every ring uses (each ring has its own).
+const GROUP: u16 = 0;
+
+/// Provided buffers per ring, and their size: 4 MiB of address space per
+/// ring, resident only once data has passed through.
+const BUFFERS: u16 = 256;
+const BUFFER_SIZE: u32 = 16 * 1024;
+
+/// Clients a ring may have waiting in its channel before ring 0 serves
+/// the next one itself.
+const HANDOFF: usize = 1024;
+
+/// A client admitted (counted) by ring 0, on its way to another ring. The
+/// guard comes first so that it drops before the socket.
+type NewClient = (ClientGuard, TcpStream, SocketAddr);
+
+/// What the rings share: how a place freed on any ring reaches ring 0
+/// while it waits for one.
+struct Shared {
+    acceptor_waits: AtomicBool,
+    wake_acceptor: Arc<EventFd>,
+}
+
+/// How often a ring ticks: as often as `event` looks for expired clients
+/// (an eighth of the shortest timeout, from 5 ms to 1 s), and at least
+/// once a second, to re-arm receives that ran out of buffers.
+fn tick(config: &Config) -> Duration {
+    super::event::sweep_interval(config).unwrap_or(Duration::from_secs(1))
+}
+
+pub(crate) fn run(
+    listener: TcpListener,
+    ctx: &Arc<ServerState>,
+    settings: &UringSettings,
+) -> io::Result<()> {
+    setup::check()?;
+    // Accepted sockets inherit nothing from it on Linux, but the accept
+    // itself must wait in the kernel rather than fail with EAGAIN.
+    listener.set_nonblocking(false)?;
+    let compute = match ctx.config.protocol {
+        Protocol::Prime => Some(ComputePool::start(settings.rings, ctx.closing_flag())?),
+        Protocol::Bytes => None,
+    };
+    let result = start(
+        listener,
+        ctx,
+        settings,
+        compute.as_ref().map(ComputePool::handle),
+    )
+    .and_then(join);
+    if let Some(compute) = compute {
+        compute.stop();
+    }
+    result
+}
+
+type RingThread = thread::JoinHandle<io::Result<()>>;
+
+/// Starts every ring, each set up on its own thread (a ring belongs to
+/// the thread that made it: the kernel ties its clean-up to that thread),
+/// and lets them run only once all are set up, so that a failure to set
+/// one up is returned before any client is taken.
+fn start(
+    listener: TcpListener,
+    ctx: &Arc<ServerState>,
+    settings: &UringSettings,
+    compute: Option<Compute>,
+) -> io::Result<Vec<RingThread>> {
+    let wake_acceptor = Arc::new(EventFd::new()?);
+    let shared = Arc::new(Shared {
+        acceptor_waits: AtomicBool::new(false),
+        wake_acceptor: Arc::clone(&wake_acceptor),
+    });
+    let mut started = Started::default();
+    let mut peers = Vec::with_capacity(settings.rings);
+    let set_up = || -> io::Result<()> {
+        for id in 1..settings.rings {
+            let (clients, incoming) = crossbeam_channel::bounded(HANDOFF);
+            let (ctx, shared, settings) = (Arc::clone(ctx), Arc::clone(&shared), settings.clone());
+            let compute = compute.clone();
+            let ring = started.ring(id, ctx.shutdown.clone(), move || {
+                let wake = Arc::new(EventFd::new()?);
+                Worker::new(id, &ctx, &shared, &settings, Some(incoming), compute, wake)
+            })?;
+            peers.push(Peer { clients, ring });
+        }
+        let (ctx, shared, settings) = (Arc::clone(ctx), Arc::clone(&shared), settings.clone());
+        let peers = std::mem::take(&mut peers);
+        let compute = compute.clone();
+        started.ring(0, ctx.shutdown.clone(), move || {
+            let mut first = Worker::new(0, &ctx, &shared, &settings, None, compute, wake_acceptor)?;
+            first.acceptor = Some(Acceptor::new(listener, peers, &ctx.config));
+            Ok(first)
+        })?;
+        Ok(())
+    };
+    let result = set_up();
+    started.go(result.is_ok());
+    match result {
+        Ok(()) => Ok(started.threads),
+        Err(e) => {
+            let _ = join(started.threads);
+            Err(e)
+        }
+    }
+}
+
+/// Ring threads set up and waiting for the word to run.
+#[derive(Default)]
+struct Started {
+    threads: Vec<RingThread>,
+    go: Vec<mpsc::SyncSender<bool>>,
+}
+
+impl Started {
+    /// Starts ring `id`'s thread, which sets its ring up with `make`, and
+    /// returns a duplicate of the ring's descriptor (for `MSG_RING`) once
+    /// it is.
+    fn ring(
+        &mut self,
+        id: usize,
+        shutdown: crate::shutdown::Shutdown,
+        make: impl FnOnce() -> io::Result<Worker> + Send + 'static,
+    ) -> io::Result<OwnedFd> {
+        let context = |e: io::Error| io::Error::new(e.kind(), format!("ring {id}: {e}"));
+        let (ready, is_ready) = mpsc::sync_channel::<io::Result<OwnedFd>>(1);
+        let (go, goes) = mpsc::sync_channel::<bool>(1);
+        let thread = thread::Builder::new()
+            .name(format!("uring-{id}"))
+            .spawn(move || {
+                let worker = match make().and_then(|w| {
+                    // SAFETY: the ring's descriptor is open while `w` lives.
+                    let fd = unsafe { BorrowedFd::borrow_raw(w.ring.as_raw_fd()) };
+                    Ok((fd.try_clone_to_owned()?, w))
+                }) {
+                    Ok((fd, worker)) => {
+                        let _ = ready.send(Ok(fd));
+                        worker
+                    }
+                    Err(e) => {
+                        // Reported through `ready`, as a set-up failure.
+                        let _ = ready.send(Err(e));
+                        return Ok(());
+                    }
+                };
+                if goes.recv() != Ok(true) {
+                    return Ok(());
+                }
+                let ended = worker.run();
+                if let Err(e) = &ended {
+                    tracing::error!("ring {id} failed: {e}; the server stops");
+                    shutdown.trigger();
+                }
+                ended.map_err(|e| io::Error::new(e.kind(), format!("ring {id} failed: {e}")))
+            })
+            .map_err(|e| {
+                context(io::Error::new(
+                    e.kind(),
+                    format!("cannot start its thread: {e}"),
+                ))
+            })?;
+        self.threads.push(thread);
+        self.go.push(go);
+        is_ready
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("its thread ended while setting it up")))
+            .map_err(context)
+    }
+
+    /// Lets every ring run, or end at once.
+    fn go(&mut self, run: bool) {
+        for go in self.go.drain(..) {
+            let _ = go.send(run);
+        }
+    }
+}
+
+/// Waits for every ring; the first one's error, if any failed.
+fn join(threads: Vec<RingThread>) -> io::Result<()> {
+    let mut result = Ok(());
+    for thread in threads {
+        let ended = thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("a ring's thread panicked")));
+        if result.is_ok() {
+            result = ended;
+        }
+    }
+    result
+}
+

@@ -1,0 +1,169 @@
+//! What a ring has in flight, and how each operation is named.
+//!
+//! Every submission carries 64 bits of `user_data` that come back with
+//! its completions: here `| kind:8 | generation:24 | slot:32 |`. The slot
+//! is the client's place in its ring's table, and the generation tells
+//! that client apart from a later one in the same place, so that a
+//! completion of a client already gone is recognised as stale (and its
+//! buffer, if it carries one, still given back).
+//!
+//! The memory rule that makes the ring safe: an operation that refers to
+//! memory of ours (an answer being sent, a timespec, the eventfd's
+//! counter, the provided buffers) is counted from the moment it is queued
+//! until its *final* completion, one without `IORING_CQE_F_MORE`. A
+//! client's buffers are freed only when none of its operations is left;
+//! the ring's own memory only when nothing at all is.
+
+use std::collections::VecDeque;
+
+use io_uring::{IoUring, squeue};
+
+/// What an operation is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum Kind {
+    /// The multishot accept (ring 0 only).
+    Accept = 1,
+    /// The periodic timeout: timeouts, the parked, the stop.
+    Tick = 2,
+    /// A client's multishot receive.
+    Recv = 3,
+    /// A send of a client's answers.
+    Send = 4,
+    /// A cancellation on behalf of a client (counts as one of its ops).
+    Cancel = 5,
+    /// A cancellation of one of the ring's own operations.
+    Ctl = 6,
+    /// Arrives on a ring through `MSG_RING`: a client waits in its channel.
+    Handoff = 7,
+    /// The sending side of that message.
+    MsgSent = 8,
+    /// The read of the ring's eventfd.
+    Wake = 9,
+    /// The pause after an `accept` that ran out of descriptors.
+    Backoff = 10,
+}
+
+const GEN_BITS: u32 = 24;
+const GEN_MASK: u32 = (1 << GEN_BITS) - 1;
+
+pub(super) fn encode(kind: Kind, slot: u32, generation: u32) -> u64 {
+    ((kind as u64) << 56) | (u64::from(generation & GEN_MASK) << 32) | u64::from(slot)
+}
+
+/// The kind, slot and generation of `user_data`; `None` for anything we
+/// did not make (zero included).
+pub(super) fn decode(user_data: u64) -> Option<(Kind, u32, u32)> {
+    let kind = match (user_data >> 56) as u8 {
+        1 => Kind::Accept,
+        2 => Kind::Tick,
+        3 => Kind::Recv,
+        4 => Kind::Send,
+        5 => Kind::Cancel,
+        6 => Kind::Ctl,
+        7 => Kind::Handoff,
+        8 => Kind::MsgSent,
+        9 => Kind::Wake,
+        10 => Kind::Backoff,
+        _ => return None,
+    };
+    Some((kind, user_data as u32, (user_data >> 32) as u32 & GEN_MASK))
+}
+
+/// The generation after `generation`.
+pub(super) fn next_generation(generation: u32) -> u32 {
+    generation.wrapping_add(1) & GEN_MASK
+}
+
+/// Operations queued but not yet in the submission queue (it was full),
+/// and the count of every operation not finished yet.
+#[derive(Default)]
+pub(super) struct Ops {
+    backlog: VecDeque<squeue::Entry>,
+    pub(super) inflight: usize,
+}
+
+impl Ops {
+    /// Queues `entry`; it counts as in flight from now on.
+    pub(super) fn push(&mut self, entry: squeue::Entry) {
+        self.inflight += 1;
+        self.backlog.push_back(entry);
+    }
+
+    /// An operation's final completion came.
+    pub(super) fn done(&mut self) {
+        self.inflight -= 1;
+    }
+
+    /// Moves what fits into the submission queue; true if it all went.
+    pub(super) fn flush(&mut self, ring: &mut IoUring) -> bool {
+        let mut sq = ring.submission();
+        while let Some(entry) = self.backlog.front() {
+            // SAFETY: everything `entry` points to is owned by the ring's
+            // loop and outlives the operation's final completion (the
+            // module's rule above).
+            if unsafe { sq.push(entry) }.is_err() {
+                return false;
+            }
+            self.backlog.pop_front();
+        }
+        true
+    }
+}
+
+/// Sets `sqe->optlen` of a multishot receive: the most bytes it receives
+/// in all before it ends (Linux 6.17+; older kernels refuse it with
+/// `EINVAL`). io-uring 0.7.16's `RecvMulti` has no setter for it;
+/// `squeue::Entry` is `#[repr(C)]` over the kernel's 64-byte
+/// `io_uring_sqe`, where `optlen` (a union with `file_index`) sits at byte
+/// 44. A unit test checks that offset against `SetSockOpt`, the one
+/// builder that writes it.
+pub(super) fn set_recv_limit(entry: &mut squeue::Entry, limit: u32) {
+    const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+    // SAFETY: within the 64-byte entry; a plain integer field.
+    unsafe {
+        (entry as *mut squeue::Entry)
+            .cast::<u8>()
+            .add(44)
+            .cast::<u32>()
+            .write_unaligned(limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use io_uring::{opcode, types};
+
+    #[test]
+    fn user_data_round_trips_and_names_a_generation() {
+        for (kind, slot, generation) in [
+            (Kind::Recv, 0, 0),
+            (Kind::Send, u32::MAX, GEN_MASK),
+            (Kind::Backoff, 12345, 77),
+        ] {
+            assert_eq!(
+                decode(encode(kind, slot, generation)),
+                Some((kind, slot, generation))
+            );
+        }
+        assert_eq!(decode(0), None);
+        assert_eq!(decode(u64::MAX), None);
+        let (_, _, g) = decode(encode(Kind::Recv, 7, 5)).unwrap();
+        assert_ne!(g, next_generation(5), "a reused slot is told apart");
+        assert_eq!(next_generation(GEN_MASK), 0);
+    }
+
+    #[test]
+    fn the_receive_limit_lands_on_optlen() {
+        let raw = |e: &squeue::Entry| {
+            // SAFETY: an Entry is 64 plain bytes (checked above).
+            unsafe { *(e as *const squeue::Entry).cast::<[u8; 64]>() }
+        };
+        let with =
+            opcode::SetSockOpt::new(types::Fd(3), 1, 2, std::ptr::null(), 0xDEAD_BEEF).build();
+        let mut without = opcode::SetSockOpt::new(types::Fd(3), 1, 2, std::ptr::null(), 0).build();
+        set_recv_limit(&mut without, 0xDEAD_BEEF);
+        assert_eq!(raw(&with), raw(&without));
+    }
+}
