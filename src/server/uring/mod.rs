@@ -250,4 +250,3 @@ fn join(threads: Vec<RingThread>) -> io::Result<()> {
     }
     result
 }
-

@@ -57,8 +57,14 @@ impl Worker {
                 continue;
             };
             let ctx = Arc::clone(&self.ctx);
-            let Some(c) = self.client(slot) else { continue };
-            if let Err(e) = c.answered(n, prime, &ctx) {
+            let Some(c) = self
+                .slots
+                .get_mut(slot as usize)
+                .and_then(|s| s.client.as_mut())
+            else {
+                continue;
+            };
+            if let Err(e) = c.answered(n, prime, &ctx, &mut self.spares) {
                 self.close(slot, e.into());
                 continue;
             }
@@ -69,19 +75,20 @@ impl Worker {
     /// Takes on a client: its greeting goes out and its receive is armed.
     pub(super) fn add(&mut self, guard: ClientGuard, stream: TcpStream, peer: SocketAddr) {
         info!(target: LOG_TARGET, "peer {peer} connected");
-        let ready = self
-            .room_for_one()
-            .and_then(|()| stream.set_nodelay(true))
-            .and_then(|()| Client::greeting(&self.ctx));
-        let greeting = match ready {
-            Ok(greeting) => greeting,
-            Err(e) => {
-                conn::finish(guard, peer, e.into());
-                drop(stream);
-                return;
-            }
-        };
-        let client = Client::new(guard, stream, peer, greeting, &self.ctx, self.now);
+        let ready = self.room_for_one().and_then(|()| stream.set_nodelay(true));
+        let mut client = Client::new(guard, stream, peer, &self.ctx, self.now);
+        if let Err(e) = ready.and_then(|()| client.greet(&self.ctx, &mut self.spares)) {
+            client.release(&mut self.spares);
+            let Client {
+                guard,
+                socket,
+                peer,
+                ..
+            } = client;
+            conn::finish(guard, peer, e.into());
+            drop(socket);
+            return;
+        }
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -128,11 +135,15 @@ impl Worker {
         else {
             return;
         };
-        if c.closing.is_some() {
+        if c.is_closing() {
             return;
         }
-        let answered =
-            panic::catch_unwind(AssertUnwindSafe(|| c.answer_unread(&ctx, cap, offload)));
+        let answered = {
+            let spares = &mut self.spares;
+            panic::catch_unwind(AssertUnwindSafe(|| {
+                c.answer_unread(&ctx, spares, cap, offload)
+            }))
+        };
         if let Some(outcome) = failure(answered) {
             self.close(slot, outcome);
             return;
@@ -151,7 +162,7 @@ impl Worker {
             if !c.recv.armed && !c.recv.parked {
                 self.arm_recv(slot);
             }
-        } else if c.recv.armed && !c.recv.cancelling && c.closing.is_none() && c.blocked(cap) {
+        } else if c.recv.armed && !c.recv.cancelling && !c.is_closing() && c.blocked(cap) {
             // Over the cap, or waiting for a number: stop the receive.
             // What arrives before it stops is kept, not lost.
             c.recv.cancelling = true;
@@ -227,10 +238,10 @@ impl Worker {
         if let Some(bid) = cqueue::buffer_select(flags) {
             let len = res.max(0) as usize;
             ctx.count_bytes_in(len);
-            if c.closing.is_none() {
+            if !c.is_closing() {
                 let data = self.bufs.get(bid, len).unwrap_or_default();
                 let taken = panic::catch_unwind(AssertUnwindSafe(|| {
-                    c.receive(data, now, &ctx, cap, offload)
+                    c.receive(data, now, &ctx, &mut self.spares, cap, offload)
                 }));
                 failed = failure(taken);
             }
@@ -241,7 +252,7 @@ impl Worker {
             self.close(slot, outcome);
             return;
         }
-        if !last || c.closing.is_some() {
+        if !last || c.is_closing() {
             return;
         }
         match res {
@@ -266,13 +277,19 @@ impl Worker {
 
     pub(super) fn on_send(&mut self, slot: u32, res: i32) {
         let (ctx, now) = (Arc::clone(&self.ctx), self.now);
-        let Some(c) = self.client(slot) else { return };
+        let Some(c) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.client.as_mut())
+        else {
+            return;
+        };
         c.send_inflight = false;
-        if c.closing.is_some() {
+        if c.is_closing() {
             return;
         }
         match res {
-            n if n > 0 => c.sent(n as usize, now, &ctx),
+            n if n > 0 => c.sent(n as usize, now, &ctx, &mut self.spares),
             0 => self.close(slot, io::Error::from(io::ErrorKind::WriteZero).into()),
             e => self.close(slot, io::Error::from_raw_os_error(-e).into()),
         }
@@ -284,10 +301,9 @@ impl Worker {
     pub(super) fn close(&mut self, slot: u32, outcome: Outcome) {
         let generation = self.generation(slot);
         let Some(c) = self.client(slot) else { return };
-        if c.closing.is_some() {
+        if !c.start_closing(outcome) {
             return;
         }
-        c.closing = Some(outcome);
         if c.ops > 0 {
             c.ops += 1;
             let fd = types::Fd(c.socket.as_raw_fd());
@@ -308,7 +324,7 @@ impl Worker {
         if !s
             .client
             .as_ref()
-            .is_some_and(|c| c.closing.is_some() && c.ops == 0)
+            .is_some_and(|c| c.is_closing() && c.ops == 0)
         {
             return;
         }
@@ -319,7 +335,8 @@ impl Worker {
         // Reserved by `room_for_one`: cannot allocate.
         self.free.push(slot);
         self.clients -= 1;
-        let outcome = client.closing.take().unwrap_or(Outcome::Done);
+        let outcome = client.take_outcome();
+        client.release(&mut self.spares);
         let Client {
             guard,
             socket,

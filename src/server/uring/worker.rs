@@ -19,7 +19,7 @@ use io_uring::{IoUring, cqueue, opcode, types};
 
 use super::accept::Acceptor;
 use super::bufring::BufRing;
-use super::client::{Answer, Client, Offloader};
+use super::client::{Answer, Client, Offloader, Spares};
 use super::ops::{self, Kind, Ops};
 use super::setup::{self, EventFd};
 use super::{GROUP, NewClient, Shared};
@@ -54,6 +54,7 @@ pub(super) struct Worker {
     pub(super) cap: usize,
     pub(super) slots: Vec<Slot>,
     pub(super) free: Vec<u32>,
+    pub(super) spares: Spares,
     pub(super) clients: usize,
     pub(super) ops: Ops,
     /// Clients whose receive ran out of buffers, to re-arm in turn.
@@ -112,6 +113,7 @@ impl Worker {
             cap: settings.outbound_cap,
             slots: Vec::new(),
             free: Vec::new(),
+            spares: Spares::new(),
             clients: 0,
             ops: Ops::default(),
             parked: VecDeque::new(),
@@ -369,7 +371,7 @@ impl Worker {
             let Some(c) = self.slots[slot as usize].client.as_ref() else {
                 continue;
             };
-            if c.closing.is_some() {
+            if c.is_closing() {
                 continue;
             }
             let outcome = if closing && c.computing {
