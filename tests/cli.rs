@@ -95,6 +95,10 @@ fn bad_values_say_what_is_allowed() {
             "give 1 to 1024",
         ),
         (
+            &["serve", "--model", "uring", "--outbound-cap", "0"],
+            "--outbound-cap 0 is out of range: give 1 to 1073741824 bytes",
+        ),
+        (
             &["serve", "--model", "thread", "--stack-kib", "4"],
             "give 16 to",
         ),
@@ -151,7 +155,11 @@ fn pool_flags_with_another_model_are_refused() {
         ),
         (
             &["serve", "--model", "pool", "--outbound-cap", "65536"],
-            "--model event",
+            "it is for --model event or --model uring",
+        ),
+        (
+            &["serve", "--model", "event", "--rings", "2"],
+            "--rings does not apply to --model event; it is for --model uring",
         ),
     ] {
         let o = concur(args);
@@ -241,4 +249,94 @@ fn a_host_name_is_listened_on_at_its_first_address() {
     let _ = child.wait();
     let addr: std::net::SocketAddr = banner.split_whitespace().nth(2).unwrap().parse().unwrap();
     assert_eq!(addr.ip(), first.ip(), "{banner}");
+}
+
+/// Makes the process that runs next refuse `io_uring_setup` with EPERM,
+/// as a container runtime's default seccomp profile does. Called between
+/// fork and exec: it allocates nothing.
+fn refuse_io_uring() -> std::io::Result<()> {
+    use libc::{
+        BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W, SECCOMP_RET_ALLOW,
+        SECCOMP_RET_ERRNO, sock_filter, sock_fprog,
+    };
+    let stmt = |code: u32, k: u32| sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let mut filter = [
+        // The system call's number is the first word of seccomp_data.
+        stmt(BPF_LD | BPF_W | BPF_ABS, 0),
+        sock_filter {
+            code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_io_uring_setup as u32,
+        },
+        stmt(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    ];
+    let program = sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: a valid filter program that lives through both calls; only
+    // the calling (child) process is affected.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &program as *const sock_fprog,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn concur_without_io_uring(args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_concur"));
+    command.args(args);
+    // SAFETY: `refuse_io_uring` makes two system calls and allocates
+    // nothing, as code between fork and exec must.
+    unsafe { command.pre_exec(refuse_io_uring) };
+    command.output().expect("run concur")
+}
+
+#[test]
+fn where_the_kernel_refuses_io_uring_serve_says_why_and_exits_1() {
+    let o = concur_without_io_uring(&["serve", "--model", "uring", "--port", "0"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("io_uring is unavailable here"), "{err}");
+    assert!(err.contains("EPERM") && err.contains("seccomp"), "{err}");
+    assert!(
+        err.contains("--model sequential, thread, pool, event, async"),
+        "names the other models: {err}"
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!out.contains("Serving on"), "no banner: {out}");
+
+    // A flag out of range is still refused first, as a usage error.
+    let o = concur_without_io_uring(&["serve", "--model", "uring", "--rings", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--rings 0 is out of range"),
+        "{}",
+        stderr(&o)
+    );
+    let o = concur_without_io_uring(&[
+        "bench", "pingpong", "--models", "uring", "--secs", "0.1", "--repeat", "1",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--models uring: io_uring is unavailable here"),
+        "{err}"
+    );
 }

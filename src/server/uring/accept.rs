@@ -215,6 +215,7 @@ impl Worker {
                     return;
                 }
                 a.waiting.push_back(stream);
+                super::bump(&self.shared.counts.waited);
                 // Full: no more accepts until there is room.
                 self.cancel_accept();
             }
@@ -266,6 +267,7 @@ impl Worker {
         match to.clients.try_send((guard, stream, peer)) {
             Ok(()) => {
                 a.messages += 1;
+                super::bump(&self.shared.counts.handed);
                 let e = opcode::MsgRingData::new(
                     types::Fd(to.ring.as_raw_fd()),
                     0,

@@ -68,15 +68,20 @@ pub(super) struct Buffers {
     sent: usize,
     /// Answers made while a send is in flight.
     queued: Vec<u8>,
-    /// Input received but not yet answered: while a number of its is being
-    /// tested elsewhere, or its answers are over the cap, or what arrived
-    /// before a cancelled receive stopped.
+    /// Input received but not yet answered, `unread[read..]`: while a
+    /// number of its is being tested elsewhere, or its answers are over
+    /// the cap, or what arrived before a cancelled receive stopped.
     unread: Vec<u8>,
+    read: usize,
 }
 
 impl Buffers {
     fn pending(&self) -> usize {
         self.sending.len() - self.sent + self.queued.len()
+    }
+
+    fn has_unread(&self) -> bool {
+        self.read < self.unread.len()
     }
 }
 
@@ -121,6 +126,7 @@ impl Spares {
             }
         }
         buffers.sent = 0;
+        buffers.read = 0;
         self.0.push(buffers);
     }
 }
@@ -209,7 +215,7 @@ impl Client {
     }
 
     fn has_unread(&self) -> bool {
-        self.io.as_ref().is_some_and(|io| !io.unread.is_empty())
+        self.io.as_ref().is_some_and(|io| io.has_unread())
     }
 
     /// Whether it must not be answered now: its number is being tested,
@@ -275,7 +281,10 @@ impl Client {
         self.answer(data, ctx, spares, offload)
     }
 
-    /// Answers what was kept, for as long as it is not blocked.
+    /// Answers what was kept, for as long as it is not blocked, no more
+    /// at a time than the room left under the cap: what was kept may be
+    /// far more than the cap (what raced a cancelled receive), and its
+    /// answers must not all be made at once.
     pub(super) fn answer_unread(
         &mut self,
         ctx: &ServerState,
@@ -284,11 +293,24 @@ impl Client {
         offload: Option<(&Offloader, (u32, u32))>,
     ) -> io::Result<()> {
         while !self.blocked(cap) && self.has_unread() {
-            let input = match self.io.as_mut() {
-                Some(io) => std::mem::take(&mut io.unread),
-                None => break,
-            };
-            self.answer(&input, ctx, spares, offload)?;
+            let room = cap.saturating_sub(self.pending()).max(1);
+            let Some(io) = self.io.as_mut() else { break };
+            let (input, at) = (std::mem::take(&mut io.unread), std::mem::take(&mut io.read));
+            let end = input.len().min(at.saturating_add(room));
+            self.answer(&input[at..end], ctx, spares, offload)?;
+            if end == input.len() {
+                continue;
+            }
+            let Some(io) = self.io.as_mut() else { break };
+            if io.unread.is_empty() {
+                // Put back as it was, without copying the rest.
+                io.unread = input;
+                io.read = end;
+            } else {
+                // The responder left input of its own: the rest goes after.
+                ctx.budget.reserve(&mut io.unread, input.len() - end)?;
+                io.unread.extend_from_slice(&input[end..]);
+            }
         }
         Ok(())
     }

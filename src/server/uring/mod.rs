@@ -46,7 +46,7 @@ mod worker;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
@@ -77,10 +77,53 @@ const HANDOFF: usize = 1024;
 type NewClient = (ClientGuard, TcpStream, SocketAddr);
 
 /// What the rings share: how a place freed on any ring reaches ring 0
-/// while it waits for one.
+/// while it waits for one, and what they count.
 struct Shared {
     acceptor_waits: AtomicBool,
     wake_acceptor: Arc<EventFd>,
+    tuning: Tuning,
+    counts: Arc<Counts>,
+}
+
+/// The rings' set-up that tests change: the provided buffers, and
+/// whether a receive is armed with a limit.
+#[derive(Clone, Copy, Debug)]
+struct Tuning {
+    buffers: u16,
+    buffer_size: u32,
+    recv_limit: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            buffers: BUFFERS,
+            buffer_size: BUFFER_SIZE,
+            recv_limit: true,
+        }
+    }
+}
+
+/// What the rings did that the [`Summary`](crate::server::Summary) does
+/// not show, for the tests to see which way a case went.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Receives that ran out of provided buffers.
+    parked: AtomicU64,
+    /// Receives cancelled because their client was over the cap (or
+    /// waiting for a number).
+    paused: AtomicU64,
+    /// Newcomers accepted in a burst that found the server full, kept in
+    /// ring 0's queue.
+    waited: AtomicU64,
+    /// Clients handed to another ring.
+    handed: AtomicU64,
+    /// The kernel refused a limit on a receive (before Linux 6.17).
+    limit_refused: AtomicBool,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// How often a ring ticks: as often as `event` looks for expired clients
@@ -95,6 +138,16 @@ pub(crate) fn run(
     ctx: &Arc<ServerState>,
     settings: &UringSettings,
 ) -> io::Result<()> {
+    run_tuned(listener, ctx, settings, Tuning::default(), Arc::default())
+}
+
+fn run_tuned(
+    listener: TcpListener,
+    ctx: &Arc<ServerState>,
+    settings: &UringSettings,
+    tuning: Tuning,
+    counts: Arc<Counts>,
+) -> io::Result<()> {
     setup::check()?;
     // Accepted sockets inherit nothing from it on Linux, but the accept
     // itself must wait in the kernel rather than fail with EAGAIN.
@@ -108,6 +161,8 @@ pub(crate) fn run(
         ctx,
         settings,
         compute.as_ref().map(ComputePool::handle),
+        tuning,
+        counts,
     )
     .and_then(join);
     if let Some(compute) = compute {
@@ -127,11 +182,15 @@ fn start(
     ctx: &Arc<ServerState>,
     settings: &UringSettings,
     compute: Option<Compute>,
+    tuning: Tuning,
+    counts: Arc<Counts>,
 ) -> io::Result<Vec<RingThread>> {
     let wake_acceptor = Arc::new(EventFd::new()?);
     let shared = Arc::new(Shared {
         acceptor_waits: AtomicBool::new(false),
         wake_acceptor: Arc::clone(&wake_acceptor),
+        tuning,
+        counts,
     });
     let mut started = Started::default();
     let mut peers = Vec::with_capacity(settings.rings);
@@ -250,3 +309,6 @@ fn join(threads: Vec<RingThread>) -> io::Result<()> {
     }
     result
 }
+
+#[cfg(test)]
+mod tests;

@@ -167,6 +167,7 @@ impl Worker {
             // What arrives before it stops is kept, not lost.
             c.recv.cancelling = true;
             c.ops += 1;
+            super::bump(&self.shared.counts.paused);
             let e = opcode::AsyncCancel::new(ops::encode(Kind::Recv, slot, generation))
                 .build()
                 .user_data(ops::encode(Kind::Cancel, slot, generation));
@@ -263,6 +264,7 @@ impl Worker {
                 // The data waits in the socket until buffers come back.
                 c.recv.parked = true;
                 self.parked.push_back((slot, generation));
+                super::bump(&self.shared.counts.parked);
             }
             e if e == -libc::ECANCELED => {}
             e if e == -libc::EINVAL && self.recv_limit => {
@@ -270,6 +272,10 @@ impl Worker {
                 // kept by cancelling, and what races the cancel is kept.
                 debug!("ring {}: multishot receive takes no limit here", self.id);
                 self.recv_limit = false;
+                self.shared
+                    .counts
+                    .limit_refused
+                    .store(true, Ordering::Relaxed);
             }
             e => self.close(slot, io::Error::from_raw_os_error(-e).into()),
         }

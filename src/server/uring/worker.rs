@@ -89,7 +89,8 @@ impl Worker {
         wake: Arc<EventFd>,
     ) -> io::Result<Self> {
         let ring = setup::full_ring()?;
-        let mut bufs = BufRing::new(super::BUFFERS, super::BUFFER_SIZE, GROUP)?;
+        let tuning = shared.tuning;
+        let mut bufs = BufRing::new(tuning.buffers, tuning.buffer_size, GROUP)?;
         bufs.register(&ring.submitter())
             .map_err(|e| match e.raw_os_error() {
                 Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => io::Error::new(
@@ -118,7 +119,7 @@ impl Worker {
             ops: Ops::default(),
             parked: VecDeque::new(),
             recycled: 0,
-            recv_limit: true,
+            recv_limit: tuning.recv_limit,
             fixed: ManuallyDrop::new(Box::new(Fixed {
                 wake: 0,
                 tick: types::Timespec::from(tick),
