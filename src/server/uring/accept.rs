@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -32,9 +33,11 @@ use tracing::{debug, warn};
 
 use super::NewClient;
 use super::ops::{self, Kind};
+use super::setup::EventFd;
 use super::worker::Worker;
 use crate::server::listener::{AcceptFailure, RateLimited, classify};
 use crate::server::{OverLimit, Permit, memory};
+use crate::shutdown::Wake;
 
 /// Another ring, as ring 0 hands it clients.
 pub(super) struct Peer {
@@ -42,6 +45,8 @@ pub(super) struct Peer {
     /// A duplicate of its ring's descriptor, for `MSG_RING`: it keeps that
     /// ring alive for a message in flight even if its thread has ended.
     pub(super) ring: OwnedFd,
+    /// Its eventfd, should a message fail.
+    pub(super) wake: Arc<EventFd>,
 }
 
 pub(super) struct Acceptor {
@@ -92,6 +97,24 @@ impl Acceptor {
     /// ring will be handed a client.
     pub(super) fn done(&self) -> bool {
         self.listener.is_none()
+    }
+}
+
+impl Acceptor {
+    /// Closes the other rings' channels. They end once theirs is closed,
+    /// but a closed channel wakes nobody: each is woken to see it, rather
+    /// than left to its next tick (an hour away, if that is the tick).
+    fn let_peers_go(&mut self) {
+        for Peer { clients, wake, .. } in self.peers.drain(..) {
+            drop(clients);
+            wake.wake();
+        }
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.let_peers_go();
     }
 }
 
@@ -184,20 +207,25 @@ impl Worker {
         }
     }
 
-    pub(super) fn on_msg_sent(&mut self) {
+    pub(super) fn on_msg_sent(&mut self, peer: u32, res: i32) {
         self.ops.done();
         if let Some(a) = self.acceptor.as_mut() {
-            // Should the message fail (its ring gone, or its completion
-            // queue full), the client waits in that ring's channel all the
-            // same: every ring reads its channel on every turn.
             a.messages -= 1;
+            // Should the message fail (its completion queue full, say), the
+            // client waits in that ring's channel all the same, and its
+            // eventfd wakes it to look.
+            if res < 0
+                && let Some(to) = a.peers.get(peer as usize)
+            {
+                to.wake.wake();
+            }
         }
     }
 
     /// An accepted connection: served, or kept waiting for a place, or
     /// rejected, as `--over-limit` says.
     fn newcomer(&mut self, stream: TcpStream) {
-        let ctx = std::sync::Arc::clone(&self.ctx);
+        let ctx = Arc::clone(&self.ctx);
         let Some(a) = self.acceptor.as_mut() else {
             return;
         };
@@ -240,7 +268,7 @@ impl Worker {
     /// Takes on a newcomer that has its place, if its memory fits, on the
     /// next ring in turn.
     fn admit(&mut self, stream: TcpStream, permit: Permit) {
-        let ctx = std::sync::Arc::clone(&self.ctx);
+        let ctx = Arc::clone(&self.ctx);
         let Some(a) = self.acceptor.as_mut() else {
             return;
         };
@@ -275,7 +303,7 @@ impl Worker {
                     None,
                 )
                 .build()
-                .user_data(ops::encode(Kind::MsgSent, 0, 0));
+                .user_data(ops::encode(Kind::MsgSent, (target - 1) as u32, 0));
                 self.ops.push(e);
             }
             // That ring is full up or gone: this one serves the client.
@@ -290,7 +318,7 @@ impl Worker {
     /// is room, keep the accept armed exactly while newcomers may be
     /// taken, and close it all down once the server stops.
     pub(super) fn accept_turn(&mut self) {
-        let ctx = std::sync::Arc::clone(&self.ctx);
+        let ctx = Arc::clone(&self.ctx);
         let Some(a) = self.acceptor.as_mut() else {
             return;
         };
@@ -303,8 +331,7 @@ impl Worker {
                 self.cancel_accept();
             } else if !a.backoff && a.messages == 0 && a.listener.is_some() {
                 a.listener = None;
-                // The other rings see their channels close.
-                a.peers.clear();
+                a.let_peers_go();
             }
             return;
         }

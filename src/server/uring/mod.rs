@@ -85,13 +85,15 @@ struct Shared {
     counts: Arc<Counts>,
 }
 
-/// The rings' set-up that tests change: the provided buffers, and
-/// whether a receive is armed with a limit.
+/// The rings' set-up that tests change: the provided buffers, whether a
+/// receive is armed with a limit, and the tick (`None`: from the
+/// timeouts, see [`tick`]).
 #[derive(Clone, Copy, Debug)]
 struct Tuning {
     buffers: u16,
     buffer_size: u32,
     recv_limit: bool,
+    tick: Option<Duration>,
 }
 
 impl Default for Tuning {
@@ -100,6 +102,7 @@ impl Default for Tuning {
             buffers: BUFFERS,
             buffer_size: BUFFER_SIZE,
             recv_limit: true,
+            tick: None,
         }
     }
 }
@@ -199,11 +202,24 @@ fn start(
             let (clients, incoming) = crossbeam_channel::bounded(HANDOFF);
             let (ctx, shared, settings) = (Arc::clone(ctx), Arc::clone(&shared), settings.clone());
             let compute = compute.clone();
+            let wake = Arc::new(EventFd::new()?);
+            let theirs = Arc::clone(&wake);
             let ring = started.ring(id, ctx.shutdown.clone(), move || {
-                let wake = Arc::new(EventFd::new()?);
-                Worker::new(id, &ctx, &shared, &settings, Some(incoming), compute, wake)
+                Worker::new(
+                    id,
+                    &ctx,
+                    &shared,
+                    &settings,
+                    Some(incoming),
+                    compute,
+                    theirs,
+                )
             })?;
-            peers.push(Peer { clients, ring });
+            peers.push(Peer {
+                clients,
+                ring,
+                wake,
+            });
         }
         let (ctx, shared, settings) = (Arc::clone(ctx), Arc::clone(&shared), settings.clone());
         let peers = std::mem::take(&mut peers);

@@ -293,6 +293,31 @@ fn a_burst_that_finds_the_server_full_waits_in_turn_and_is_counted() {
 }
 
 #[test]
+fn a_client_handed_over_before_its_ring_first_waits_is_served_at_once() {
+    if !runs_here() {
+        return;
+    }
+    // No tick within the test's patience: only the hand-off itself can
+    // make the other ring take its client.
+    let tuning = Tuning {
+        tick: Some(Duration::from_secs(3600)),
+        ..Tuning::default()
+    };
+    let mut clients = Vec::new();
+    let server = serve_after(uring(2, 64 << 10), tuning, |addr| {
+        clients = (0..4).map(|_| connect(addr)).collect();
+    });
+    for c in &mut clients {
+        greeted(c);
+    }
+    drop(clients);
+    assert_eq!(server.counts.handed.load(Ordering::Relaxed), 2);
+    let (summary, ended) = server.stop();
+    ended.unwrap();
+    assert_eq!(summary.served, 4, "{summary:?}");
+}
+
+#[test]
 fn ring_zero_hands_every_other_client_to_the_next_ring() {
     if !runs_here() {
         return;

@@ -103,7 +103,7 @@ impl Worker {
                 _ => e,
             })?;
         let (reply, answers) = crossbeam_channel::unbounded();
-        let tick = super::tick(&ctx.config);
+        let tick = tuning.tick.unwrap_or_else(|| super::tick(&ctx.config));
         let backoff = crate::server::listener::BACKOFF;
         Ok(Worker {
             ring,
@@ -156,6 +156,8 @@ impl Worker {
         let mut deadline = None;
         let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
         loop {
+            // Before any wait: a client handed over before this ring's
+            // first wait has no completion of its own to wake it.
             self.bufs.publish();
             let all_queued = self.ops.flush(&mut self.ring);
             if self.exiting && self.ops.inflight == 0 {
@@ -246,7 +248,7 @@ impl Worker {
         match kind {
             Kind::Accept => self.on_accept(res, last),
             Kind::Backoff => self.on_backoff(),
-            Kind::MsgSent => self.on_msg_sent(),
+            Kind::MsgSent => self.on_msg_sent(slot, res),
             Kind::Handoff => {} // the channel is read on every turn
             Kind::Tick => self.on_tick(res, last),
             Kind::Wake => {
