@@ -378,6 +378,18 @@ pub(crate) struct ServeArgs {
           allow_negative_numbers = true)]
     pub(crate) drain_timeout: Duration,
 
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, such as
+    /// 127.0.0.1:9100; port 0 picks a free one, which the banner's second
+    /// line names.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) metrics: Option<String>,
+
+    /// Listen with SO_REUSEPORT, so that several `concur serve` processes
+    /// (each given --reuseport) can serve one port; the kernel spreads new
+    /// connections among them.
+    #[arg(long)]
+    pub(crate) reuseport: bool,
+
     /// No per-connection log lines (warnings and the summary still show).
     #[arg(short, long)]
     pub(crate) quiet: bool,

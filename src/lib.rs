@@ -27,6 +27,8 @@
 //!     `thread`, `pool` (fixed or adaptive, bounded hand-off), `event`
 //!     (mio loops) and `asynchronous` (tokio tasks); `compute` is the pool
 //!     that tests large numbers for the two that must not block.
+//! - [`metrics`]: the Prometheus endpoint (`serve --metrics`), read from
+//!   the server's own counters at each scrape.
 //! - [`shutdown`]: the one signal every model obeys: stop accepting, drain,
 //!   close the rest.
 //! - [`client`]: the article's simulated client (N connections on a
@@ -76,6 +78,8 @@ pub mod bench;
 pub mod client;
 #[cfg(target_os = "linux")]
 pub mod demo;
+#[cfg(target_os = "linux")]
+pub mod metrics;
 pub mod prime;
 pub mod protocol;
 #[cfg(target_os = "linux")]

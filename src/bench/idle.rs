@@ -23,7 +23,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::child::ServerProcess;
-use super::{engine, mismatch, new_histogram};
+use super::{engine, new_histogram, same_bytes};
 use crate::server::Model;
 
 /// How often a newcomer arrives while the idle clients are connected (one
@@ -100,9 +100,7 @@ fn round_trip(addr: SocketAddr, timeout: Duration) -> io::Result<Duration> {
     s.write_all(b"^ab$")?;
     let mut got = [0u8; 3];
     s.read_exact(&mut got)?;
-    if let Some(i) = got.iter().zip(b"*bc").position(|(a, b)| a != b) {
-        return Err(mismatch("a newcomer's answer", i as u64, b"*bc"[i], got[i]));
-    }
+    same_bytes("a newcomer's answer", 0, b"*bc", &got)?;
     Ok(t.elapsed())
 }
 

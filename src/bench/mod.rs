@@ -297,6 +297,15 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
+/// Checks `got` against `want` (as long), the bytes of `what` from
+/// `offset` on: the first byte that differs is the error.
+pub(crate) fn same_bytes(what: &str, offset: u64, want: &[u8], got: &[u8]) -> io::Result<()> {
+    match got.iter().zip(want).position(|(g, w)| g != w) {
+        None => Ok(()),
+        Some(i) => Err(mismatch(what, offset + i as u64, want[i], got[i])),
+    }
+}
+
 pub(crate) fn mismatch(what: &str, at: u64, expected: u8, got: u8) -> io::Error {
     io::Error::new(
         ErrorKind::InvalidData,

@@ -39,16 +39,32 @@ pub(crate) const BACKOFF: Duration = Duration::from_millis(100);
 /// restarted server can bind while old connections sit in `TIME_WAIT`) and
 /// the given listen backlog.
 pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    bind_shared(addr, backlog, false)
+}
+
+/// [`bind`], and with `reuse_port` also `SO_REUSEPORT`: several processes
+/// (each setting it) may then listen on the same address, and the kernel
+/// spreads new connections among them by a hash of their addresses.
+pub fn bind_shared(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket.into())
 }
 
-/// Resolves `host` and binds the first of its addresses that works. The
-/// error says which host and port could not be bound, and why.
-pub fn bind_host(host: &str, port: u16, backlog: i32) -> Result<TcpListener, BindError> {
+/// Resolves `host` and binds the first of its addresses that works (with
+/// `SO_REUSEPORT` if `reuse_port`). The error says which host and port
+/// could not be bound, and why.
+pub fn bind_host(
+    host: &str,
+    port: u16,
+    backlog: i32,
+    reuse_port: bool,
+) -> Result<TcpListener, BindError> {
     let fail = |source| BindError {
         host: host.to_string(),
         port,
@@ -57,7 +73,7 @@ pub fn bind_host(host: &str, port: u16, backlog: i32) -> Result<TcpListener, Bin
     let addrs = (host, port).to_socket_addrs().map_err(fail)?;
     let mut last = io::Error::new(ErrorKind::NotFound, "the host has no address");
     for addr in addrs {
-        match bind(addr, backlog) {
+        match bind_shared(addr, backlog, reuse_port) {
             Ok(listener) => return Ok(listener),
             Err(e) => last = e,
         }
@@ -246,7 +262,7 @@ pub(crate) fn accept_loop(
             match listener.accept() {
                 Ok((stream, peer)) => {
                     ctx.count_accepted();
-                    let Some(permit) = waited.or_else(|| ctx.try_permit()) else {
+                    let Some(mut permit) = waited.or_else(|| ctx.try_permit()) else {
                         drop(stream);
                         ctx.count_rejected();
                         if let Some(held_back) = reject_log.allow(Instant::now()) {
@@ -276,6 +292,7 @@ pub(crate) fn accept_loop(
                         ctx.count_failed();
                         continue;
                     }
+                    permit.accepted();
                     if on_client(stream, peer, permit).is_break() {
                         return Ok(());
                     }
@@ -332,7 +349,9 @@ mod tests {
     fn bind_error_names_the_address_and_a_way_out() {
         let taken = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
         let port = taken.local_addr().unwrap().port();
-        let err = bind_host("127.0.0.1", port, 16).unwrap_err().to_string();
+        let err = bind_host("127.0.0.1", port, 16, false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
         assert!(err.contains("--port"), "{err}");
     }

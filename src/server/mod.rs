@@ -91,13 +91,18 @@ pub fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> io::Res
 /// A handle on a server's live counters, for whoever must report them
 /// without waiting for [`run`] to return: the binary, on a second signal,
 /// exits at once and prints what is known by then.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Counters(Arc<Stats>);
 
 impl Counters {
     /// The counters so far.
     pub fn summary(&self) -> Summary {
         snapshot(&self.0)
+    }
+
+    /// How long clients waited and were served.
+    pub(crate) fn times(&self) -> &state::Times {
+        &self.0.times
     }
 }
 
@@ -256,6 +261,11 @@ impl Server {
     /// bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Its live counters, for the metrics endpoint.
+    pub fn counters(&self) -> Counters {
+        Counters(Arc::clone(&self.stats))
     }
 
     /// A handle that stops this server when triggered.

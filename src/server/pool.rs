@@ -40,6 +40,25 @@ struct Queued {
     peer: SocketAddr,
     accepted: Instant,
     permit: Permit,
+    // Counts it among the clients waiting for a worker while it lives.
+    _waiting: Waiting,
+}
+
+/// One client counted as waiting for a worker (the metrics' gauge), from
+/// its accept until a worker takes it or it is let go.
+struct Waiting(Arc<ServerState>);
+
+impl Waiting {
+    fn new(ctx: &Arc<ServerState>) -> Self {
+        ctx.stats().pool_waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(Arc::clone(ctx))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.stats().pool_waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The workers, and what growing and shrinking them needs.
@@ -143,6 +162,7 @@ impl Pool {
         let adaptive = self.max > self.min;
         loop {
             self.idle.fetch_add(1, Ordering::SeqCst);
+            self.ctx.stats().pool_idle.fetch_add(1, Ordering::Relaxed);
             let job = if adaptive {
                 self.queue.recv_timeout(self.settings.keep_alive)
             } else {
@@ -151,6 +171,7 @@ impl Pool {
                     .map_err(|_| RecvTimeoutError::Disconnected)
             };
             self.idle.fetch_sub(1, Ordering::SeqCst);
+            self.ctx.stats().pool_idle.fetch_sub(1, Ordering::Relaxed);
             match job {
                 Ok(job) => self.serve(job, &mut buffers),
                 Err(RecvTimeoutError::Timeout) => {
@@ -177,7 +198,10 @@ impl Pool {
             peer,
             accepted,
             permit,
+            _waiting: taken,
         } = job;
+        // A worker has it: it waits no more.
+        drop(taken);
         if idled_out_in_queue(ctx, &self.settings, &stream, accepted) {
             info!(target: conn::LOG_TARGET, "peer {peer} closed unserved: sent nothing while it waited past the idle timeout");
             drop(stream);
@@ -229,6 +253,7 @@ pub(crate) fn run(
             peer,
             accepted: Instant::now(),
             permit,
+            _waiting: Waiting::new(ctx),
         };
         // Grow while every worker is busy. `idle` can still count a
         // worker that is just taking the previous client, so a client that

@@ -7,8 +7,9 @@ use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tracing::warn;
 
 use super::memory::{Budget, Stacks};
@@ -53,6 +54,11 @@ pub struct Summary {
     /// Worker threads of a pool at the moment of the snapshot (zero for
     /// the other models).
     pub pool_threads: u64,
+    /// Of those, the workers serving a client.
+    pub pool_busy: u64,
+    /// Clients accepted by a pool and waiting for a worker (in the
+    /// hand-off, or in the accept loop's hand while it is full).
+    pub pool_waiting: u64,
 }
 
 impl fmt::Display for Summary {
@@ -123,6 +129,31 @@ pub(crate) struct Stats {
     max_clients: AtomicU64,
     max_buffered: AtomicU64,
     pub(crate) pool_threads: AtomicU64,
+    /// Pool workers waiting for a client.
+    pub(crate) pool_idle: AtomicU64,
+    /// Clients accepted by the pool and not yet taken by a worker.
+    pub(crate) pool_waiting: AtomicU64,
+    /// How long clients waited and were served, for the metrics.
+    pub(crate) times: Times,
+}
+
+/// Histograms of how long clients waited to be admitted (from their
+/// accept to their registration with the server, which for the pool is
+/// the time in its hand-off) and how long they were served, in seconds.
+#[derive(Debug)]
+pub(crate) struct Times {
+    pub(crate) admission: Histogram,
+    pub(crate) served: Histogram,
+}
+
+impl Default for Times {
+    fn default() -> Self {
+        Times {
+            // 10 µs to about 40 s, each bucket four times the last.
+            admission: Histogram::new(exponential_buckets(1e-5, 4.0, 12)),
+            served: Histogram::new(exponential_buckets(1e-4, 4.0, 12)),
+        }
+    }
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -207,6 +238,7 @@ impl ServerState {
         clients.permits += 1;
         Some(Permit {
             ctx: Arc::clone(self),
+            accepted: None,
         })
     }
 
@@ -219,6 +251,7 @@ impl ServerState {
         clients.permits += 1;
         Some(Permit {
             ctx: Arc::clone(self),
+            accepted: None,
         })
     }
 
@@ -241,10 +274,16 @@ impl ServerState {
         clients.open.insert(id, fd);
         let now = self.stats.clients_now.fetch_add(1, Ordering::Relaxed) + 1;
         self.stats.max_clients.fetch_max(now, Ordering::Relaxed);
+        let entered = Instant::now();
+        if let Some(accepted) = permit.accepted {
+            let waited = entered.saturating_duration_since(accepted);
+            self.stats.times.admission.observe(waited.as_secs_f64());
+        }
         ClientGuard {
             ctx: Arc::clone(self),
             id,
             counted: false,
+            entered,
             _permit: permit,
         }
     }
@@ -358,6 +397,15 @@ pub(crate) enum End {
 /// client wherever it is, and cannot count one twice or lose one.
 pub(crate) struct Permit {
     ctx: Arc<ServerState>,
+    // When the client holding it was accepted.
+    accepted: Option<Instant>,
+}
+
+impl Permit {
+    /// Notes that its client has just been accepted.
+    pub(crate) fn accepted(&mut self) {
+        self.accepted = Some(Instant::now());
+    }
 }
 
 impl Drop for Permit {
@@ -375,6 +423,7 @@ pub(crate) struct ClientGuard {
     ctx: Arc<ServerState>,
     id: u64,
     counted: bool,
+    entered: Instant,
     // Dropped after the guard's own `drop` has taken the client out of
     // the registry.
     _permit: Permit,
@@ -425,6 +474,8 @@ impl Drop for ClientGuard {
                 self.ctx.count_failed();
             }
         }
+        let served = self.entered.elapsed().as_secs_f64();
+        self.ctx.stats.times.served.observe(served);
         // Map and count change together under the lock, as in `enter`: a
         // count below the cap means there is room (`ServerState::full` reads the
         // map), and whoever sees the map empty (`wait_idle`, before the
@@ -453,5 +504,7 @@ pub(crate) fn snapshot(stats: &Stats) -> Summary {
         max_clients: get(&stats.max_clients),
         max_buffered: get(&stats.max_buffered),
         pool_threads: get(&stats.pool_threads),
+        pool_busy: get(&stats.pool_threads).saturating_sub(get(&stats.pool_idle)),
+        pool_waiting: get(&stats.pool_waiting),
     }
 }

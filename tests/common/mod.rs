@@ -234,3 +234,105 @@ pub fn wait_until(mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// The real binary as a child process: `concur serve ARGS`, its banner
+/// read; dropping it kills it.
+pub struct Process {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    /// Where `--metrics` serves, when it was given.
+    pub metrics: Option<String>,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Process {
+    /// Starts `concur serve ARGS` (give `--port 0`, or a port) and reads
+    /// its banner: "Serving on ADDR", and "Metrics on URL" when `--metrics`
+    /// is among `args`.
+    pub fn serve(args: &[&str]) -> Process {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_concur"))
+            .arg("serve")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start concur serve");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("the banner");
+        let addr = line
+            .strip_prefix("Serving on ")
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no banner: {line:?}"));
+        let metrics = args.contains(&"--metrics").then(|| {
+            let mut line = String::new();
+            out.read_line(&mut line).expect("the metrics banner");
+            line.strip_prefix("Metrics on ")
+                .unwrap_or_else(|| panic!("no metrics banner: {line:?}"))
+                .trim()
+                .to_string()
+        });
+        Process {
+            child,
+            addr,
+            metrics,
+            out,
+        }
+    }
+
+    /// SIGTERM, the drain, and the summary line it prints.
+    pub fn stop(mut self) -> String {
+        use std::io::Read;
+        // SAFETY: kill(2) on our own child, not yet waited for.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let mut rest = String::new();
+        let _ = self.out.read_to_string(&mut rest);
+        let _ = self.child.wait();
+        rest
+    }
+
+    /// Ends it at once, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The figures of a summary line, by name: "accepted", "served",
+/// "failed", "timed out", "rejected", "closed at shutdown", "bytes in",
+/// "bytes out".
+pub fn summary_figures(summary: &str) -> std::collections::HashMap<String, u64> {
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("accepted "))
+        .unwrap_or_else(|| panic!("no summary in {summary:?}"));
+    let mut figures = std::collections::HashMap::new();
+    let accepted = line["accepted ".len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("accepted N");
+    figures.insert("accepted".to_string(), accepted);
+    for part in line.split([':', ';', ',']) {
+        let part = part.trim();
+        let Some((n, name)) = part.split_once(' ') else {
+            continue;
+        };
+        if let Ok(n) = n.parse::<u64>() {
+            figures.insert(name.to_string(), n);
+        }
+    }
+    figures
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::conn::{Phase, Role, micros};
 use super::worker::Worker;
-use crate::bench::{PATTERN_LEN, mismatch};
+use crate::bench::{PATTERN_LEN, mismatch, same_bytes};
 use crate::protocol::{ACK, MSG_START};
 
 impl Worker {
@@ -121,19 +121,7 @@ impl Worker {
             Phase::Exchanging => {
                 let want = &c.want[c.want_off..];
                 let n = bytes.len().min(want.len());
-                if bytes[..n] != want[..n] {
-                    let i = bytes
-                        .iter()
-                        .zip(want)
-                        .position(|(a, b)| a != b)
-                        .unwrap_or(0);
-                    return Err(mismatch(
-                        "an answer",
-                        (c.want_off + i) as u64,
-                        want[i],
-                        bytes[i],
-                    ));
-                }
+                same_bytes("an answer", c.want_off as u64, &want[..n], &bytes[..n])?;
                 if bytes.len() > want.len() {
                     return Err(unasked(bytes[want.len()]));
                 }
@@ -159,19 +147,7 @@ impl Worker {
                 }
                 let at = (c.answered % PATTERN_LEN as u64) as usize;
                 let want = &self.shared.answer_window[at..at + bytes.len()];
-                if bytes != want {
-                    let i = bytes
-                        .iter()
-                        .zip(want)
-                        .position(|(a, b)| a != b)
-                        .unwrap_or(0);
-                    return Err(mismatch(
-                        "the answer",
-                        c.answered + i as u64,
-                        want[i],
-                        bytes[i],
-                    ));
-                }
+                same_bytes("the answer", c.answered, want, bytes)?;
                 if c.answered + bytes.len() as u64 > c.streamed {
                     return Err(io::Error::new(
                         ErrorKind::InvalidData,
@@ -238,13 +214,8 @@ impl Worker {
                 if due >= deadline || now >= deadline {
                     self.unsent(key, start + first, every, deadline, now);
                     self.close_out(key);
-                } else if due > now {
-                    c.phase = Phase::Waiting;
-                    c.intended = due;
-                    let id = c.id;
-                    self.timers.push(Reverse((due, key, id)));
                 } else {
-                    self.send(key, due);
+                    self.send_when_due(key, due, now);
                 }
             }
             _ => {

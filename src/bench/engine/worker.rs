@@ -408,19 +408,28 @@ impl Worker {
                 // lateness, and is kept to.
                 if due >= deadline {
                     self.close_out(key);
-                } else if due > now {
-                    c.phase = Phase::Waiting;
-                    c.intended = due;
-                    let id = c.id;
-                    self.timers.push(Reverse((due, key, id)));
                 } else {
-                    self.send(key, due);
+                    self.send_when_due(key, due, now);
                 }
             }
             Role::Idle => c.phase = Phase::Holding,
             Role::Ping | Role::Heavy | Role::Probe | Role::Churn => self.send(key, now),
         }
         self.drive_later(key);
+    }
+
+    /// Sends `key`'s next request at `due`: now if it is due already,
+    /// else when its timer fires.
+    pub(super) fn send_when_due(&mut self, key: usize, due: Instant, now: Instant) {
+        if due > now {
+            let c = &mut self.conns[key];
+            c.phase = Phase::Waiting;
+            c.intended = due;
+            let id = c.id;
+            self.timers.push(Reverse((due, key, id)));
+        } else {
+            self.send(key, due);
+        }
     }
 
     /// Queues `key` for a turn in this pass (it may have bytes to write).
