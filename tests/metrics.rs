@@ -39,7 +39,7 @@ fn samples(text: &str) -> HashMap<String, f64> {
 
 #[test]
 fn a_scrape_after_a_known_run_matches_the_summary() {
-    for model in Model::ALL {
+    for model in common::models() {
         let server = Process::serve(&[
             "--model",
             model.name(),

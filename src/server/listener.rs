@@ -292,7 +292,7 @@ pub(crate) fn accept_loop(
                         ctx.count_failed();
                         continue;
                     }
-                    permit.accepted();
+                    permit.accepted(Instant::now());
                     if on_client(stream, peer, permit).is_break() {
                         return Ok(());
                     }

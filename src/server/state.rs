@@ -402,9 +402,9 @@ pub(crate) struct Permit {
 }
 
 impl Permit {
-    /// Notes that its client has just been accepted.
-    pub(crate) fn accepted(&mut self) {
-        self.accepted = Some(Instant::now());
+    /// Notes when its client was accepted.
+    pub(crate) fn accepted(&mut self, at: Instant) {
+        self.accepted = Some(at);
     }
 }
 

@@ -25,7 +25,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 use io_uring::{opcode, types};
@@ -57,8 +57,9 @@ pub(super) struct Acceptor {
     cancelling: bool,
     /// A pause after an error is in flight.
     backoff: bool,
-    /// Accepted without a place among the clients (`--over-limit wait`).
-    waiting: VecDeque<TcpStream>,
+    /// Accepted without a place among the clients (`--over-limit wait`),
+    /// and when.
+    waiting: VecDeque<(TcpStream, Instant)>,
     peers: Vec<Peer>,
     next: usize,
     /// `MSG_RING`s in flight, which name the peers' descriptors.
@@ -232,8 +233,9 @@ impl Worker {
         match ctx.config.over_limit {
             OverLimit::Wait => {
                 if a.waiting.is_empty()
-                    && let Some(permit) = ctx.try_permit()
+                    && let Some(mut permit) = ctx.try_permit()
                 {
+                    permit.accepted(self.now);
                     self.admit(stream, permit);
                     return;
                 }
@@ -242,13 +244,16 @@ impl Worker {
                     ctx.count_rejected();
                     return;
                 }
-                a.waiting.push_back(stream);
+                a.waiting.push_back((stream, self.now));
                 super::bump(&self.shared.counts.waited);
                 // Full: no more accepts until there is room.
                 self.cancel_accept();
             }
             OverLimit::Reject => match ctx.try_permit() {
-                Some(permit) => self.admit(stream, permit),
+                Some(mut permit) => {
+                    permit.accepted(self.now);
+                    self.admit(stream, permit);
+                }
                 None => {
                     let peer = peer_of(&stream);
                     drop(stream);
@@ -323,7 +328,7 @@ impl Worker {
             return;
         };
         if self.stopping {
-            for stream in a.waiting.drain(..) {
+            for (stream, _) in a.waiting.drain(..) {
                 drop(stream);
                 ctx.count_closed_at_shutdown();
             }
@@ -360,11 +365,12 @@ impl Worker {
                 }
                 return;
             }
-            let Some(permit) = ctx.try_permit() else {
+            let Some(mut permit) = ctx.try_permit() else {
                 self.cancel_accept();
                 return;
             };
-            if let Some(stream) = a.waiting.pop_front() {
+            if let Some((stream, accepted)) = a.waiting.pop_front() {
+                permit.accepted(accepted);
                 self.admit(stream, permit);
             }
         }
