@@ -214,3 +214,57 @@ fn error_lines_cannot_balloon_a_non_reader() {
         run.join().unwrap();
     }
 }
+
+#[test]
+fn a_non_reader_at_the_answer_limit_under_a_larger_cap_stalls_nobody_else() {
+    // With `--outbound-cap` above the responder's own limit of queued
+    // answers (64 KiB), a client whose answers reach that limit while the
+    // kernel will take no more of them must wait for them to drain, not
+    // be answered again and again for nothing: with one loop or ring,
+    // that would stall every other client. Sequential serves one client
+    // at a time by design, so it has no other client to stall.
+    const LINES: usize = 1 << 20;
+    const CAP: usize = 1 << 20;
+    let runs: Vec<_> = models()
+        .into_iter()
+        .filter(|&model| model != Model::Sequential)
+        .map(|model| {
+            std::thread::spawn(move || {
+                let mut config = prime_config(model);
+                if let Some(event) = config.event_mut() {
+                    event.loops = 1;
+                    event.outbound_cap = CAP;
+                }
+                if let Some(uring) = config.uring_mut() {
+                    uring.rings = 1;
+                    uring.outbound_cap = CAP;
+                }
+                let server = start_with(config);
+                let mut flooder = connect(server.local_addr());
+                let mut writer = flooder.try_clone().unwrap();
+                let sender = std::thread::spawn(move || {
+                    writer.write_all(&b"4\n".repeat(LINES)).unwrap();
+                    writer.shutdown(std::net::Shutdown::Write).unwrap();
+                });
+                if matches!(model, Model::Event | Model::Uring) {
+                    // Until its loop holds a full 64 KiB of answers for it
+                    // that the kernel would not take.
+                    wait_until(|| server.summary().max_buffered >= 64 << 10);
+                }
+                let mut other = connect(server.local_addr());
+                other.write_all(b"7\n").unwrap();
+                assert_eq!(line(&mut other), "prime\n", "{model}");
+                drop(other);
+                let got = read_to_end(&mut flooder);
+                sender.join().unwrap();
+                assert_eq!(got.len(), LINES * b"composite\n".len(), "{model}");
+                assert!(got.chunks(10).all(|l| l == b"composite\n"), "{model}");
+                let summary = server.stop();
+                assert_eq!((summary.served, summary.failed), (2, 0), "{model}");
+            })
+        })
+        .collect();
+    for run in runs {
+        run.join().unwrap();
+    }
+}

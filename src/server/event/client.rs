@@ -11,7 +11,7 @@ use mio::{Interest, Token};
 
 use super::{Offloader, READS_PER_TURN};
 use crate::server::conn::{self, BUF_SIZE, Outcome};
-use crate::server::responder::{Responder, Stop};
+use crate::server::responder::{OUT_LIMIT, Responder, Stop};
 use crate::server::{ClientGuard, Config, ServerState};
 
 /// One client of an event loop.
@@ -81,9 +81,12 @@ impl LoopClient {
                 // The answer, or the close, comes first.
                 return Ok(());
             }
-            if self.pending() > outbound_cap {
+            if self.pending() > outbound_cap
+                || (self.out.len() >= OUT_LIMIT && !self.unread.is_empty())
+            {
                 // Flushing stopped on "would block": a writable event will
-                // bring us back here.
+                // bring us back here. (At the responder's limit, under a
+                // cap above it, answering on would make no progress.)
                 return Ok(());
             }
             if !self.unread.is_empty() {

@@ -36,7 +36,7 @@ use super::ops::{self, Kind};
 use super::setup::EventFd;
 use super::worker::Worker;
 use crate::server::listener::{AcceptFailure, RateLimited, classify};
-use crate::server::{OverLimit, Permit, memory};
+use crate::server::{OverLimit, Permit, ServerState, memory};
 use crate::shutdown::Wake;
 
 /// Another ring, as ring 0 hands it clients.
@@ -102,6 +102,15 @@ impl Acceptor {
 }
 
 impl Acceptor {
+    /// Closes the clients accepted that wait for a place, as closed at
+    /// shutdown: the server is stopping, or this ring failed.
+    pub(super) fn close_waiting(&mut self, ctx: &ServerState) {
+        for (stream, _) in self.waiting.drain(..) {
+            drop(stream);
+            ctx.count_closed_at_shutdown();
+        }
+    }
+
     /// Closes the other rings' channels. They end once theirs is closed,
     /// but a closed channel wakes nobody: each is woken to see it, rather
     /// than left to its next tick (an hour away, if that is the tick).
@@ -328,10 +337,7 @@ impl Worker {
             return;
         };
         if self.stopping {
-            for (stream, _) in a.waiting.drain(..) {
-                drop(stream);
-                ctx.count_closed_at_shutdown();
-            }
+            a.close_waiting(&ctx);
             if a.armed {
                 self.cancel_accept();
             } else if !a.backoff && a.messages == 0 && a.listener.is_some() {

@@ -58,6 +58,8 @@ pub(super) struct Recv {
     pub(super) cancelling: bool,
     /// It ended for want of buffers; re-armed once some come back.
     pub(super) parked: bool,
+    /// It was armed with a limit (which kernels before 6.17 refuse).
+    pub(super) limited: bool,
 }
 
 /// A busy client's buffers.
@@ -164,6 +166,9 @@ pub(super) struct Client {
     pub(super) recv: Recv,
     pub(super) send_inflight: bool,
     pub(super) computing: bool,
+    /// The responder stopped at its limit of queued answers: nothing more
+    /// is answered until they are handed to a send.
+    full: bool,
     /// It has closed its sending side; what it is owed still goes.
     pub(super) read_closed: bool,
 }
@@ -192,6 +197,7 @@ impl Client {
             recv: Recv::default(),
             send_inflight: false,
             computing: false,
+            full: false,
             read_closed: false,
         }
     }
@@ -219,9 +225,11 @@ impl Client {
     }
 
     /// Whether it must not be answered now: its number is being tested,
-    /// it is to be closed, or its answers are over the cap.
+    /// it is to be closed, or its answers are over the cap or at the
+    /// responder's limit (which a cap above that limit would not stop:
+    /// answering on would then make no progress, for ever).
     pub(super) fn blocked(&self, cap: usize) -> bool {
-        self.computing || self.close_reason.is_some() || self.pending() > cap
+        self.computing || self.close_reason.is_some() || self.full || self.pending() > cap
     }
 
     /// Whether the ring should be receiving from it. Below half the cap,
@@ -298,6 +306,10 @@ impl Client {
             let (input, at) = (std::mem::take(&mut io.unread), std::mem::take(&mut io.read));
             let end = input.len().min(at.saturating_add(room));
             self.answer(&input[at..end], ctx, spares, offload)?;
+            if self.close_reason.is_some() {
+                // Nothing after the line that ends it is answered.
+                break;
+            }
             if end == input.len() {
                 continue;
             }
@@ -347,8 +359,19 @@ impl Client {
                 self.computing = true;
                 keep()?;
             }
-            Stop::Full => keep()?,
-            Stop::Close(reason) => self.close_reason = Some(Box::new(reason)),
+            Stop::Full => {
+                self.full = true;
+                keep()?;
+            }
+            Stop::Close(reason) => {
+                // Nothing after the line that ends it is answered: drop
+                // what was kept too, or it would wait for ever.
+                self.close_reason = Some(Box::new(reason));
+                if let Some(io) = self.io.as_mut() {
+                    io.unread = Vec::new();
+                    io.read = 0;
+                }
+            }
         }
         ctx.note_buffered(self.pending());
         Ok(())
@@ -386,6 +409,7 @@ impl Client {
             io.sending.clear();
             io.sent = 0;
             std::mem::swap(&mut io.sending, &mut io.queued);
+            self.full = false;
         }
         let rest = &io.sending[io.sent..];
         if rest.is_empty() {

@@ -87,6 +87,7 @@ impl Worker {
             } = client;
             conn::finish(guard, peer, e.into());
             drop(socket);
+            self.place_freed();
             return;
         }
         let slot = match self.free.pop() {
@@ -186,6 +187,7 @@ impl Worker {
         let Some(c) = self.client(slot) else { return };
         c.recv.armed = true;
         c.recv.parked = false;
+        c.recv.limited = limit;
         c.ops += 1;
         let headroom = cap.saturating_sub(c.pending()).max(1);
         // One submission, a completion for every arrival, each in a buffer
@@ -267,10 +269,14 @@ impl Worker {
                 super::bump(&self.shared.counts.parked);
             }
             e if e == -libc::ECANCELED => {}
-            e if e == -libc::EINVAL && self.recv_limit => {
+            e if e == -libc::EINVAL && c.recv.limited => {
                 // Before Linux 6.17 a receive takes no limit: the cap is then
                 // kept by cancelling, and what races the cancel is kept.
-                debug!("ring {}: multishot receive takes no limit here", self.id);
+                // Every receive armed with one before the first refusal came
+                // back is refused too; each is armed again, without.
+                if self.recv_limit {
+                    debug!("ring {}: multishot receive takes no limit here", self.id);
+                }
                 self.recv_limit = false;
                 self.shared
                     .counts
@@ -351,8 +357,12 @@ impl Worker {
         } = client;
         conn::finish(guard, peer, outcome);
         drop(socket);
-        // A place among the clients is free: the acceptor may be waiting
-        // for one.
+        self.place_freed();
+    }
+
+    /// A place among the clients is free: the acceptor may be waiting
+    /// for one.
+    fn place_freed(&self) {
         if self.shared.acceptor_waits.load(Ordering::SeqCst) {
             self.shared.wake_acceptor.wake();
         }

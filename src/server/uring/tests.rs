@@ -388,3 +388,104 @@ fn a_ring_that_cannot_wait_fails_its_clients_and_says_why() {
     let summary = snapshot(&stats);
     assert_eq!((summary.failed, summary.clients_now), (1, 0), "{summary:?}");
 }
+
+/// A client driven by hand, without a ring: what it is sent, and its
+/// sends completed at once.
+fn hand_client(protocol: Protocol) -> (client::Client, Arc<ServerState>, TcpStream) {
+    let mut config = uring(1, 64 << 10);
+    config.protocol = protocol;
+    let (ctx, _) = ServerState::for_test(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (socket, addr) = listener.accept().unwrap();
+    let guard = ctx.enter(&socket, ctx.try_permit().unwrap());
+    let c = client::Client::new(guard, socket, addr, &ctx, Instant::now());
+    (c, ctx, peer)
+}
+
+/// Completes every send the client asks for, as the kernel would.
+fn send_all(c: &mut client::Client, ctx: &ServerState, spares: &mut client::Spares) -> usize {
+    let mut total = 0;
+    while let Some((_, len)) = c.next_send() {
+        c.send_inflight = true;
+        c.sent(len as usize, Instant::now(), ctx, spares);
+        total += len as usize;
+    }
+    total
+}
+
+#[test]
+fn a_line_too_long_in_kept_input_ends_the_client_with_nothing_left_over() {
+    // Input kept while the answers were over the cap is answered a
+    // room's worth at a time; when a chunk ends in a line too long, what
+    // follows it must go, or the client waits for ever to be finished.
+    let cap = 100;
+    let (mut c, ctx, _peer) = hand_client(Protocol::Prime);
+    let mut spares = client::Spares::new();
+    let now = Instant::now();
+    c.receive(&b"4\n".repeat(20), now, &ctx, &mut spares, cap, None)
+        .unwrap();
+    assert!(
+        c.blocked(cap),
+        "200 bytes of answers are over the cap of 100"
+    );
+    let mut kept = b"4\n".repeat(30);
+    kept.extend([b'x'; 200]);
+    kept.extend(b"\n4\n4\n");
+    c.receive(&kept, now, &ctx, &mut spares, cap, None).unwrap();
+    let mut sent = 0;
+    for _ in 0..10 {
+        sent += send_all(&mut c, &ctx, &mut spares);
+        c.answer_unread(&ctx, &mut spares, cap, None).unwrap();
+        if c.finished().is_some() {
+            break;
+        }
+    }
+    sent += send_all(&mut c, &ctx, &mut spares);
+    let ending = b"error: line longer than 64 bytes; closing\n".len();
+    assert_eq!(sent, 50 * b"composite\n".len() + ending);
+    assert!(
+        matches!(c.finished(), Some(crate::server::conn::Outcome::Failed(_))),
+        "the client is finished, as a protocol violation"
+    );
+}
+
+#[test]
+fn answers_at_the_responders_limit_wait_for_a_send_under_a_larger_cap() {
+    // Under a cap above 64 KiB, answers that reach the responder's own
+    // limit stop the answering (nothing more could be answered) until
+    // they are handed to a send; then the rest is answered.
+    let cap = 1 << 20;
+    let lines = 10_000; // 100,000 bytes of answers
+    let (done, finished) = std::sync::mpsc::channel();
+    // On a thread of its own: answering that makes no progress spins,
+    // and the test must fail rather than hang.
+    thread::spawn(move || {
+        let (mut c, ctx, _peer) = hand_client(Protocol::Prime);
+        let mut spares = client::Spares::new();
+        c.receive(
+            &b"4\n".repeat(lines),
+            Instant::now(),
+            &ctx,
+            &mut spares,
+            cap,
+            None,
+        )
+        .unwrap();
+        let stopped = c.blocked(cap);
+        c.answer_unread(&ctx, &mut spares, cap, None).unwrap();
+        let mut sent = 0;
+        for _ in 0..10 {
+            sent += send_all(&mut c, &ctx, &mut spares);
+            c.answer_unread(&ctx, &mut spares, cap, None).unwrap();
+        }
+        sent += send_all(&mut c, &ctx, &mut spares);
+        let _ = done.send((stopped, sent, c.blocked(cap)));
+    });
+    let (stopped, sent, blocked) = finished
+        .recv_timeout(PATIENCE)
+        .expect("answering at the responder's limit made no progress");
+    assert!(stopped, "at the responder's limit, under the cap");
+    assert_eq!(sent, lines * b"composite\n".len());
+    assert!(!blocked);
+}

@@ -236,6 +236,9 @@ impl Worker {
             }
         }
         self.clients = 0;
+        if let Some(a) = self.acceptor.as_mut() {
+            a.close_waiting(&self.ctx);
+        }
         e
     }
 
@@ -365,8 +368,8 @@ impl Worker {
         self.rearm_parked(all);
     }
 
-    /// Closes the clients past a timeout, and those waiting for a number
-    /// once the drain is over. A scan of every client each tick is cheap
+    /// Closes the clients past a timeout, and those with nothing in
+    /// flight once the drain is over. A scan of every client each tick is cheap
     /// next to a timer each: ten thousand take microseconds.
     fn sweep(&mut self) {
         let closing = self.ctx.is_closing();
@@ -377,7 +380,11 @@ impl Worker {
             if c.is_closing() {
                 continue;
             }
-            let outcome = if closing && c.computing {
+            // Once the drain is over, `shutdown(2)` on its socket ends a
+            // client through its receive or send; one with neither in
+            // flight (its number being tested, its receive parked) would
+            // never see it.
+            let outcome = if closing && (c.computing || c.ops == 0) {
                 Some(Outcome::ClosedAtShutdown)
             } else {
                 c.expired(self.now, &self.ctx.config)
