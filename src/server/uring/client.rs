@@ -476,6 +476,19 @@ impl Client {
         }
     }
 
+    /// Counts and logs how it ended, then closes its socket (the guard
+    /// must go first). Its buffers must have been released or given up.
+    pub(super) fn end(self, outcome: Outcome) {
+        let Client {
+            guard,
+            socket,
+            peer,
+            ..
+        } = self;
+        conn::finish(guard, peer, outcome);
+        drop(socket);
+    }
+
     /// Gives up the answer buffers without freeing them: the kernel may
     /// still be reading one (a ring that failed with sends in flight).
     pub(super) fn forget_buffers(&mut self) {

@@ -79,14 +79,7 @@ impl Worker {
         let mut client = Client::new(guard, stream, peer, &self.ctx, self.now);
         if let Err(e) = ready.and_then(|()| client.greet(&self.ctx, &mut self.spares)) {
             client.release(&mut self.spares);
-            let Client {
-                guard,
-                socket,
-                peer,
-                ..
-            } = client;
-            conn::finish(guard, peer, e.into());
-            drop(socket);
+            client.end(e.into());
             self.place_freed();
             return;
         }
@@ -349,14 +342,7 @@ impl Worker {
         self.clients -= 1;
         let outcome = client.take_outcome();
         client.release(&mut self.spares);
-        let Client {
-            guard,
-            socket,
-            peer,
-            ..
-        } = client;
-        conn::finish(guard, peer, outcome);
-        drop(socket);
+        client.end(outcome);
         self.place_freed();
     }
 

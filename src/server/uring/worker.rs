@@ -23,7 +23,7 @@ use super::client::{Answer, Client, Offloader, Spares};
 use super::ops::{self, Kind, Ops};
 use super::setup::{self, EventFd};
 use super::{GROUP, NewClient, Shared};
-use crate::server::conn::{self, Outcome};
+use crate::server::conn::Outcome;
 use crate::server::{ServerState, UringSettings};
 
 /// How long a stopping ring waits for the completions of what it
@@ -225,14 +225,7 @@ impl Worker {
                 if client.ops > 0 {
                     client.forget_buffers();
                 }
-                let Client {
-                    guard,
-                    socket,
-                    peer,
-                    ..
-                } = client;
-                conn::finish(guard, peer, io::Error::new(e.kind(), e.to_string()).into());
-                drop(socket);
+                client.end(io::Error::new(e.kind(), e.to_string()).into());
             }
         }
         self.clients = 0;
