@@ -34,7 +34,7 @@ pub(crate) enum Command {
     /// reply checked against the protocol.
     Client(ClientArgs),
     /// The article's experiment: sequential, thread and pool -n 2 servers
-    /// (and event, async), three clients against each, a table and a time
+    /// (and event, async, uring), three clients against each, a table and a time
     /// chart per server.
     Demo(DemoArgs),
     /// The footnote's experiment: start N idle threads and measure what

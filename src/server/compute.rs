@@ -1,5 +1,5 @@
 //! The threads that test large numbers for the models that must never
-//! block (`event`, `async`), so that a request worth seconds of CPU never
+//! block (`event`, `async`, `uring`), so that a request worth seconds of CPU never
 //! stalls a loop and its other clients.
 //!
 //! Bounded twice over: as many threads as the model has loops or workers,

@@ -19,8 +19,10 @@
 //! A model file is then only the article's idea: [`Model::Sequential`]
 //! serves inline in the accept loop, [`Model::Thread`] spawns a thread per
 //! client, [`Model::Pool`] hands clients to a set of workers,
-//! [`Model::Event`] runs epoll loops over per-client state, and
-//! [`Model::Async`] spawns a tokio task per client.
+//! [`Model::Event`] runs epoll loops over per-client state,
+//! [`Model::Async`] spawns a tokio task per client, and [`Model::Uring`]
+//! runs io_uring rings that are told when a client's operations complete
+//! (its own accept loop: ring 0 accepts, with the same cap and budget).
 //!
 //! ```no_run
 //! use concur::server::{self, Config, Model};
