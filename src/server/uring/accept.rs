@@ -4,9 +4,10 @@
 //! cancelled or fails; each accepted socket comes back as a completion.
 //! Only ring 0 accepts: with a multishot accept on every ring, the
 //! listener's exclusive wake-up gave nearly all the connections to one of
-//! them. Ring 0 hands every other client to the next ring in turn, over a
-//! channel, and wakes that ring with `MSG_RING` (a completion posted
-//! straight into the other ring, without a system call of its own).
+//! them. Ring 0 deals the clients out in turn, itself included; each
+//! client of another ring goes over a channel, and that ring is woken
+//! with `MSG_RING` (a completion posted straight into it, without a
+//! system call of its own).
 //!
 //! The cap and the memory budget are kept as in the shared accept loop,
 //! with one difference that multishot accept forces. A single accept can

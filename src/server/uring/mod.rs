@@ -12,8 +12,9 @@
 //!
 //! - **Accept**: one multishot accept on ring 0 takes every connection
 //!   as it comes (`accept`: who gets them, and how the cap is kept).
-//! - **Receive**: one multishot receive per client, armed once, yields a
-//!   completion for every arrival. It names no buffer: the kernel takes
+//! - **Receive**: a multishot receive per client yields a completion for
+//!   every arrival until it ends (at its byte limit, or when the buffers
+//!   run out) and is armed again. It names no buffer: the kernel takes
 //!   one from the ring's provided-buffer group when data comes
 //!   (`bufring`), so an idle client holds no read buffer, as in `event`.
 //! - **Send**: one send per answer buffer, one in flight per client, so
