@@ -7,7 +7,7 @@
 //!
 //! - an accept loop parked in `epoll_wait` registers a [`mio::Waker`], which
 //!   the trigger wakes (an io_uring ring registers its eventfd the same
-//!   way, through [`Wake`]);
+//!   way, through `Wake`);
 //! - a thread blocked on a channel `select!`s on [`Shutdown::channel`], a
 //!   receiver that becomes ready (disconnected) when the trigger fires;
 //! - anything else [`wait`](Shutdown::wait)s or polls
