@@ -118,19 +118,14 @@ fn many_idle_clients_do_not_starve_a_small_pool() {
 /// counter and counts the client that is connected.
 #[test]
 fn the_stats_line_reports_live_figures() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_concur"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_concur"));
+    command
         .args(["serve", "--port", "0", "--model", "thread"])
         .args(["--stats-interval", "0.1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run concur");
-    let mut banner = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut banner)
-        .unwrap();
-    let addr = banner.split_whitespace().nth(2).unwrap().parse().unwrap();
-    let mut c = connect_served(addr);
+        .stderr(Stdio::piped());
+    // Killed when dropped, whatever fails below.
+    let mut server = Process::start(command, false);
+    let mut c = connect_served(server.addr);
     round_trip(&mut c);
 
     // Lines printed before the round trip was counted show earlier
@@ -142,7 +137,7 @@ fn the_stats_line_reports_live_figures() {
         "bytes in 4",
         "bytes out 3",
     ];
-    let stderr = child.stderr.take().unwrap();
+    let stderr = server.child.stderr.take().unwrap();
     let (tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -160,9 +155,7 @@ fn the_stats_line_reports_live_figures() {
             Err(_) => break false,
         }
     };
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
-    let _ = child.wait();
+    server.kill();
     assert!(found, "no stats line with {want:?}; the last: {last:?}");
 }
 
@@ -187,20 +180,16 @@ fn cpu_secs(pid: u32) -> f64 {
 #[test]
 fn descriptor_exhaustion_is_survived() {
     for model in models() {
-        let mut child = Command::new("sh")
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
             .arg("ulimit -n 64 && exec \"$0\" serve --port 0 -q --model \"$1\"")
             .arg(env!("CARGO_BIN_EXE_concur"))
             .arg(model.name())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run concur");
-        let pid = child.id();
-        let mut banner = String::new();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        stdout.read_line(&mut banner).unwrap();
-        let addr = banner.split_whitespace().nth(2).unwrap().parse().unwrap();
+            .stderr(Stdio::null());
+        // Killed when dropped, whatever fails below.
+        let mut server = Process::start(command, false);
+        let (pid, addr) = (server.child.id(), server.addr);
 
         let clients: Vec<_> = (0..200).map(|_| connect(addr)).collect();
         // Enough time for a spinning accept loop to burn most of a core.
@@ -211,7 +200,10 @@ fn descriptor_exhaustion_is_survived() {
             burnt < 0.5,
             "{model}: {burnt:.2} s of CPU in 1 s with descriptors exhausted"
         );
-        assert!(child.try_wait().unwrap().is_none(), "{model}: server died");
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "{model}: server died"
+        );
 
         drop(clients);
         let mut fresh = connect(addr);
@@ -220,12 +212,8 @@ fn descriptor_exhaustion_is_survived() {
         assert_eq!(read_n(&mut fresh, 3), b"*pl", "{model}");
         drop(fresh);
 
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        let status = child.wait().unwrap();
+        let (status, summary) = server.stop_with_status();
         assert!(status.success(), "{model}: {status:?}");
-        let mut summary = String::new();
-        std::io::Read::read_to_string(&mut stdout, &mut summary).unwrap();
         let accept_errors: u64 = summary
             .split_once(" accept errors")
             .and_then(|(before, _)| before.rsplit(' ').next())

@@ -250,13 +250,22 @@ impl Process {
     /// its banner: "Serving on ADDR", and "Metrics on URL" when `--metrics`
     /// is among `args`.
     pub fn serve(args: &[&str]) -> Process {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_concur"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_concur"));
+        command
             .arg("serve")
             .args(args)
+            .stderr(std::process::Stdio::null());
+        Process::start(command, args.contains(&"--metrics"))
+    }
+
+    /// Starts `command`, which runs `concur serve` (through a shell, say),
+    /// with its standard output piped and read up to its banner; its
+    /// standard error is as `command` sets it.
+    pub fn start(mut command: std::process::Command, metrics: bool) -> Process {
+        use std::io::BufRead;
+        let mut child = command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start concur serve");
         let mut out = std::io::BufReader::new(child.stdout.take().expect("piped"));
@@ -267,7 +276,7 @@ impl Process {
             .and_then(|r| r.split_whitespace().next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no banner: {line:?}"));
-        let metrics = args.contains(&"--metrics").then(|| {
+        let metrics = metrics.then(|| {
             let mut line = String::new();
             out.read_line(&mut line).expect("the metrics banner");
             line.strip_prefix("Metrics on ")
@@ -284,7 +293,13 @@ impl Process {
     }
 
     /// SIGTERM, the drain, and the summary line it prints.
-    pub fn stop(mut self) -> String {
+    pub fn stop(self) -> String {
+        self.stop_with_status().1
+    }
+
+    /// SIGTERM, the drain: how it exited, and what it printed after the
+    /// banner.
+    pub fn stop_with_status(mut self) -> (std::process::ExitStatus, String) {
         use std::io::Read;
         // SAFETY: kill(2) on our own child, not yet waited for.
         unsafe {
@@ -292,8 +307,8 @@ impl Process {
         }
         let mut rest = String::new();
         let _ = self.out.read_to_string(&mut rest);
-        let _ = self.child.wait();
-        rest
+        let status = self.child.wait().expect("wait for concur");
+        (status, rest)
     }
 
     /// Ends it at once, as a crash would.
