@@ -170,6 +170,18 @@ impl From<io::Error> for Outcome {
     }
 }
 
+/// [`finish`], then closes `socket`, in that order: for the models that
+/// hold a client's socket beside its guard.
+pub(crate) fn finish_and_close<S>(
+    guard: ClientGuard,
+    peer: SocketAddr,
+    outcome: Outcome,
+    socket: S,
+) {
+    finish(guard, peer, outcome);
+    drop(socket);
+}
+
 /// Logs and counts the end of a client; every model ends its clients here.
 /// Call it while the client's socket is still open.
 pub(crate) fn finish(guard: ClientGuard, peer: SocketAddr, outcome: Outcome) {

@@ -220,7 +220,6 @@ impl LoopClient {
             peer,
             ..
         } = self;
-        conn::finish(guard, peer, outcome);
-        drop(socket);
+        conn::finish_and_close(guard, peer, outcome, socket);
     }
 }

@@ -485,8 +485,7 @@ impl Client {
             peer,
             ..
         } = self;
-        conn::finish(guard, peer, outcome);
-        drop(socket);
+        conn::finish_and_close(guard, peer, outcome, socket);
     }
 
     /// Gives up the answer buffers without freeing them: the kernel may

@@ -15,7 +15,7 @@ use tracing::{debug, info};
 use super::GROUP;
 use super::client::Client;
 use super::ops::{self, Kind};
-use super::worker::{Slot, Worker};
+use super::worker::{Slot, Worker, client_in};
 use crate::server::ClientGuard;
 use crate::server::conn::{self, LOG_TARGET, Outcome};
 use crate::shutdown::Wake;
@@ -57,11 +57,7 @@ impl Worker {
                 continue;
             };
             let ctx = Arc::clone(&self.ctx);
-            let Some(c) = self
-                .slots
-                .get_mut(slot as usize)
-                .and_then(|s| s.client.as_mut())
-            else {
+            let Some(c) = client_in(&mut self.slots, slot) else {
                 continue;
             };
             if let Err(e) = c.answered(n, prime, &ctx, &mut self.spares) {
@@ -122,11 +118,7 @@ impl Worker {
         let generation = self.generation(slot);
         let (cap, ctx) = (self.cap, Arc::clone(&self.ctx));
         let offload = self.offload.as_ref().map(|o| (o, (slot, generation)));
-        let Some(c) = self
-            .slots
-            .get_mut(slot as usize)
-            .and_then(|s| s.client.as_mut())
-        else {
+        let Some(c) = client_in(&mut self.slots, slot) else {
             return;
         };
         if c.is_closing() {
@@ -219,11 +211,7 @@ impl Worker {
     pub(super) fn on_recv(&mut self, slot: u32, generation: u32, res: i32, flags: u32, last: bool) {
         let (cap, ctx, now) = (self.cap, Arc::clone(&self.ctx), self.now);
         let offload = self.offload.as_ref().map(|o| (o, (slot, generation)));
-        let Some(c) = self
-            .slots
-            .get_mut(slot as usize)
-            .and_then(|s| s.client.as_mut())
-        else {
+        let Some(c) = client_in(&mut self.slots, slot) else {
             return;
         };
         if last {
@@ -282,11 +270,7 @@ impl Worker {
 
     pub(super) fn on_send(&mut self, slot: u32, res: i32) {
         let (ctx, now) = (Arc::clone(&self.ctx), self.now);
-        let Some(c) = self
-            .slots
-            .get_mut(slot as usize)
-            .and_then(|s| s.client.as_mut())
-        else {
+        let Some(c) = client_in(&mut self.slots, slot) else {
             return;
         };
         c.send_inflight = false;

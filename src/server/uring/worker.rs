@@ -35,6 +35,13 @@ pub(super) struct Slot {
     pub(super) client: Option<Client>,
 }
 
+/// The client in `slot`, if any. A function of the table alone, so that
+/// the worker's other fields (its spares, its offloader) stay free to
+/// borrow beside it.
+pub(super) fn client_in(slots: &mut [Slot], slot: u32) -> Option<&mut Client> {
+    slots.get_mut(slot as usize)?.client.as_mut()
+}
+
 /// Memory the kernel writes to or reads from for the ring's own
 /// operations: boxed, so that it stays put while they are in flight.
 struct Fixed {
@@ -289,7 +296,7 @@ impl Worker {
     }
 
     pub(super) fn client(&mut self, slot: u32) -> Option<&mut Client> {
-        self.slots.get_mut(slot as usize)?.client.as_mut()
+        client_in(&mut self.slots, slot)
     }
 
     pub(super) fn live(&self, slot: u32, generation: u32) -> bool {
