@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use concur::bench::Scenario;
-use concur::server::{self, Model, OverLimit, Protocol, listener};
+use concur::server::{self, Model, OverLimit, Protocol, Setting, listener};
 
 #[derive(Parser)]
 #[command(
@@ -275,55 +275,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_enum, default_value_t = Protocol::Bytes)]
     pub(crate) protocol: Protocol,
 
-    /// Worker threads of the pool [default: 64]; with --max-threads, the
-    /// fewest it shrinks to (only with --model pool).
-    #[arg(short = 'n', long, visible_alias = "min-threads", value_name = "N")]
-    pub(crate) threads: Option<usize>,
-
-    /// Let the pool grow up to this many workers while every worker is
-    /// busy and clients wait [default: --threads, a fixed pool] (only with
-    /// --model pool).
-    #[arg(long, value_name = "N")]
-    pub(crate) max_threads: Option<usize>,
-
-    /// Seconds a worker above --threads may sit idle before it leaves
-    /// [default: 10] (only with --model pool).
-    #[arg(long, value_name = "SECS", value_parser = parse_duration,
-          allow_negative_numbers = true)]
-    pub(crate) keep_alive: Option<Duration>,
-
-    /// Clients the pool's hand-off holds while all workers are busy; 0 means
-    /// the accept loop waits for a free worker and later clients wait in the
-    /// listen backlog, as in the article [default: 0] (only with --model
-    /// pool).
-    #[arg(long, value_name = "Q")]
-    pub(crate) queue: Option<usize>,
-
-    /// Event loops, each a thread [default: the number of cores] (only
-    /// with --model event).
-    #[arg(long, value_name = "N")]
-    pub(crate) loops: Option<usize>,
-
-    /// Runtime threads [default: the number of cores] (only with --model
-    /// async).
-    #[arg(long, value_name = "N")]
-    pub(crate) workers: Option<usize>,
-
-    /// io_uring rings, each a thread [default: the number of cores] (only
-    /// with --model uring).
-    #[arg(long, value_name = "N")]
-    pub(crate) rings: Option<usize>,
-
-    /// Answer bytes held for one client before the server stops reading
-    /// from it until they drain [default: 65536] (only with --model event
-    /// or uring).
-    #[arg(long, value_name = "BYTES")]
-    pub(crate) outbound_cap: Option<usize>,
-
-    /// Stack size of each client thread or pool worker in KiB [default:
-    /// Rust's, 2048] (only with --model thread or pool).
-    #[arg(long = "stack-kib", value_name = "K", value_parser = parse_stack_kib)]
-    pub(crate) stack: Option<usize>,
+    /// Each model's own settings.
+    #[command(flatten)]
+    pub(crate) own: ModelFlags,
 
     /// Address to listen on: an IPv4 or IPv6 address, or a name. A name
     /// is resolved and only the first of its addresses that can be bound
@@ -393,6 +347,84 @@ pub(crate) struct ServeArgs {
     /// No per-connection log lines (warnings and the summary still show).
     #[arg(short, long)]
     pub(crate) quiet: bool,
+}
+
+/// The flags that are one model's own, one per [`Setting`]: which model
+/// each belongs to is the library's to say ([`Config::set`](concur::server::Config::set)),
+/// not restated here.
+#[derive(Args)]
+#[command(next_help_heading = "Each model's own settings")]
+pub(crate) struct ModelFlags {
+    /// Worker threads of the pool [default: 64]; with --max-threads, the
+    /// fewest it shrinks to (only with --model pool).
+    #[arg(short = 'n', long, visible_alias = "min-threads", value_name = "N")]
+    pub(crate) threads: Option<usize>,
+
+    /// Let the pool grow up to this many workers while every worker is
+    /// busy and clients wait [default: --threads, a fixed pool] (only with
+    /// --model pool).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_threads: Option<usize>,
+
+    /// Seconds a worker above --threads may sit idle before it leaves
+    /// [default: 10] (only with --model pool).
+    #[arg(long, value_name = "SECS", value_parser = parse_duration,
+          allow_negative_numbers = true)]
+    pub(crate) keep_alive: Option<Duration>,
+
+    /// Clients the pool's hand-off holds while all workers are busy; 0 means
+    /// the accept loop waits for a free worker and later clients wait in the
+    /// listen backlog, as in the article [default: 0] (only with --model
+    /// pool).
+    #[arg(long, value_name = "Q")]
+    pub(crate) queue: Option<usize>,
+
+    /// Event loops, each a thread [default: the number of cores] (only
+    /// with --model event).
+    #[arg(long, value_name = "N")]
+    pub(crate) loops: Option<usize>,
+
+    /// Runtime threads [default: the number of cores] (only with --model
+    /// async).
+    #[arg(long, value_name = "N")]
+    pub(crate) workers: Option<usize>,
+
+    /// io_uring rings, each a thread [default: the number of cores] (only
+    /// with --model uring).
+    #[arg(long, value_name = "N")]
+    pub(crate) rings: Option<usize>,
+
+    /// Answer bytes held for one client before the server stops reading
+    /// from it until they drain [default: 65536] (only with --model event
+    /// or uring).
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) outbound_cap: Option<usize>,
+
+    /// Stack size of each client thread or pool worker in KiB [default:
+    /// Rust's, 2048] (only with --model thread or pool).
+    #[arg(long = "stack-kib", value_name = "K", value_parser = parse_stack_kib)]
+    pub(crate) stack: Option<usize>,
+}
+
+impl ModelFlags {
+    /// The settings given, `--threads` before `--max-threads` (the first
+    /// makes a fixed pool, the second lets it grow).
+    pub(crate) fn settings(&self) -> Vec<Setting> {
+        [
+            self.threads.map(Setting::Threads),
+            self.max_threads.map(Setting::MaxThreads),
+            self.keep_alive.map(Setting::KeepAlive),
+            self.queue.map(Setting::Queue),
+            self.stack.map(Setting::StackSize),
+            self.loops.map(Setting::Loops),
+            self.workers.map(Setting::Workers),
+            self.rings.map(Setting::Rings),
+            self.outbound_cap.map(Setting::OutboundCap),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
 }
 
 /// CPUs as `taskset -c` lists them; a type of its own, since clap takes a

@@ -15,7 +15,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::client::{self, Options, chart};
-use crate::server::{self, Config, Model, listener};
+use crate::server::{self, Config, Model, ValidConfig, listener};
 
 /// Clients per run, as in the article's `-n 3`.
 pub const CLIENTS: usize = 3;
@@ -37,7 +37,7 @@ pub fn configs() -> Vec<Config> {
 #[derive(Debug)]
 pub struct Run {
     /// The server.
-    pub config: Config,
+    pub config: ValidConfig,
     /// What the client saw.
     pub report: client::Report,
     /// The time chart of the run.
@@ -84,10 +84,15 @@ pub fn run(out: &Path) -> io::Result<Demo> {
     let mut servers = Vec::new();
     let mut skipped = Vec::new();
     for config in configs() {
-        if let Err(e) = server::check_available(config.model()) {
-            skipped.push((config.model(), e.to_string()));
-            continue;
-        }
+        let model = config.model();
+        let config = match config.check() {
+            Ok(config) => config,
+            Err(e) if e.is_unavailable() => {
+                skipped.push((model, e.to_string()));
+                continue;
+            }
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string())),
+        };
         let listener = listener::bind("127.0.0.1:0".parse().expect("an address"), 64)?;
         servers.push((config.clone(), server::start(listener, config)?));
     }

@@ -4,11 +4,12 @@ mod cli;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{CommandFactory, Parser};
 use cli::{BenchArgs, BenchWhat, Cli, ClientArgs, Command, EchoArgs, ServeArgs};
 use concur::bench::Scenario;
-use concur::server::{self, Config, Model, Settings, listener};
+use concur::server::{self, Config, ConfigError, Counters, Model, ValidConfig, listener};
 use concur::shutdown::Shutdown;
 use concur::threads;
 use tracing_subscriber::EnvFilter;
@@ -122,7 +123,7 @@ fn bench(args: BenchArgs) -> ExitCode {
         options.models = args.models;
     } else if args.addr.is_some() {
         options.models.clear();
-    } else if let Err(e) = server::check_available(Model::Uring) {
+    } else if let Err(e) = Model::Uring.available() {
         eprintln!("note: model uring left out: {e}");
     }
     options.addr = args.addr;
@@ -195,78 +196,12 @@ fn init_logging(quiet: bool) {
 }
 
 /// The server `args` ask for, or what is wrong with them: a flag of
-/// another model, or a value out of range ([`Config::check`]).
-fn serve_config(args: &ServeArgs) -> Result<Config, String> {
-    let misplaced: [(&[Model], &str, bool); 9] = [
-        (&[Model::Pool], "--keep-alive", args.keep_alive.is_some()),
-        (&[Model::Pool], "--threads", args.threads.is_some()),
-        (&[Model::Pool], "--queue", args.queue.is_some()),
-        (&[Model::Pool], "--max-threads", args.max_threads.is_some()),
-        (&[Model::Event], "--loops", args.loops.is_some()),
-        (
-            &[Model::Event, Model::Uring],
-            "--outbound-cap",
-            args.outbound_cap.is_some(),
-        ),
-        (&[Model::Async], "--workers", args.workers.is_some()),
-        (&[Model::Uring], "--rings", args.rings.is_some()),
-        (
-            &[Model::Thread, Model::Pool],
-            "--stack-kib",
-            args.stack.is_some(),
-        ),
-    ];
-    for (models, flag, given) in misplaced {
-        if given && !models.contains(&args.model) {
-            let names: Vec<String> = models.iter().map(|m| format!("--model {m}")).collect();
-            return Err(format!(
-                "{flag} does not apply to --model {}; it is for {}",
-                args.model,
-                names.join(" or ")
-            ));
-        }
-    }
+/// another model, a value out of range, or a model this machine cannot
+/// run ([`Config::check`], once).
+fn serve_config(args: &ServeArgs) -> Result<ValidConfig, ConfigError> {
     let mut config = Config::new(args.model).drain_timeout(args.drain_timeout);
-    match &mut config.settings {
-        Settings::Sequential => {}
-        Settings::Thread(t) => t.stack_size = args.stack,
-        Settings::Pool(p) => {
-            if let Some(n) = args.threads {
-                p.threads = n;
-                p.max_threads = n;
-            }
-            if let Some(max) = args.max_threads {
-                p.max_threads = max;
-            }
-            if let Some(keep_alive) = args.keep_alive {
-                p.keep_alive = keep_alive;
-            }
-            if let Some(queue) = args.queue {
-                p.queue = queue;
-            }
-            p.stack_size = args.stack;
-        }
-        Settings::Event(e) => {
-            if let Some(n) = args.loops {
-                e.loops = n;
-            }
-            if let Some(cap) = args.outbound_cap {
-                e.outbound_cap = cap;
-            }
-        }
-        Settings::Async(a) => {
-            if let Some(n) = args.workers {
-                a.workers = n;
-            }
-        }
-        Settings::Uring(u) => {
-            if let Some(n) = args.rings {
-                u.rings = n;
-            }
-            if let Some(cap) = args.outbound_cap {
-                u.outbound_cap = cap;
-            }
-        }
+    for setting in args.own.settings() {
+        config.set(setting)?;
     }
     config.protocol = args.protocol;
     config.max_conns = args.max_conns;
@@ -274,21 +209,20 @@ fn serve_config(args: &ServeArgs) -> Result<Config, String> {
     config.idle_timeout = args.idle_timeout;
     config.write_timeout = args.write_timeout.0;
     config.stats_interval = args.stats_interval;
-    config.check().map_err(|e| e.to_string())?;
-    Ok(config)
+    config.check()
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
     let config = match serve_config(&args) {
         Ok(config) => config,
-        Err(message) => usage_error("serve", message),
+        // Before the banner: a model the kernel will not run is not serving.
+        Err(e) if e.is_unavailable() => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => usage_error("serve", e),
     };
     init_logging(args.quiet);
-    // Before the banner: a model the kernel will not run is not serving.
-    if let Err(e) = server::check_available(config.model()) {
-        eprintln!("error: {e}");
-        return ExitCode::FAILURE;
-    }
     if let Err(e) = server::raise_fd_limit() {
         tracing::warn!("cannot raise the descriptor limit: {e}");
     }
@@ -324,11 +258,11 @@ fn serve(args: ServeArgs) -> ExitCode {
     );
 
     let shutdown = Shutdown::new();
-    let counters = server::Counters::default();
+    let counters = Arc::<Counters>::default();
     if let Some(metrics) = metrics {
         match metrics
             .local_addr()
-            .and_then(|at| concur::metrics::serve(metrics, counters.clone()).map(|_| at))
+            .and_then(|at| concur::metrics::serve(metrics, Arc::clone(&counters)).map(|_| at))
         {
             Ok(at) => {
                 let _ = writeln!(std::io::stdout(), "Metrics on http://{at}/metrics");
@@ -339,7 +273,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     }
-    if let Err(e) = on_signals(shutdown.clone(), counters.clone()) {
+    if let Err(e) = on_signals(shutdown.clone(), Arc::clone(&counters)) {
         eprintln!("error: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
@@ -398,7 +332,7 @@ fn fewer_arenas_under_a_limit() {
 /// as one line, and the process exits at once with 128 + the signal's
 /// number (130 for SIGINT, 143 for SIGTERM), as a shell reports a process
 /// killed by it.
-fn on_signals(shutdown: Shutdown, counters: server::Counters) -> std::io::Result<()> {
+fn on_signals(shutdown: Shutdown, counters: Arc<Counters>) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     std::thread::Builder::new()

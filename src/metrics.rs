@@ -47,7 +47,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The server's counters, read at each scrape.
 #[derive(Debug)]
-struct Figures(Counters);
+struct Figures(Arc<Counters>);
 
 impl Collector for Figures {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -153,9 +153,9 @@ impl Collector for Figures {
 }
 
 /// The text of one scrape of `counters`.
-pub fn render(counters: &Counters) -> String {
+pub fn render(counters: &Arc<Counters>) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Figures(counters.clone())));
+    registry.register_collector(Box::new(Figures(Arc::clone(counters))));
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
@@ -189,7 +189,7 @@ impl MetricsServer {
 
 /// Serves `GET /metrics` for `counters` on `listener`, on a thread of its
 /// own.
-pub fn serve(listener: TcpListener, counters: Counters) -> io::Result<MetricsServer> {
+pub fn serve(listener: TcpListener, counters: Arc<Counters>) -> io::Result<MetricsServer> {
     let addr = listener.local_addr()?;
     let stopping = Arc::new(AtomicBool::new(false));
     let thread = {
@@ -221,7 +221,7 @@ pub fn serve(listener: TcpListener, counters: Counters) -> io::Result<MetricsSer
 }
 
 /// Reads one request head and answers it, then closes.
-fn answer(mut stream: TcpStream, counters: &Counters) -> io::Result<()> {
+fn answer(mut stream: TcpStream, counters: &Arc<Counters>) -> io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let head = match read_head(&mut stream)? {

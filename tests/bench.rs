@@ -399,7 +399,10 @@ fn two_thousand_connections_from_two_threads_in_every_model() {
     server::raise_fd_limit().unwrap();
     for model in models() {
         let listener = server::listener::bind("127.0.0.1:0".parse().unwrap(), 4096).unwrap();
-        let config = Config::new(model).drain_timeout(Duration::from_secs(1));
+        let config = Config::new(model)
+            .drain_timeout(Duration::from_secs(1))
+            .check()
+            .unwrap();
         let server = server::start(listener, config).unwrap();
         let speaks = Speaks::Bytes(Peer::Concur);
         let secs = Duration::from_millis(200);

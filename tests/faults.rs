@@ -142,8 +142,12 @@ fn a_pool_that_cannot_start_its_workers_says_so() {
     let mut config = Config::new(Model::Pool).threads(2);
     config.pool_mut().unwrap().stack_size = Some(UNMAPPABLE_STACK);
     let listener = concur::server::listener::bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
-    let error = concur::server::run(listener, config, concur::shutdown::Shutdown::new())
-        .expect_err("no workers, no server");
+    let error = concur::server::run(
+        listener,
+        config.check().unwrap(),
+        concur::shutdown::Shutdown::new(),
+    )
+    .expect_err("no workers, no server");
     assert!(
         error
             .to_string()

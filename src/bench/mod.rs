@@ -30,7 +30,8 @@
 //! use concur::server::{self, Config, Model};
 //!
 //! let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-//! let server = server::start(listener, Config::new(Model::Thread)).unwrap();
+//! let config = Config::new(Model::Thread).check().unwrap();
+//! let server = server::start(listener, config).unwrap();
 //!
 //! let secs = Duration::from_millis(100);
 //! let speaks = Speaks::Bytes(Peer::Concur);

@@ -84,7 +84,7 @@ impl Options {
             sweep: false,
             models: Model::ALL
                 .into_iter()
-                .filter(|&m| server::check_available(m).is_ok())
+                .filter(|&m| m.available().is_ok())
                 .collect(),
             addr: None,
             reference: true,
@@ -107,7 +107,9 @@ impl Options {
             return Err("no server to measure: give --models or --addr".into());
         }
         for &model in &self.models {
-            server::check_available(model).map_err(|e| format!("--models {model}: {e}"))?;
+            model
+                .available()
+                .map_err(|e| format!("--models {model}: {e}"))?;
         }
         if let Some(addr) = self.addr {
             if !addr.ip().is_loopback() {

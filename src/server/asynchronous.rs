@@ -2,39 +2,49 @@
 //!
 //! It reads like the thread-per-client server (`thread.rs`), with `.await`
 //! where that one blocks; the runtime multiplexes the tasks over
-//! `workers` threads with epoll, as the event model does by hand.
+//! `workers` threads with epoll, as the event model does by hand. A task
+//! drives its client's [`Session`] (the same one the event loops and the
+//! rings drive) with futures: wait until readable, read, answer, write
+//! everything, again.
 //!
 //! - The shared accept loop (with its back-off on descriptor exhaustion)
 //!   runs on its own thread and spawns a task per client onto the runtime,
 //!   rather than a second accept loop written in async.
-//! - A task waits for readability, then reads into its worker thread's
-//!   64 KiB buffer, so an idle client holds no read buffer of its own.
-//! - Backpressure is `write_all(..).await`: a client that does not read
-//!   stalls only its own task, which stops reading it; at most one read's
-//!   answers (64 KiB) are buffered per client.
+//! - A task reads into its worker thread's 64 KiB buffer, so an idle
+//!   client holds no read buffer; its answer buffers are its own (a task
+//!   may run on any worker thread), kept small while it is idle.
+//! - Backpressure: a task writes all of one read's answers before it reads
+//!   again, so a client that does not read stalls only its own task, and at
+//!   most one read's answers (64 KiB) are held for it.
 //! - Large numbers (`--protocol prime`) go to the same compute pool as the
-//!   event model's, as many threads as workers, and the task awaits the
-//!   answer while the runtime serves everyone else.
+//!   other non-blocking models', as many threads as workers, and the task
+//!   awaits the answer while the runtime serves everyone else.
 //! - Shutdown is the same as everywhere: the accept loop stops, tasks
 //!   finish or are closed at the end of the drain, then the runtime goes.
 
 use std::cell::RefCell;
 use std::io::{self, ErrorKind};
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::compute::{Compute, ComputePool};
-use super::conn::{self, BUF_SIZE, LOG_TARGET, Outcome};
+use super::config::AsyncSettings;
+use super::counters::Ended;
 use super::listener::{self, Io};
-use super::responder::{Responder, Stop};
-use super::{AsyncSettings, ClientGuard, Protocol, ServerState};
+use super::memory::BUF_SIZE;
+use super::registry::{ClientGuard, Outcome};
+use super::session::{Session, Spares, ToTest};
+use super::state::ServerState;
+
+/// The answers a task holds before it writes them: one read's.
+const CAP: usize = BUF_SIZE;
 
 thread_local! {
     // Each runtime thread's read buffer. A task borrows it only between
@@ -42,15 +52,18 @@ thread_local! {
     static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; BUF_SIZE].into_boxed_slice());
 }
 
+/// A task's session and the one set of buffers it keeps between requests.
+struct Task {
+    session: Session,
+    spares: Spares,
+}
+
 pub(crate) fn run(
     listener: TcpListener,
-    ctx: &Arc<ServerState>,
+    state: &Arc<ServerState>,
     settings: &AsyncSettings,
 ) -> io::Result<()> {
-    let pool = match ctx.config.protocol {
-        Protocol::Prime => Some(ComputePool::start(settings.workers, ctx.closing_flag())?),
-        Protocol::Bytes => None,
-    };
+    let pool = ComputePool::for_server(state, settings.workers)?;
     let compute = pool.as_ref().map(ComputePool::handle);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.workers)
@@ -62,25 +75,32 @@ pub(crate) fn run(
         .enable_io()
         .enable_time()
         .build()?;
-    let result = listener::accept_loop(listener, ctx, Io::NonBlocking, |stream, peer, permit| {
-        // Registered with the runtime here, on the accept thread, so that a
-        // socket the runtime refuses is closed before it is ever counted.
-        let _runtime = runtime.enter();
-        match TcpStream::from_std(stream) {
-            Ok(stream) => {
-                let guard = ctx.enter(&stream, permit);
-                runtime.spawn(serve(guard, stream, peer, compute.clone()));
+    let result = listener::accept_loop(
+        listener,
+        state,
+        Io::NonBlocking,
+        |_, stream, peer, permit| {
+            // Registered with the runtime here, on the accept thread, so that a
+            // socket the runtime refuses is closed before it is ever counted.
+            let _runtime = runtime.enter();
+            match TcpStream::from_std(stream) {
+                Ok(stream) => {
+                    let guard = state.registry.enter(&stream, peer, permit);
+                    runtime.spawn(serve(Arc::clone(state), guard, stream, compute.clone()));
+                }
+                Err(e) => {
+                    warn!("cannot serve {peer}: {e}");
+                    state.counters.ended(Ended::Failed);
+                }
             }
-            Err(e) => {
-                warn!("cannot serve {peer}: {e}");
-                ctx.count_failed();
-            }
-        }
-        ControlFlow::Continue(())
-    });
+            ControlFlow::Continue(())
+        },
+    );
     // The tasks live on the runtime: keep it until the drain has ended
     // them all (it closes whoever stays past the drain timeout).
-    ctx.wait_idle(ctx.config.drain_timeout + Duration::from_secs(5));
+    state
+        .registry
+        .wait_idle(state.config.drain_timeout + Duration::from_secs(5));
     runtime.shutdown_timeout(Duration::from_secs(1));
     if let Some(pool) = pool {
         pool.stop();
@@ -88,122 +108,117 @@ pub(crate) fn run(
     result
 }
 
-async fn serve(guard: ClientGuard, stream: TcpStream, peer: SocketAddr, compute: Option<Compute>) {
+async fn serve(
+    state: Arc<ServerState>,
+    guard: ClientGuard,
+    stream: TcpStream,
+    compute: Option<Compute>,
+) {
+    guard.connected();
     // Bound in this order so that, should the task unwind or be dropped,
-    // the guard drops before the socket (locals drop in reverse): the
-    // drain's registry must never hold a closed descriptor.
+    // the session (with the guard) drops before the socket (locals drop in
+    // reverse): the drain's registry must never hold a closed descriptor.
     let mut stream = stream;
-    let guard = guard;
-    info!(target: LOG_TARGET, "peer {peer} connected");
-    let outcome = session(&mut stream, guard.ctx(), compute.as_ref()).await;
-    conn::finish(guard, peer, outcome.err().unwrap_or(Outcome::Done));
+    let mut task = Task {
+        session: Session::new(guard, &state, Instant::now()),
+        spares: Spares::keeping(1),
+    };
+    let outcome = match serve_steps(&mut stream, &mut task, &state, compute.as_ref()).await {
+        Ok(outcome) | Err(outcome) => outcome,
+    };
+    let Task {
+        session,
+        mut spares,
+    } = task;
+    session.end(outcome, stream, &mut spares);
 }
 
-async fn session(
+/// Serves the client until it is finished (`Ok`) or ends otherwise
+/// (`Err`).
+async fn serve_steps(
     stream: &mut TcpStream,
-    ctx: &ServerState,
+    task: &mut Task,
+    state: &ServerState,
     compute: Option<&Compute>,
-) -> Result<(), Outcome> {
+) -> Result<Outcome, Outcome> {
     stream.set_nodelay(true)?;
-    let (idle, write) = (ctx.config.idle_timeout, ctx.config.write_timeout);
-    let greeting = Responder::greeting(ctx.config.protocol);
-    if !greeting.is_empty() {
-        send(stream, greeting, write).await?;
-        ctx.count_bytes_out(greeting.len());
-    }
-    let mut responder = Responder::new(ctx.config.protocol);
-    let mut out = Vec::new();
-    // Input read but not answered yet, while a number is being tested.
-    let mut unread = Vec::new();
+    task.session.greet(state, &mut task.spares)?;
     loop {
-        match idle {
+        send_all(stream, task, state).await?;
+        if let Some(outcome) = task.session.finished() {
+            return Ok(outcome);
+        }
+        if task.session.has_unread() {
+            // Left by a number being tested, or answers at their limit.
+            let test = task.session.answer_unread(state, &mut task.spares, CAP)?;
+            test_elsewhere(test, task, state, compute).await?;
+            continue;
+        }
+        match state.config.idle_timeout {
             Some(limit) => match time::timeout(limit, stream.readable()).await {
                 Ok(ready) => ready?,
-                Err(_) => return Err(conn::idle_timeout(limit)),
+                Err(_) => return Err(Outcome::idle_timeout(limit)),
             },
             None => stream.readable().await?,
         }
-        let read = READ_BUF.with_borrow_mut(|buf| {
-            let n = stream.try_read(buf)?;
-            // Grown only as the memory limit allows: a client whose answers
-            // do not fit is ended, not the server.
-            let growth = responder.max_growth(out.len(), n);
-            ctx.budget.reserve(&mut out, growth)?;
-            let (used, stop) = responder.respond(&buf[..n], &mut out, compute.is_some());
-            ctx.budget.reserve(&mut unread, n - used)?;
-            unread.extend_from_slice(&buf[used..n]);
-            Ok::<_, io::Error>((n, stop))
+        let Task { session, spares } = task;
+        let read = READ_BUF.with_borrow_mut(|buf| match stream.try_read(buf) {
+            Ok(0) => {
+                session.input_ended();
+                Ok(None)
+            }
+            Ok(n) => session.receive(&buf[..n], Instant::now(), state, spares, CAP),
+            Err(e) => Err(e),
         });
-        let mut stop = match read {
-            Ok((0, _)) => return Ok(()),
-            Ok((n, stop)) => {
-                ctx.count_bytes_in(n);
-                stop
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                // Going idle: an idle client keeps no large buffer.
-                if out.capacity() > BUF_SIZE / 4 {
-                    out = Vec::new();
-                }
-                continue;
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+        match read {
+            Ok(test) => test_elsewhere(test, task, state, compute).await?,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
-        };
-        loop {
-            if !out.is_empty() {
-                ctx.note_buffered(out.len());
-                send(stream, &out, write).await?;
-                ctx.count_bytes_out(out.len());
-                out.clear();
-            }
-            match stop {
-                Stop::Consumed => break,
-                Stop::Close(reason) => return Err(conn::protocol_violation(reason)),
-                Stop::Full => {}
-                Stop::Offload(n) => {
-                    let answer = match compute {
-                        Some(compute) => compute.test(n).await,
-                        // Offloading is only asked for with a pool.
-                        None => None,
-                    };
-                    match answer {
-                        Some(prime) => {
-                            ctx.budget.reserve(&mut out, 16)?;
-                            responder.answered(n, prime, &mut out)
-                        }
-                        None => return Err(Outcome::ClosedAtShutdown),
-                    }
-                }
-            }
-            let input = std::mem::take(&mut unread);
-            let growth = responder.max_growth(out.len(), input.len());
-            ctx.budget.reserve(&mut out, growth)?;
-            let (used, next) = responder.respond(&input, &mut out, compute.is_some());
-            ctx.budget.reserve(&mut unread, input.len() - used)?;
-            unread.extend_from_slice(&input[used..]);
-            stop = next;
         }
     }
 }
 
-/// Writes everything, or fails once the client has taken none of it for
-/// `limit`.
-async fn send(
-    stream: &mut TcpStream,
-    bytes: &[u8],
-    limit: Option<Duration>,
+/// Has a number tested on the compute pool and gives the session its
+/// answer, while the runtime serves everyone else.
+async fn test_elsewhere(
+    test: ToTest,
+    task: &mut Task,
+    state: &ServerState,
+    compute: Option<&Compute>,
 ) -> Result<(), Outcome> {
-    let Some(limit) = limit else {
-        return Ok(stream.write_all(bytes).await?);
+    let Some(n) = test else { return Ok(()) };
+    // Offloading is only asked for with a pool (`--protocol prime`).
+    let answer = match compute {
+        Some(compute) => compute.test(n).await,
+        None => None,
     };
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        match time::timeout(limit, stream.write(rest)).await {
-            Ok(Ok(0)) => return Err(io::Error::from(ErrorKind::WriteZero).into()),
-            Ok(Ok(n)) => rest = &rest[n..],
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => return Err(conn::write_timeout(limit)),
+    match answer {
+        Some(prime) => Ok(task.session.answered(n, prime, state, &mut task.spares)?),
+        None => Err(Outcome::ClosedAtShutdown),
+    }
+}
+
+/// Writes everything the session has to send, or fails once the client
+/// has taken none of it for the write timeout.
+async fn send_all(
+    stream: &mut TcpStream,
+    task: &mut Task,
+    state: &ServerState,
+) -> Result<(), Outcome> {
+    let limit = state.config.write_timeout;
+    while let Some(bytes) = task.session.next_send() {
+        let written = match limit {
+            Some(limit) => time::timeout(limit, stream.write(bytes))
+                .await
+                .map_err(|_| Outcome::write_timeout(limit))?,
+            None => stream.write(bytes).await,
+        };
+        match written? {
+            0 => return Err(io::Error::from(ErrorKind::WriteZero).into()),
+            n => task
+                .session
+                .sent(n, Instant::now(), state, &mut task.spares),
         }
     }
     Ok(())

@@ -5,8 +5,9 @@
 //! Bounded twice over: as many threads as the model has loops or workers,
 //! and at most one number in flight per client (a client's further input
 //! waits until its answer is in, which also keeps its answers in order).
-//! Each number comes back through a callback, which the event loop turns
-//! into a message and a wake-up, and the async model into a future.
+//! Each number comes back through a callback, which an event loop or a
+//! ring turns into an [`Answer`] on its channel and a wake-up (an
+//! [`Offloader`]), and the async model into a future.
 
 use std::future::Future;
 use std::io;
@@ -16,9 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
+use super::responder::Protocol;
+use super::state::ServerState;
 use crate::prime;
+use crate::shutdown::Wake;
 
 /// A number to test, and who to tell. The answer is `None` when the drain
 /// ended before the test did.
@@ -90,6 +94,19 @@ impl ComputePool {
         })
     }
 
+    /// The pool a non-blocking model of `state` needs: `size` threads for
+    /// `--protocol prime`, none for the byte protocol, which never
+    /// computes.
+    pub(crate) fn for_server(state: &ServerState, size: usize) -> io::Result<Option<Self>> {
+        match state.config.protocol {
+            Protocol::Prime => Ok(Some(ComputePool::start(
+                size,
+                state.registry.closing_flag(),
+            )?)),
+            Protocol::Bytes => Ok(None),
+        }
+    }
+
     /// A handle to give numbers to the pool.
     pub(crate) fn handle(&self) -> Compute {
         Compute {
@@ -137,7 +154,53 @@ impl Compute {
                 waker.wake();
             }
         });
-        Answer { slot }
+        Tested { slot }
+    }
+}
+
+/// The answer to a number a client sent: for which client (in its
+/// driver's own terms), the number, and whether it is prime (`None` if
+/// the drain ended first).
+pub(crate) struct Answer {
+    pub(crate) client: u64,
+    pub(crate) n: u64,
+    pub(crate) prime: Option<bool>,
+}
+
+/// A loop's (or a ring's) way to the compute pool and back: answers come
+/// back on a channel the loop reads, and its waker tells it to look.
+pub(crate) struct Offloader {
+    compute: Compute,
+    reply: Sender<Answer>,
+    answers: Receiver<Answer>,
+    wake: Arc<dyn Wake>,
+}
+
+impl Offloader {
+    /// An offloader whose answers wake `wake`.
+    pub(crate) fn new(compute: Compute, wake: Arc<dyn Wake>) -> Self {
+        let (reply, answers) = crossbeam_channel::unbounded();
+        Offloader {
+            compute,
+            reply,
+            answers,
+            wake,
+        }
+    }
+
+    /// The next answer that has come back, if any.
+    pub(crate) fn answer(&self) -> Option<Answer> {
+        self.answers.try_recv().ok()
+    }
+
+    /// Has `n` tested for `client`.
+    pub(crate) fn send(&self, client: u64, n: u64) {
+        let (reply, wake) = (self.reply.clone(), Arc::clone(&self.wake));
+        self.compute.submit(n, move |prime| {
+            if reply.send(Answer { client, n, prime }).is_ok() {
+                wake.wake();
+            }
+        });
     }
 }
 
@@ -148,11 +211,11 @@ struct Slot {
 }
 
 /// The answer of [`Compute::test`], once a pool thread has it.
-struct Answer {
+struct Tested {
     slot: Arc<Mutex<Slot>>,
 }
 
-impl Future for Answer {
+impl Future for Tested {
     type Output = Option<bool>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

@@ -1,15 +1,26 @@
 //! What a server is asked to be: the [`Model`], the settings every model
 //! shares, and the settings that are one model's own ([`Settings`]), so
-//! that a pool's queue cannot be given to an event loop. One
-//! [`Config::check`] says what is wrong, naming the flag and what is
-//! allowed; nothing is clamped behind the user's back.
+//! that a pool's queue cannot be given to an event loop.
+//!
+//! A [`Config`] is what a user asks for; a [`ValidConfig`] is one that
+//! [`Config::check`] has passed, the only kind a server runs. That one
+//! function says what is wrong, naming the flag and what is allowed, and
+//! whether this machine can run the model at all; nothing is clamped
+//! behind the user's back.
 
 use std::fmt;
-use std::ops::RangeInclusive;
+use std::ops::{Deref, RangeInclusive};
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::kernel;
 use super::responder::Protocol;
+
+/// The machine's core count, the default number of event loops, async
+/// workers and rings.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 /// How a server admits and serves its clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -54,6 +65,35 @@ impl Model {
             Model::Uring => "uring",
         }
     }
+
+    /// Whether this machine can run the model. Only [`Model::Uring`] may
+    /// not: where the kernel refuses io_uring (disabled by
+    /// `kernel.io_uring_disabled`, a seccomp filter, a kernel without it or
+    /// too old for it) the error, of kind
+    /// [`std::io::ErrorKind::Unsupported`], says which and names the other
+    /// models. Found out once per process.
+    pub fn available(self) -> std::io::Result<()> {
+        match self {
+            Model::Uring => kernel::io_uring_available().map_err(|e| with_others(self, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `e`, and the models a user can turn to instead of `model`.
+fn with_others(model: Model, e: std::io::Error) -> std::io::Error {
+    let others: Vec<&str> = Model::ALL
+        .into_iter()
+        .filter(|&m| m != model)
+        .map(Model::name)
+        .collect();
+    std::io::Error::new(
+        e.kind(),
+        format!(
+            "{e}; serve with another model instead: --model {}",
+            others.join(", ")
+        ),
+    )
 }
 
 impl fmt::Display for Model {
@@ -165,7 +205,7 @@ impl Default for PoolSettings {
 impl Default for EventSettings {
     fn default() -> Self {
         EventSettings {
-            loops: super::cores(),
+            loops: cores(),
             outbound_cap: 64 * 1024,
         }
     }
@@ -174,7 +214,7 @@ impl Default for EventSettings {
 impl Default for UringSettings {
     fn default() -> Self {
         UringSettings {
-            rings: super::cores(),
+            rings: cores(),
             outbound_cap: 64 * 1024,
         }
     }
@@ -182,9 +222,7 @@ impl Default for UringSettings {
 
 impl Default for AsyncSettings {
     fn default() -> Self {
-        AsyncSettings {
-            workers: super::cores(),
-        }
+        AsyncSettings { workers: cores() }
     }
 }
 
@@ -281,18 +319,43 @@ pub struct Config {
     pub stats_interval: Option<Duration>,
 }
 
-/// A setting out of range: which flag, what it was, what is allowed.
+/// What is wrong with a [`Config`]: a setting out of range or given to a
+/// model it does not belong to (which flag, what it was, what is allowed),
+/// or a model this machine cannot run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
-    /// The command-line flag of the setting.
+    /// The command-line flag of the setting (`--model` when the model
+    /// cannot run here).
     pub flag: &'static str,
     /// What is wrong and what is allowed instead.
     pub message: String,
+    unavailable: bool,
+}
+
+impl ConfigError {
+    fn invalid(flag: &'static str, message: String) -> Self {
+        ConfigError {
+            flag,
+            message,
+            unavailable: false,
+        }
+    }
+
+    /// Whether the settings are right but the machine cannot run the
+    /// model (io_uring refused): not a usage error, but the reason the
+    /// server cannot start.
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
+    }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.flag, self.message)
+        if self.unavailable {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{} {}", self.flag, self.message)
+        }
     }
 }
 
@@ -307,14 +370,14 @@ fn within(
     if range.contains(&value) {
         return Ok(());
     }
-    Err(ConfigError {
+    Err(ConfigError::invalid(
         flag,
-        message: format!(
+        format!(
             "{value} is out of range: give {} to {}{unit}",
             range.start(),
             range.end()
         ),
-    })
+    ))
 }
 
 /// Checks a time setting: at most a year, and more than nothing unless
@@ -322,14 +385,14 @@ fn within(
 pub fn time(flag: &'static str, value: Duration, zero_allowed: bool) -> Result<(), ConfigError> {
     let shortest = if zero_allowed { "0" } else { "more than 0" };
     if (value.is_zero() && !zero_allowed) || value > limits::LONGEST {
-        return Err(ConfigError {
+        return Err(ConfigError::invalid(
             flag,
-            message: format!(
+            format!(
                 "{} s is out of range: give {shortest}, up to {} seconds (a year)",
                 value.as_secs_f64(),
                 limits::LONGEST.as_secs()
             ),
-        });
+        ));
     }
     Ok(())
 }
@@ -407,9 +470,21 @@ impl Config {
         }
     }
 
-    /// Says what is out of range, if anything, naming the flag and what is
-    /// allowed.
-    pub fn check(&self) -> Result<(), ConfigError> {
+    /// The one check of a configuration: a [`ValidConfig`], or what is
+    /// wrong, naming the flag and what is allowed, or why this machine
+    /// cannot run the model.
+    pub fn check(self) -> Result<ValidConfig, ConfigError> {
+        self.within_ranges()?;
+        let model = self.model();
+        model.available().map_err(|e| ConfigError {
+            flag: "--model",
+            message: e.to_string(),
+            unavailable: true,
+        })?;
+        Ok(ValidConfig(self))
+    }
+
+    fn within_ranges(&self) -> Result<(), ConfigError> {
         within("--max-conns", self.max_conns, limits::MAX_CONNS, "")?;
         time("--drain-timeout", self.drain_timeout, true)?;
         for (flag, value) in [
@@ -422,15 +497,15 @@ impl Config {
             }
         }
         let stack = |size: Option<usize>| match size {
-            Some(bytes) if !limits::STACK.contains(&bytes) => Err(ConfigError {
-                flag: "--stack-kib",
-                message: format!(
+            Some(bytes) if !limits::STACK.contains(&bytes) => Err(ConfigError::invalid(
+                "--stack-kib",
+                format!(
                     "{} is out of range: give {} to {} KiB",
                     bytes / 1024,
                     limits::STACK.start() / 1024,
                     limits::STACK.end() / 1024
                 ),
-            }),
+            )),
             _ => Ok(()),
         };
         match &self.settings {
@@ -440,14 +515,14 @@ impl Config {
                 within("--threads", p.threads, limits::THREADS, "")?;
                 within("--max-threads", p.max_threads, limits::THREADS, "")?;
                 if p.max_threads < p.threads {
-                    return Err(ConfigError {
-                        flag: "--max-threads",
-                        message: format!(
+                    return Err(ConfigError::invalid(
+                        "--max-threads",
+                        format!(
                             "{} is below the pool's {} threads: give at least that (or lower \
                              --threads)",
                             p.max_threads, p.threads
                         ),
-                    });
+                    ));
                 }
                 within("--queue", p.queue, limits::QUEUE, "")?;
                 time("--keep-alive", p.keep_alive, false)?;
@@ -511,6 +586,119 @@ impl Default for Config {
     }
 }
 
+/// A [`Config`] that [`Config::check`] has passed: every deadline
+/// `now + timeout` is representable, every count in range, and the model
+/// runs here. Read it as a `Config`; it cannot be changed.
+#[derive(Clone, Debug)]
+pub struct ValidConfig(Config);
+
+impl Deref for ValidConfig {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.0
+    }
+}
+
+impl TryFrom<Config> for ValidConfig {
+    type Error = ConfigError;
+
+    fn try_from(config: Config) -> Result<Self, ConfigError> {
+        config.check()
+    }
+}
+
+/// One model's own setting, as the command line gives it: what
+/// [`Config::set`] applies to the model that has it. Which setting is
+/// whose is said once, by [`Settings`]; nothing else restates it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Setting {
+    /// A fixed pool of this many workers (`--threads`).
+    Threads(usize),
+    /// The most workers an adaptive pool grows to (`--max-threads`).
+    MaxThreads(usize),
+    /// How long an extra worker may idle (`--keep-alive`).
+    KeepAlive(Duration),
+    /// The pool's hand-off (`--queue`).
+    Queue(usize),
+    /// Each client thread's or worker's stack, in bytes (`--stack-kib`).
+    StackSize(usize),
+    /// Event loops (`--loops`).
+    Loops(usize),
+    /// Answers held per client (`--outbound-cap`).
+    OutboundCap(usize),
+    /// Async runtime threads (`--workers`).
+    Workers(usize),
+    /// io_uring rings (`--rings`).
+    Rings(usize),
+}
+
+impl Setting {
+    /// The flag that gives it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Setting::Threads(_) => "--threads",
+            Setting::MaxThreads(_) => "--max-threads",
+            Setting::KeepAlive(_) => "--keep-alive",
+            Setting::Queue(_) => "--queue",
+            Setting::StackSize(_) => "--stack-kib",
+            Setting::Loops(_) => "--loops",
+            Setting::OutboundCap(_) => "--outbound-cap",
+            Setting::Workers(_) => "--workers",
+            Setting::Rings(_) => "--rings",
+        }
+    }
+}
+
+impl Settings {
+    /// Applies `setting` if it is one of these settings'; false if not.
+    fn apply(&mut self, setting: Setting) -> bool {
+        match (self, setting) {
+            (Settings::Pool(p), Setting::Threads(n)) => {
+                // A fixed pool, unless --max-threads says otherwise.
+                p.threads = n;
+                p.max_threads = n;
+            }
+            (Settings::Pool(p), Setting::MaxThreads(n)) => p.max_threads = n,
+            (Settings::Pool(p), Setting::KeepAlive(t)) => p.keep_alive = t,
+            (Settings::Pool(p), Setting::Queue(n)) => p.queue = n,
+            (Settings::Pool(p), Setting::StackSize(n)) => p.stack_size = Some(n),
+            (Settings::Thread(t), Setting::StackSize(n)) => t.stack_size = Some(n),
+            (Settings::Event(e), Setting::Loops(n)) => e.loops = n,
+            (Settings::Event(e), Setting::OutboundCap(n)) => e.outbound_cap = n,
+            (Settings::Uring(u), Setting::OutboundCap(n)) => u.outbound_cap = n,
+            (Settings::Async(a), Setting::Workers(n)) => a.workers = n,
+            (Settings::Uring(u), Setting::Rings(n)) => u.rings = n,
+            _ => return false,
+        }
+        true
+    }
+}
+
+impl Config {
+    /// Applies one model's own setting, or says that it is another
+    /// model's and whose. Ranges are left to [`Config::check`]. Apply
+    /// `--threads` before `--max-threads`: the first makes a fixed pool.
+    pub fn set(&mut self, setting: Setting) -> Result<(), ConfigError> {
+        if self.settings.apply(setting) {
+            return Ok(());
+        }
+        let owners: Vec<String> = Model::ALL
+            .into_iter()
+            .filter(|&m| Settings::new(m).apply(setting))
+            .map(|m| format!("--model {m}"))
+            .collect();
+        Err(ConfigError::invalid(
+            setting.flag(),
+            format!(
+                "does not apply to --model {}; it is for {}",
+                self.model(),
+                owners.join(" or ")
+            ),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,7 +708,7 @@ mod tests {
         for model in Model::ALL {
             let config = Config::new(model);
             assert_eq!(config.model(), model);
-            assert_eq!(config.check(), Ok(()), "{model}");
+            assert_eq!(config.within_ranges(), Ok(()), "{model}");
         }
     }
 
@@ -529,7 +717,7 @@ mod tests {
         let pool = |f: fn(&mut PoolSettings)| {
             let mut c = Config::new(Model::Pool);
             f(c.pool_mut().unwrap());
-            c.check().unwrap_err()
+            c.clone().check().unwrap_err()
         };
         let e = pool(|p| p.threads = 0);
         assert_eq!(e.flag, "--threads");
@@ -542,14 +730,14 @@ mod tests {
 
         let mut c = Config::new(Model::Event);
         c.event_mut().unwrap().loops = 0;
-        assert_eq!(c.check().unwrap_err().flag, "--loops");
+        assert_eq!(c.clone().check().unwrap_err().flag, "--loops");
 
         let mut c = Config::new(Model::Uring);
         c.uring_mut().unwrap().rings = 0;
-        assert_eq!(c.check().unwrap_err().flag, "--rings");
+        assert_eq!(c.clone().check().unwrap_err().flag, "--rings");
         c.uring_mut().unwrap().rings = 1;
         c.uring_mut().unwrap().outbound_cap = 0;
-        let e = c.check().unwrap_err();
+        let e = c.clone().check().unwrap_err();
         assert_eq!(e.flag, "--outbound-cap");
         assert!(e.message.contains("bytes"), "{e}");
         c.uring_mut().unwrap().outbound_cap = 1;
@@ -557,12 +745,57 @@ mod tests {
 
         let mut c = Config::new(Model::Thread);
         c.idle_timeout = Some(Duration::ZERO);
-        let e = c.check().unwrap_err();
+        let e = c.clone().check().unwrap_err();
         assert_eq!(e.flag, "--idle-timeout");
         assert!(e.message.contains("more than 0"), "{e}");
         c.idle_timeout = None;
         c.drain_timeout = limits::LONGEST * 2;
-        assert_eq!(c.check().unwrap_err().flag, "--drain-timeout");
+        assert_eq!(c.clone().check().unwrap_err().flag, "--drain-timeout");
+    }
+
+    #[test]
+    fn a_model_that_cannot_run_names_the_others() {
+        let e = std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "io_uring is unavailable here",
+        );
+        let m = with_others(Model::Uring, e);
+        assert_eq!(m.kind(), std::io::ErrorKind::Unsupported);
+        assert!(
+            m.to_string()
+                .contains("--model sequential, thread, pool, event, async"),
+            "names the others: {m}"
+        );
+    }
+
+    #[test]
+    fn a_setting_goes_to_its_model_or_names_whose_it_is() {
+        let mut c = Config::new(Model::Pool);
+        c.set(Setting::Threads(3)).unwrap();
+        c.set(Setting::MaxThreads(9)).unwrap();
+        c.set(Setting::StackSize(64 << 10)).unwrap();
+        let Settings::Pool(p) = &c.settings else {
+            unreachable!()
+        };
+        assert_eq!(
+            (p.threads, p.max_threads, p.stack_size),
+            (3, 9, Some(64 << 10))
+        );
+
+        let e = c.set(Setting::OutboundCap(1)).unwrap_err();
+        assert_eq!(e.flag, "--outbound-cap");
+        assert_eq!(
+            e.message,
+            "does not apply to --model pool; it is for --model event or --model uring"
+        );
+        let mut c = Config::new(Model::Sequential);
+        let e = c.set(Setting::StackSize(64 << 10)).unwrap_err();
+        assert!(
+            e.message
+                .ends_with("it is for --model thread or --model pool"),
+            "{e}"
+        );
+        assert_eq!(c.settings, Settings::Sequential, "nothing was changed");
     }
 
     #[test]

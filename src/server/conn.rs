@@ -12,68 +12,61 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
-use tracing::{info, warn};
 
-use std::sync::Arc;
-
-use super::memory;
+use super::memory::{self, BUF_SIZE};
+use super::registry::{ClientGuard, Outcome, Permit};
 use super::responder::{Responder, Stop};
-use super::{ClientGuard, End, Permit, ServerState};
+use super::state::ServerState;
 use crate::prime;
 
-/// Bytes read per `read` call, and the most a single reply write holds.
-pub(crate) const BUF_SIZE: usize = 64 * 1024;
-
-/// Per-connection log lines use this target, so that `--quiet` can silence
-/// them alone.
-pub(crate) const LOG_TARGET: &str = "concur::conn";
-
-/// A client taken on by the server: counted, and known to the drain,
+/// A client taken on by a thread model: counted, and known to the drain,
 /// from the moment it is admitted, even before a thread runs it.
 pub(crate) struct BlockingClient {
     // Declared before the socket, so it drops first: the drain's registry
     // must never hold a closed descriptor.
     guard: ClientGuard,
     stream: TcpStream,
-    peer: SocketAddr,
+    state: Arc<ServerState>,
 }
 
 /// Takes on a client. The thread model admits on the accept thread, so
 /// that a shutdown cannot finish while a client's thread is still starting.
 pub(crate) fn admit(
-    ctx: &Arc<ServerState>,
+    state: &Arc<ServerState>,
     stream: TcpStream,
     peer: SocketAddr,
     permit: Permit,
 ) -> BlockingClient {
     BlockingClient {
-        guard: ctx.enter(&stream, permit),
+        guard: state.registry.enter(&stream, peer, permit),
         stream,
-        peer,
+        state: Arc::clone(state),
     }
 }
 
-/// A blocking client's buffers: one read's input and its answers,
+/// A serving thread's buffers: one read's input and its answers,
 /// reserved whole and fallibly before the client is greeted, so that
 /// serving it never grows them and no allocation of its can abort the
 /// server. A pool worker (or the sequential server) keeps one set for
 /// every client it serves.
-pub(crate) struct Buffers {
+pub(crate) struct ThreadBuffers {
     input: Box<[u8]>,
     output: Vec<u8>,
 }
 
-impl Buffers {
-    pub(crate) fn reserve(ctx: &ServerState) -> io::Result<Buffers> {
-        ctx.budget.check(BUF_SIZE as u64)?;
+impl ThreadBuffers {
+    pub(crate) fn reserve(state: &ServerState) -> io::Result<ThreadBuffers> {
+        state.budget.check(BUF_SIZE as u64)?;
         let input = zeroed(BUF_SIZE)?;
         let mut output = Vec::new();
-        ctx.budget
-            .reserve(&mut output, memory::answer_capacity(ctx.config.protocol))?;
-        Ok(Buffers { input, output })
+        state
+            .budget
+            .reserve(&mut output, memory::answer_capacity(state.config.protocol))?;
+        Ok(ThreadBuffers { input, output })
     }
 }
 
@@ -102,22 +95,19 @@ fn zeroed(len: usize) -> io::Result<Box<[u8]>> {
 impl BlockingClient {
     /// Serves the client from `*` to close, on the calling thread, with
     /// `buffers`.
-    pub(crate) fn serve(self, buffers: &mut Buffers) {
-        self.serve_with(|ctx, stream| session(ctx, stream, buffers));
+    pub(crate) fn serve(self, buffers: &mut ThreadBuffers) {
+        self.serve_with(|state, stream| session(state, stream, buffers));
     }
 
     /// Serves the client on a thread of its own: reserves its buffers,
     /// calls `ready` (the client's whole cost is then mapped), and serves
-    /// it, or closes it unserved, as failed, if the buffers do not fit.
+    /// it, or ends it unserved, as failed, if the buffers do not fit.
     pub(crate) fn serve_alone(self, ready: impl FnOnce()) {
-        let buffers = Buffers::reserve(self.guard.ctx());
+        let buffers = ThreadBuffers::reserve(&self.state);
         ready();
         match buffers {
             Ok(mut buffers) => self.serve(&mut buffers),
-            Err(e) => {
-                let BlockingClient { guard, peer, .. } = self;
-                finish(guard, peer, e.into());
-            }
+            Err(e) => self.guard.end_and_close(e.into(), self.stream),
         }
     }
 
@@ -125,119 +115,16 @@ impl BlockingClient {
         let BlockingClient {
             guard,
             mut stream,
-            peer,
+            state,
         } = self;
-        info!(target: LOG_TARGET, "peer {peer} connected");
-        let ctx = guard.ctx();
-        let outcome = match panic::catch_unwind(AssertUnwindSafe(|| session(ctx, &mut stream))) {
+        guard.connected();
+        let outcome = match panic::catch_unwind(AssertUnwindSafe(|| session(&state, &mut stream))) {
             Ok(Ok(())) => Outcome::Done,
             Ok(Err(outcome)) => outcome,
-            Err(panic) => Outcome::Panicked(panic_message(&*panic)),
+            Err(panic) => Outcome::panicked(&*panic),
         };
-        // Before `stream` drops: see `BlockingClient`.
-        finish(guard, peer, outcome);
+        guard.end_and_close(outcome, stream);
     }
-}
-
-/// How serving a client ended. A session returns `Err` of one of these
-/// for any end but [`Outcome::Done`]; an I/O error converts to
-/// [`Outcome::Gone`] or [`Outcome::Failed`].
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    /// It said everything (end-of-file) and got every answer.
-    Done,
-    /// The idle or the write timeout closed it; why.
-    TimedOut(String),
-    /// It went away abruptly: a reset, a broken pipe.
-    Gone(io::Error),
-    /// An error of its connection or of its memory, or it broke the
-    /// protocol.
-    Failed(io::Error),
-    /// A panic while serving it, caught; its message.
-    Panicked(String),
-    /// The end of the drain closed it while it was being served (its
-    /// number was being tested, say).
-    ClosedAtShutdown,
-}
-
-impl From<io::Error> for Outcome {
-    fn from(e: io::Error) -> Self {
-        if is_client_gone(&e) {
-            Outcome::Gone(e)
-        } else {
-            Outcome::Failed(e)
-        }
-    }
-}
-
-/// [`finish`], then closes `socket`, in that order: for the models that
-/// hold a client's socket beside its guard.
-pub(crate) fn finish_and_close<S>(
-    guard: ClientGuard,
-    peer: SocketAddr,
-    outcome: Outcome,
-    socket: S,
-) {
-    finish(guard, peer, outcome);
-    drop(socket);
-}
-
-/// Logs and counts the end of a client; every model ends its clients here.
-/// Call it while the client's socket is still open.
-pub(crate) fn finish(guard: ClientGuard, peer: SocketAddr, outcome: Outcome) {
-    let end = match &outcome {
-        Outcome::Done => End::Served,
-        Outcome::TimedOut(_) => End::TimedOut,
-        Outcome::ClosedAtShutdown => End::ClosedAtShutdown,
-        Outcome::Gone(_) | Outcome::Failed(_) | Outcome::Panicked(_) => End::Failed,
-    };
-    // However it ended, once the drain is over the drain did it: its error
-    // (a write cut off, a computation abandoned) is the drain's, not the
-    // client's.
-    if guard.end(end).is_none() {
-        info!(target: LOG_TARGET, "peer {peer} closed at the end of the drain");
-        return;
-    }
-    match outcome {
-        Outcome::Done => info!(target: LOG_TARGET, "peer {peer} done"),
-        Outcome::TimedOut(why) => info!(target: LOG_TARGET, "peer {peer} closed: {why}"),
-        Outcome::Gone(e) => info!(target: LOG_TARGET, "peer {peer} went away: {e}"),
-        Outcome::Failed(e) => warn!(target: LOG_TARGET, "peer {peer} ended by an error: {e}"),
-        Outcome::Panicked(what) => {
-            warn!(target: LOG_TARGET, "peer {peer} ended by a panic while serving it: {what}")
-        }
-        Outcome::ClosedAtShutdown => {
-            info!(target: LOG_TARGET, "peer {peer} closed at the end of the drain")
-        }
-    }
-}
-
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".into())
-}
-
-/// The ordinary ways a client leaves abruptly; worth a line, not a warning.
-fn is_client_gone(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted
-    )
-}
-
-/// How a client idle for `after` ends.
-pub(crate) fn idle_timeout(after: Duration) -> Outcome {
-    Outcome::TimedOut(format!("sent nothing for {after:?} (idle timeout)"))
-}
-
-/// How a client that took none of its answers for `after` ends.
-pub(crate) fn write_timeout(after: Duration) -> Outcome {
-    Outcome::TimedOut(format!(
-        "took none of its answers for {after:?} (write timeout)"
-    ))
 }
 
 /// A blocking read that ran out of its socket timeout. Linux reports it
@@ -268,7 +155,7 @@ fn send_all(stream: &mut TcpStream, bytes: &[u8], limit: Option<Duration>) -> Re
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 if !wait_writable(stream, deadline)? {
-                    return Err(write_timeout(limit));
+                    return Err(Outcome::write_timeout(limit));
                 }
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -310,21 +197,21 @@ fn wait_writable(stream: &TcpStream, deadline: Instant) -> io::Result<bool> {
 }
 
 fn session(
-    ctx: &ServerState,
+    state: &ServerState,
     stream: &mut TcpStream,
-    buffers: &mut Buffers,
+    buffers: &mut ThreadBuffers,
 ) -> Result<(), Outcome> {
     stream.set_nodelay(true)?;
-    let (idle, write) = (ctx.config.idle_timeout, ctx.config.write_timeout);
+    let (idle, write) = (state.config.idle_timeout, state.config.write_timeout);
     stream.set_read_timeout(idle)?;
     let send = |stream: &mut TcpStream, bytes: &[u8]| send_all(stream, bytes, write);
-    let greeting = Responder::greeting(ctx.config.protocol);
+    let greeting = Responder::greeting(state.config.protocol);
     if !greeting.is_empty() {
         send(stream, greeting)?;
-        ctx.count_bytes_out(greeting.len());
+        state.counters.bytes_out(greeting.len());
     }
-    let mut responder = Responder::new(ctx.config.protocol);
-    let Buffers { input, output } = buffers;
+    let mut responder = Responder::new(state.config.protocol);
+    let ThreadBuffers { input, output } = buffers;
     // What a session cut short by an error left behind.
     output.clear();
     loop {
@@ -332,34 +219,37 @@ fn session(
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) if is_timeout(&e) => return Err(idle_timeout(idle.unwrap_or_default())),
+            Err(e) if is_timeout(&e) => {
+                return Err(Outcome::idle_timeout(idle.unwrap_or_default()));
+            }
             Err(e) => return Err(e.into()),
         };
-        ctx.count_bytes_in(n);
+        state.counters.bytes_in(n);
         let mut rest = &input[..n];
         loop {
             // Already there, as reserved; the check keeps it so should the
             // protocol ever answer more.
-            ctx.budget
+            state
+                .budget
                 .reserve(output, responder.max_growth(output.len(), rest.len()))?;
             let (used, stop) = responder.respond(rest, output, true);
             rest = &rest[used..];
             // Answers so far go out before a long computation, and never
             // pile up past one limit's worth.
             if !output.is_empty() {
-                ctx.note_buffered(output.len());
+                state.counters.buffered(output.len());
                 send(stream, output)?;
-                ctx.count_bytes_out(output.len());
+                state.counters.bytes_out(output.len());
                 output.clear();
             }
             match stop {
                 Stop::Consumed => break,
                 Stop::Full => {}
-                Stop::Close(reason) => return Err(protocol_violation(reason)),
+                Stop::Close(reason) => return Err(Outcome::violation(reason)),
                 // This thread is the client's own, so it computes here, for
                 // as long as the number takes, unless the drain ends first.
                 Stop::Offload(number) => {
-                    match prime::is_prime_unless(number, || ctx.is_closing()) {
+                    match prime::is_prime_unless(number, || state.registry.is_closing()) {
                         Some(answer) => responder.answered(number, answer, output),
                         None => return Err(Outcome::ClosedAtShutdown),
                     }
@@ -369,15 +259,10 @@ fn session(
     }
 }
 
-/// How a client that broke the protocol's rules ends.
-pub(crate) fn protocol_violation(reason: String) -> Outcome {
-    Outcome::Failed(io::Error::new(ErrorKind::InvalidData, reason))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::{Config, Model, snapshot};
+    use crate::server::{Config, Model};
     use std::net::TcpListener;
 
     fn pair() -> (TcpStream, TcpStream, SocketAddr) {
@@ -389,9 +274,9 @@ mod tests {
 
     #[test]
     fn a_panic_ends_only_that_client_and_is_counted() {
-        let (ctx, stats) = ServerState::for_test(Config::new(Model::Pool));
+        let state = ServerState::for_test(Config::new(Model::Pool));
         let (mut client, server, peer) = pair();
-        admit(&ctx, server, peer, ctx.try_permit().unwrap())
+        admit(&state, server, peer, state.registry.try_permit().unwrap())
             .serve_with(|_, _| -> Result<(), Outcome> { panic!("boom") });
         // The server side is closed: the client reads end-of-file.
         let mut buf = [0u8; 1];
@@ -401,13 +286,13 @@ mod tests {
         let (mut client, server, peer) = pair();
         client.write_all(b"^hal$").unwrap();
         client.shutdown(std::net::Shutdown::Write).unwrap();
-        admit(&ctx, server, peer, ctx.try_permit().unwrap())
-            .serve(&mut Buffers::reserve(&ctx).unwrap());
+        admit(&state, server, peer, state.registry.try_permit().unwrap())
+            .serve(&mut ThreadBuffers::reserve(&state).unwrap());
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"*ibm");
 
-        let s = snapshot(&stats);
+        let s = state.counters.summary();
         assert_eq!((s.failed, s.served, s.clients_now), (1, 1, 0));
         assert_eq!((s.bytes_in, s.bytes_out), (5, 4));
     }

@@ -1,39 +1,27 @@
-//! Binding, and the accept loop with its error policy.
-//!
-//! Only a failure to bind ends a server. Once it listens, an `accept` that
-//! fails is sorted into one of three cases:
-//!
-//! - the error belongs to one connection that died in the backlog
-//!   (`ECONNABORTED`, `EPROTO` and the other network errors Linux passes on
-//!   from a pending connection): skip it and accept the next;
-//! - the process or the kernel is out of something (`EMFILE`, `ENFILE`,
-//!   `ENOBUFS`, `ENOMEM`): the pending connection stays in the backlog, so
-//!   accepting again at once would spin a core. Log at most once a second
-//!   and back off, then try again; clients leaving free descriptors, and the
-//!   server goes on;
-//! - anything else: log it (also at most once a second) and back off the
-//!   same way, rather than die.
+//! Binding, and the accept loop every model but `uring` shares: it takes
+//! each newcomer's place first (with `--over-limit wait`), accepts, and
+//! hands whoever `admission` admits to the model.
 
 use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::ops::ControlFlow;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
-use tracing::{debug, warn};
+use tracing::warn;
 
-use super::{OverLimit, Permit, ServerState, memory};
+use super::admission::{Admission, BACKOFF};
+use super::config::OverLimit;
+use super::counters::Ended;
+use super::registry::Permit;
+use super::state::ServerState;
 
 /// The listen backlog used when none is given.
 pub const DEFAULT_BACKLOG: i32 = 1024;
-
-/// How long the accept loop waits before trying again after an error that
-/// is not one connection's.
-pub(crate) const BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds a listening TCP socket on `addr` with `SO_REUSEADDR` (so a
 /// restarted server can bind while old connections sit in `TIME_WAIT`) and
@@ -119,78 +107,6 @@ impl std::error::Error for BindError {
     }
 }
 
-/// How the accept loop treats a failed `accept`.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum AcceptFailure {
-    /// One pending connection died; skip it.
-    Connection,
-    /// Out of descriptors or memory; back off.
-    Exhausted,
-    /// Unexpected; back off.
-    Other,
-}
-
-pub(crate) fn classify(e: &io::Error) -> AcceptFailure {
-    match e.kind() {
-        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted => {
-            return AcceptFailure::Connection;
-        }
-        _ => {}
-    }
-    match e.raw_os_error() {
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-            AcceptFailure::Exhausted
-        }
-        // accept(2): Linux passes already-pending network errors on the new
-        // socket up as accept errors; each is about that one connection.
-        Some(
-            libc::EPROTO
-            | libc::ENOPROTOOPT
-            | libc::EHOSTDOWN
-            | libc::ENONET
-            | libc::EHOSTUNREACH
-            | libc::EOPNOTSUPP
-            | libc::ENETDOWN
-            | libc::ENETUNREACH
-            | libc::EPERM
-            | libc::ETIMEDOUT,
-        ) => AcceptFailure::Connection,
-        _ => AcceptFailure::Other,
-    }
-}
-
-/// Lets a message through at most once per period, and says how many were
-/// held back in between.
-pub(crate) struct RateLimited {
-    every: Duration,
-    last: Option<Instant>,
-    held_back: u64,
-}
-
-impl RateLimited {
-    pub(crate) fn new(every: Duration) -> Self {
-        RateLimited {
-            every,
-            last: None,
-            held_back: 0,
-        }
-    }
-
-    /// `Some(held back since the last one)` if a message may go out now.
-    pub(crate) fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.duration_since(last) < self.every => {
-                self.held_back += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.held_back))
-            }
-        }
-    }
-}
-
 /// How a model does its clients' I/O: blocking calls on a thread per
 /// client (the thread models), or non-blocking calls driven by readiness
 /// events (event, async).
@@ -203,18 +119,20 @@ pub(crate) enum Io {
 const LISTENER: Token = Token(0);
 const WAKE: Token = Token(1);
 
-/// Accepts clients and hands each to `on_client` until the shutdown fires
-/// or `on_client` breaks. Drops the listener on return, so that from then
-/// on new connections are refused by the kernel.
+/// Accepts clients and hands each one admitted to `on_client` (with the
+/// admission policy, for a model that turns clients away itself) until
+/// the shutdown fires or `on_client` breaks. Drops the listener on
+/// return, so that from then on new connections are refused by the
+/// kernel.
 ///
 /// `on_client` may block (the sequential model serves the whole client in
 /// it; the pool waits for a free worker): connections arriving meanwhile
 /// wait in the listen backlog.
 pub(crate) fn accept_loop(
     listener: TcpListener,
-    ctx: &Arc<ServerState>,
+    state: &Arc<ServerState>,
     io: Io,
-    mut on_client: impl FnMut(TcpStream, SocketAddr, Permit) -> ControlFlow<()>,
+    mut on_client: impl FnMut(&mut Admission, TcpStream, SocketAddr, Permit) -> ControlFlow<()>,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let mut poll = Poll::new()?;
@@ -227,15 +145,12 @@ pub(crate) fn accept_loop(
     // handle and dropped it after waking, the eventfd would close and take
     // the pending wake-up with it, before `poll` had seen it.
     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
-    ctx.shutdown.register_waker(waker.clone());
+    state.shutdown.register_waker(waker.clone());
     let mut events = Events::with_capacity(4);
-    let mut log = RateLimited::new(Duration::from_secs(1));
-    let mut reject_log = RateLimited::new(Duration::from_secs(1));
-    let mut memory_log = RateLimited::new(Duration::from_secs(1));
-    let cost = memory::client_cost(&ctx.config);
+    let mut admission = Admission::new(state);
     let mut backoff = None;
     loop {
-        if ctx.shutdown.is_triggered() {
+        if state.shutdown.is_triggered() {
             return Ok(());
         }
         match poll.poll(&mut events, backoff) {
@@ -249,72 +164,41 @@ pub(crate) fn accept_loop(
         loop {
             // With `wait`, a place is taken before the accept: while there
             // is none, newcomers wait in the backlog until a client leaves.
-            let waited = match ctx.config.over_limit {
-                OverLimit::Wait => match ctx.wait_permit() {
+            let waited = match state.config.over_limit {
+                OverLimit::Wait => match state.registry.wait_permit() {
                     Some(permit) => Some(permit),
                     None => return Ok(()),
                 },
                 OverLimit::Reject => None,
             };
-            if ctx.shutdown.is_triggered() {
+            if state.shutdown.is_triggered() {
                 return Ok(());
             }
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    ctx.count_accepted();
-                    let Some(mut permit) = waited.or_else(|| ctx.try_permit()) else {
-                        drop(stream);
-                        ctx.count_rejected();
-                        if let Some(held_back) = reject_log.allow(Instant::now()) {
-                            warn!(
-                                "{peer} rejected: already serving {} clients, the limit \
-                                 ({held_back} more rejections not shown)",
-                                ctx.config.max_conns
-                            );
-                        }
+                    state.counters.accepted();
+                    let Some((stream, permit)) =
+                        admission.admit(stream, peer, waited, Instant::now())
+                    else {
                         continue;
                     };
-                    if let Err(short) = ctx.budget.check(cost) {
-                        drop(stream);
-                        ctx.count_rejected();
-                        if let Some(held_back) = memory_log.allow(Instant::now()) {
-                            warn!(
-                                "{peer} rejected: no room for another client: {short} \
-                                 ({held_back} more such rejections not shown)"
-                            );
-                        }
-                        continue;
-                    }
                     // Linux does not pass the listener's O_NONBLOCK on, but
                     // other systems do: say what the model needs.
                     if let Err(e) = stream.set_nonblocking(io == Io::NonBlocking) {
                         warn!("cannot serve {peer}: {e}");
-                        ctx.count_failed();
+                        state.counters.ended(Ended::Failed);
                         continue;
                     }
-                    permit.accepted(Instant::now());
-                    if on_client(stream, peer, permit).is_break() {
+                    if on_client(&mut admission, stream, peer, permit).is_break() {
                         return Ok(());
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    ctx.count_accept_error();
-                    let failure = classify(&e);
-                    if failure == AcceptFailure::Connection {
-                        debug!("accept: skipping a connection that failed: {e}");
-                        continue;
+                    if admission.accept_failed(&e, Instant::now()) {
+                        backoff = Some(BACKOFF);
+                        break;
                     }
-                    if let Some(held_back) = log.allow(Instant::now()) {
-                        let hint = if failure == AcceptFailure::Exhausted {
-                            "; backing off until clients leave"
-                        } else {
-                            "; backing off"
-                        };
-                        warn!("accept failed: {e}{hint} ({held_back} more such errors not shown)");
-                    }
-                    backoff = Some(BACKOFF);
-                    break;
                 }
             }
         }
@@ -324,26 +208,6 @@ pub(crate) fn accept_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn classifies_accept_errors() {
-        let os = io::Error::from_raw_os_error;
-        assert_eq!(classify(&os(libc::EMFILE)), AcceptFailure::Exhausted);
-        assert_eq!(classify(&os(libc::ENFILE)), AcceptFailure::Exhausted);
-        assert_eq!(classify(&os(libc::ECONNABORTED)), AcceptFailure::Connection);
-        assert_eq!(classify(&os(libc::EPROTO)), AcceptFailure::Connection);
-        assert_eq!(classify(&os(libc::EBADF)), AcceptFailure::Other);
-    }
-
-    #[test]
-    fn rate_limit_counts_what_it_holds_back() {
-        let mut log = RateLimited::new(Duration::from_secs(1));
-        let t0 = Instant::now();
-        assert_eq!(log.allow(t0), Some(0));
-        assert_eq!(log.allow(t0 + Duration::from_millis(10)), None);
-        assert_eq!(log.allow(t0 + Duration::from_millis(999)), None);
-        assert_eq!(log.allow(t0 + Duration::from_secs(1)), Some(2));
-    }
 
     #[test]
     fn bind_error_names_the_address_and_a_way_out() {

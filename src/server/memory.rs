@@ -28,10 +28,13 @@ use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use super::conn::BUF_SIZE;
-use super::responder::MAX_ANSWER;
-use super::{Config, Model, Protocol};
+use super::config::{Config, Model};
+use super::responder::{MAX_ANSWER, Protocol};
 use crate::threads;
+
+/// Bytes read per `read` call, and the most one answer write holds: what
+/// a blocking client's buffers and a loop's shared read buffer hold.
+pub(crate) const BUF_SIZE: usize = 64 * 1024;
 
 /// Address space kept free under a limit, for the allocations that cannot
 /// fail gracefully. Near the limit glibc maps a page (or, for the main

@@ -1,49 +1,65 @@
 //! The servers: one [`Config`], one [`run`], many [`Model`]s.
 //!
 //! Every model is a way of deciding which thread runs the one data flow,
-//! socket → protocol → socket, for which client and when. Everything else
-//! a server needs lives here once, outside the models:
+//! socket → protocol → socket, for which client and when. This file only
+//! dispatches to them; everything else a server needs lives once, in a
+//! file of its own that no model owns:
 //!
-//! - [`listener`]: binding, and the accept loop with its error policy and
-//!   the connection cap;
-//! - `responder`: what to answer, for either [`Protocol`], without I/O;
-//! - `conn`: the blocking per-client loop of the thread models, and the one
-//!   place where every model ends a client (logged, counted);
-//! - `memory`: living under an address-space limit: what a client may
-//!   cost, checked before it is taken, so that no allocation aborts;
-//! - `state`: the [`Summary`] counters and the registry of clients being
-//!   served, which the cap reads and the end of a drain closes;
+//! - [`config`]: the [`Model`], the [`Config`] a user asks for, and the one
+//!   check that makes it a [`ValidConfig`], the only kind a server runs;
+//! - `state`: a running server's shared state; `counters`: the
+//!   [`Counters`] and the [`Summary`] they add up to; `registry`: permits,
+//!   the clients being served, and how a client ends (its `Outcome`);
+//! - [`listener`]: binding, and the accept loop; `admission`: the one
+//!   policy both accept loops use (the cap, the memory budget, rejections
+//!   and accept errors, logged at a limited rate);
+//! - `memory`: living under an address-space limit; `responder`: what to
+//!   answer, without I/O; `log`: the per-client log target;
+//! - `conn`: the blocking per-client loop of the thread models;
+//! - `session`: a client of a non-blocking model with no I/O, which
+//!   `event`, `uring` and `asynchronous` drive with readiness, completions
+//!   and futures; `slots`: their table of clients; `compute`: the pool
+//!   that tests large numbers for them; `kernel`: whether this kernel
+//!   allows io_uring;
 //! - [`Shutdown`]: stop accepting at once, drain for up to
 //!   [`Config::drain_timeout`], then close the rest.
 //!
 //! A model file is then only the article's idea: [`Model::Sequential`]
 //! serves inline in the accept loop, [`Model::Thread`] spawns a thread per
 //! client, [`Model::Pool`] hands clients to a set of workers,
-//! [`Model::Event`] runs epoll loops over per-client state,
-//! [`Model::Async`] spawns a tokio task per client, and [`Model::Uring`]
-//! runs io_uring rings that are told when a client's operations complete
-//! (its own accept loop: ring 0 accepts, with the same cap and budget).
+//! [`Model::Event`] runs epoll loops over sessions, [`Model::Async`]
+//! spawns a tokio task per session, and [`Model::Uring`] runs io_uring
+//! rings that are told when a session's operations complete. No model
+//! imports another.
 //!
 //! ```no_run
 //! use concur::server::{self, Config, Model};
 //!
 //! let listener = server::listener::bind("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
-//! let server = server::start(listener, Config::new(Model::Thread)).unwrap();
+//! let config = Config::new(Model::Thread).check().unwrap();
+//! let server = server::start(listener, config).unwrap();
 //! println!("serving on {}", server.local_addr());
 //! let summary = server.stop();
 //! println!("{summary}");
 //! ```
 
+mod admission;
 mod asynchronous;
 mod compute;
 pub mod config;
 mod conn;
+mod counters;
 mod event;
+mod kernel;
 pub mod listener;
+mod log;
 mod memory;
 mod pool;
+mod registry;
 mod responder;
 mod sequential;
+mod session;
+mod slots;
 mod state;
 mod thread;
 mod uring;
@@ -59,11 +75,12 @@ use tracing::warn;
 pub use crate::shutdown::Shutdown;
 pub use config::{
     AsyncSettings, Config, ConfigError, DEFAULT_MAX_CONNS, DEFAULT_WRITE_TIMEOUT, EventSettings,
-    Model, OverLimit, PoolSettings, Settings, ThreadSettings, UringSettings, limits,
+    Model, OverLimit, PoolSettings, Setting, Settings, ThreadSettings, UringSettings, ValidConfig,
+    cores, limits,
 };
+pub use counters::{Counters, Summary};
 pub use responder::Protocol;
-pub use state::Summary;
-pub(crate) use state::{ClientGuard, End, Permit, ServerState, Stats, snapshot};
+use state::ServerState;
 
 /// Raises this process's soft limit on open descriptors to its hard limit,
 /// and returns the new soft limit. Every client costs a descriptor, and the
@@ -73,116 +90,64 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
 }
 
-/// The machine's core count, the default number of event loops and async
-/// workers.
-pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// Serves clients on `listener` with `config` until `shutdown` fires, then
 /// drains and returns what happened. Blocks the calling thread.
 ///
-/// An error here is a configuration out of range ([`Config::check`], as
-/// `InvalidInput`) or a failure to set the server up (the event queue,
+/// An error here is a failure to set the server up (the event queue,
 /// say); errors of one client, or of one `accept`, are logged and counted,
 /// never returned.
-pub fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> io::Result<Summary> {
-    run_with(listener, config, shutdown, Arc::default())
+pub fn run(listener: TcpListener, config: ValidConfig, shutdown: Shutdown) -> io::Result<Summary> {
+    run_counted(listener, config, shutdown, Arc::default())
 }
 
-/// A handle on a server's live counters, for whoever must report them
-/// without waiting for [`run`] to return: the binary, on a second signal,
-/// exits at once and prints what is known by then.
-#[derive(Clone, Debug, Default)]
-pub struct Counters(Arc<Stats>);
-
-impl Counters {
-    /// The counters so far.
-    pub fn summary(&self) -> Summary {
-        snapshot(&self.0)
-    }
-
-    /// How long clients waited and were served.
-    pub(crate) fn times(&self) -> &state::Times {
-        &self.0.times
-    }
-}
-
-/// [`run`], counting into `counters`.
+/// [`run`], counting into `counters`, which whoever must report them
+/// without waiting for `run` to return reads meanwhile: the metrics, the
+/// binary on a second signal.
 pub fn run_counted(
     listener: TcpListener,
-    config: Config,
+    config: ValidConfig,
     shutdown: Shutdown,
-    counters: Counters,
+    counters: Arc<Counters>,
 ) -> io::Result<Summary> {
-    run_with(listener, config, shutdown, counters.0)
+    serve(
+        listener,
+        Arc::new(ServerState::new(config, shutdown, counters)),
+    )
 }
 
-fn run_with(
-    listener: TcpListener,
-    config: Config,
-    shutdown: Shutdown,
-    stats: Arc<Stats>,
-) -> io::Result<Summary> {
-    checked(&config)?;
-    let ctx = Arc::new(ServerState::new(config, shutdown, Arc::clone(&stats)));
-    run_ctx(listener, ctx, stats)
-}
-
-/// A configuration out of range, or a model this machine cannot run, is
-/// refused before anything starts.
-fn checked(config: &Config) -> io::Result<()> {
-    config
-        .check()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    check_available(config.model())
-}
-
-/// Whether `model` can run here. Only [`Model::Uring`] may not: where the
-/// kernel refuses io_uring (disabled by `kernel.io_uring_disabled`, a
-/// seccomp filter, a kernel without it or too old for it) the error, of
-/// kind [`io::ErrorKind::Unsupported`], says which and names the other
-/// models.
-pub fn check_available(model: Model) -> io::Result<()> {
-    match model {
-        Model::Uring => uring::check(),
-        _ => Ok(()),
-    }
-}
-
-fn run_ctx(listener: TcpListener, ctx: Arc<ServerState>, stats: Arc<Stats>) -> io::Result<Summary> {
-    let shutdown = ctx.shutdown.clone();
+fn serve(listener: TcpListener, state: Arc<ServerState>) -> io::Result<Summary> {
+    let shutdown = state.shutdown.clone();
     // The drain runs beside the model rather than after it, because a
     // model may be blocked serving a client (sequential serves in its
     // accept loop) and only the end of the drain can unblock it.
     let drainer = {
-        let ctx = Arc::clone(&ctx);
+        let state = Arc::clone(&state);
         std::thread::Builder::new()
             .name("drain".into())
-            .spawn(move || drain(&ctx))?
+            .spawn(move || drain(&state))?
     };
-    let reporter = match ctx.config.stats_interval {
+    let reporter = match state.config.stats_interval {
         Some(every) => {
-            let (shutdown, stats) = (shutdown.clone(), Arc::clone(&stats));
+            let (shutdown, counters) = (shutdown.clone(), Arc::clone(&state.counters));
             Some(
                 std::thread::Builder::new()
                     .name("stats".into())
                     .spawn(move || {
                         while !shutdown.wait_timeout(every) {
-                            tracing::info!("{}", snapshot(&stats).live_line());
+                            tracing::info!("{}", counters.summary().live_line());
                         }
                     })?,
             )
         }
         None => None,
     };
-    let result = match &ctx.config.settings {
-        Settings::Sequential => sequential::run(listener, &ctx),
-        Settings::Thread(_) => thread::run(listener, &ctx),
-        Settings::Pool(settings) => pool::run(listener, &ctx, settings),
-        Settings::Event(settings) => event::run(listener, &ctx, settings),
-        Settings::Async(settings) => asynchronous::run(listener, &ctx, settings),
-        Settings::Uring(settings) => uring::run(listener, &ctx, settings),
+    let result = match &state.config.settings {
+        Settings::Sequential => sequential::run(listener, &state),
+        Settings::Thread(_) => thread::run(listener, &state),
+        Settings::Pool(settings) => pool::run(listener, &state, settings),
+        Settings::Event(settings) => event::run(listener, &state, settings),
+        Settings::Async(settings) => asynchronous::run(listener, &state, settings),
+        Settings::Uring(settings) => uring::run(listener, &state, settings),
     };
     // A model that failed to start has not seen the signal; fire it so the
     // drainer ends too.
@@ -192,34 +157,33 @@ fn run_ctx(listener: TcpListener, ctx: Arc<ServerState>, stats: Arc<Stats>) -> i
         let _ = reporter.join();
     }
     // Clients closed by the drain leave as soon as their threads notice.
-    if !ctx.wait_idle(Duration::from_secs(5)) {
+    if !state.registry.wait_idle(Duration::from_secs(5)) {
         warn!(
             "{} clients still open after the drain; leaving them",
-            ctx.clients_now()
+            state.registry.clients_now()
         );
     }
     result?;
-    Ok(snapshot(&stats))
+    Ok(state.counters.summary())
 }
 
-fn drain(ctx: &ServerState) {
-    ctx.shutdown.wait();
-    // An accept loop waiting for room must see the signal too; notifying
-    // under the lock means it cannot be between its check and its wait.
-    {
-        let _clients = ctx.lock();
-        ctx.left.notify_all();
-    }
-    let now = ctx.clients_now();
+fn drain(state: &ServerState) {
+    state.shutdown.wait();
+    // An accept loop waiting for room must see the signal too.
+    state.registry.wake_waiters();
+    let now = state.registry.clients_now();
     if now > 0 {
         tracing::info!(
             "shutting down: no new clients; waiting up to {:?} for {now} being served",
-            ctx.config.drain_timeout
+            state.config.drain_timeout
         );
     }
-    let deadline = Instant::now() + ctx.config.drain_timeout;
-    if !ctx.wait_idle(deadline.saturating_duration_since(Instant::now())) {
-        let closed = ctx.close_all();
+    let deadline = Instant::now() + state.config.drain_timeout;
+    if !state
+        .registry
+        .wait_idle(deadline.saturating_duration_since(Instant::now()))
+    {
+        let closed = state.registry.close_all();
         warn!("drain timeout: closing {closed} clients still connected");
     }
 }
@@ -229,31 +193,26 @@ fn drain(ctx: &ServerState) {
 pub struct Server {
     addr: SocketAddr,
     shutdown: Shutdown,
-    stats: Arc<Stats>,
+    counters: Arc<Counters>,
     thread: JoinHandle<io::Result<Summary>>,
 }
 
 /// Starts a server of `config.model()` on `listener`, on a new thread.
-pub fn start(listener: TcpListener, config: Config) -> io::Result<Server> {
-    checked(&config)?;
-    let stats = Arc::<Stats>::default();
-    let ctx = ServerState::new(config, Shutdown::new(), Arc::clone(&stats));
-    start_ctx(listener, ctx, stats)
+pub fn start(listener: TcpListener, config: ValidConfig) -> io::Result<Server> {
+    let state = ServerState::new(config, Shutdown::new(), Arc::default());
+    start_state(listener, state)
 }
 
-fn start_ctx(listener: TcpListener, ctx: ServerState, stats: Arc<Stats>) -> io::Result<Server> {
+fn start_state(listener: TcpListener, state: ServerState) -> io::Result<Server> {
     let addr = listener.local_addr()?;
-    let shutdown = ctx.shutdown.clone();
-    let thread = {
-        let stats = Arc::clone(&stats);
-        std::thread::Builder::new()
-            .name(format!("{}-server", ctx.config.model()))
-            .spawn(move || run_ctx(listener, Arc::new(ctx), stats))?
-    };
+    let (shutdown, counters) = (state.shutdown.clone(), Arc::clone(&state.counters));
+    let thread = std::thread::Builder::new()
+        .name(format!("{}-server", state.config.model()))
+        .spawn(move || serve(listener, Arc::new(state)))?;
     Ok(Server {
         addr,
         shutdown,
-        stats,
+        counters,
         thread,
     })
 }
@@ -266,8 +225,8 @@ impl Server {
     }
 
     /// Its live counters, for the metrics endpoint.
-    pub fn counters(&self) -> Counters {
-        Counters(Arc::clone(&self.stats))
+    pub fn counters(&self) -> Arc<Counters> {
+        Arc::clone(&self.counters)
     }
 
     /// A handle that stops this server when triggered.
@@ -277,7 +236,7 @@ impl Server {
 
     /// The counters so far.
     pub fn summary(&self) -> Summary {
-        snapshot(&self.stats)
+        self.counters.summary()
     }
 
     /// Triggers the shutdown and waits for the drain to finish.
@@ -317,7 +276,7 @@ mod tests {
     pub(crate) fn runnable() -> Vec<Model> {
         Model::ALL
             .into_iter()
-            .filter(|&m| match check_available(m) {
+            .filter(|&m| match m.available() {
                 Ok(()) => true,
                 Err(e) => {
                     eprintln!("skipped: model {m}: {e}");
@@ -328,11 +287,11 @@ mod tests {
     }
 
     fn start_pretending(model: Model, used: fn() -> io::Result<u64>) -> Server {
-        let stats = Arc::<Stats>::default();
-        let mut ctx = ServerState::new(Config::new(model), Shutdown::new(), Arc::clone(&stats));
-        ctx.budget = memory::Budget::new(Some(LIMIT), used);
+        let config = Config::new(model).check().unwrap();
+        let mut state = ServerState::new(config, Shutdown::new(), Arc::default());
+        state.budget = memory::Budget::new(Some(LIMIT), used);
         let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 64).unwrap();
-        start_ctx(listener, ctx, stats).unwrap()
+        start_state(listener, state).unwrap()
     }
 
     fn connect(server: &Server) -> TcpStream {

@@ -24,14 +24,20 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-use tracing::{info, warn};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError, select};
+use tracing::{info, warn};
 
-use super::listener::{self, Io, RateLimited};
-use super::{Permit, PoolSettings, ServerState, conn, memory};
+use super::admission::Refusal;
+use super::config::PoolSettings;
+use super::conn::{self, ThreadBuffers};
+use super::counters::Ended;
+use super::listener::{self, Io};
+use super::log::LOG_TARGET;
+use super::memory;
+use super::registry::Permit;
+use super::state::ServerState;
 
 /// A client waiting for a worker: its connection, when it was accepted,
 /// and its place among the clients served at once.
@@ -49,21 +55,21 @@ struct Queued {
 struct Waiting(Arc<ServerState>);
 
 impl Waiting {
-    fn new(ctx: &Arc<ServerState>) -> Self {
-        ctx.stats().pool_waiting.fetch_add(1, Ordering::Relaxed);
-        Waiting(Arc::clone(ctx))
+    fn new(state: &Arc<ServerState>) -> Self {
+        state.counters.pool_waiting(1);
+        Waiting(Arc::clone(state))
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.0.stats().pool_waiting.fetch_sub(1, Ordering::Relaxed);
+        self.0.counters.pool_waiting(-1);
     }
 }
 
 /// The workers, and what growing and shrinking them needs.
 struct Pool {
-    ctx: Arc<ServerState>,
+    state: Arc<ServerState>,
     settings: PoolSettings,
     queue: Receiver<Queued>,
     /// Workers alive (also in the summary's `pool_threads`).
@@ -99,11 +105,11 @@ impl Pool {
     }
 
     fn start_worker(self: &Arc<Self>) -> io::Result<()> {
-        let config = &self.ctx.config;
+        let config = &self.state.config;
         let (stack, rest) = (memory::stack_size(config), memory::thread_cost(config));
-        self.ctx
+        self.state
             .stacks
-            .check_thread(&self.ctx.budget, stack, rest)?;
+            .check_thread(&self.state.budget, stack, rest)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let pool = Arc::clone(self);
         let (ready, started) = mpsc::sync_channel(1);
@@ -115,10 +121,10 @@ impl Pool {
             .unwrap_or_else(|_| Err(io::Error::other("the worker ended as it started")));
         if let Err(e) = start {
             let _ = worker.join();
-            self.ctx.stacks.thread_ended();
+            self.state.stacks.thread_ended();
             return Err(e);
         }
-        self.ctx.stats().pool_threads.fetch_add(1, Ordering::SeqCst);
+        self.state.counters.pool_threads(1);
         self.workers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -136,7 +142,7 @@ impl Pool {
             });
         match left {
             Ok(was) => {
-                self.ctx.stats().pool_threads.fetch_sub(1, Ordering::SeqCst);
+                self.state.counters.pool_threads(-1);
                 info!(
                     "pool shrinks to {} threads: a worker was idle for {:?}",
                     was - 1,
@@ -151,7 +157,7 @@ impl Pool {
     /// Reserves the worker's buffers, says whether it could, and then
     /// serves clients from the hand-off with them.
     fn work(&self, ready: mpsc::SyncSender<io::Result<()>>) {
-        let mut buffers = match conn::Buffers::reserve(&self.ctx) {
+        let mut buffers = match ThreadBuffers::reserve(&self.state) {
             Ok(buffers) => buffers,
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -162,7 +168,7 @@ impl Pool {
         let adaptive = self.max > self.min;
         loop {
             self.idle.fetch_add(1, Ordering::SeqCst);
-            self.ctx.stats().pool_idle.fetch_add(1, Ordering::Relaxed);
+            self.state.counters.pool_idle(1);
             let job = if adaptive {
                 self.queue.recv_timeout(self.settings.keep_alive)
             } else {
@@ -171,12 +177,12 @@ impl Pool {
                     .map_err(|_| RecvTimeoutError::Disconnected)
             };
             self.idle.fetch_sub(1, Ordering::SeqCst);
-            self.ctx.stats().pool_idle.fetch_sub(1, Ordering::Relaxed);
+            self.state.counters.pool_idle(-1);
             match job {
                 Ok(job) => self.serve(job, &mut buffers),
                 Err(RecvTimeoutError::Timeout) => {
                     if self.retire() {
-                        self.ctx.stacks.thread_ended();
+                        self.state.stacks.thread_ended();
                         return;
                     }
                 }
@@ -185,12 +191,12 @@ impl Pool {
         }
     }
 
-    fn serve(&self, job: Queued, buffers: &mut conn::Buffers) {
-        let ctx = &self.ctx;
-        if ctx.shutdown.is_triggered() {
+    fn serve(&self, job: Queued, buffers: &mut ThreadBuffers) {
+        let state = &self.state;
+        if state.shutdown.is_triggered() {
             // Accepted but never served (its permit goes with it).
             drop(job);
-            ctx.count_closed_at_shutdown();
+            state.counters.ended(Ended::ClosedAtShutdown);
             return;
         }
         let Queued {
@@ -202,31 +208,31 @@ impl Pool {
         } = job;
         // A worker has it: it waits no more.
         drop(taken);
-        if idled_out_in_queue(ctx, &self.settings, &stream, accepted) {
-            info!(target: conn::LOG_TARGET, "peer {peer} closed unserved: sent nothing while it waited past the idle timeout");
+        if idled_out_in_queue(state, &self.settings, &stream, accepted) {
+            info!(target: LOG_TARGET, "peer {peer} closed unserved: sent nothing while it waited past the idle timeout");
             drop(stream);
-            ctx.count_timed_out();
+            state.counters.ended(Ended::TimedOut);
             return;
         }
-        conn::admit(ctx, stream, peer, permit).serve(buffers);
+        conn::admit(state, stream, peer, permit).serve(buffers);
     }
 }
 
 pub(crate) fn run(
     listener: TcpListener,
-    ctx: &Arc<ServerState>,
+    state: &Arc<ServerState>,
     settings: &PoolSettings,
 ) -> io::Result<()> {
     let (jobs, queue) = crossbeam_channel::bounded::<Queued>(settings.queue);
     let min = settings.threads;
     let pool = Arc::new(Pool {
-        ctx: Arc::clone(ctx),
+        state: Arc::clone(state),
         settings: settings.clone(),
         queue,
         alive: AtomicUsize::new(0),
         idle: AtomicUsize::new(0),
         min,
-        max: settings.max_threads.max(min),
+        max: settings.max_threads,
         workers: Mutex::new(Vec::new()),
         next_id: AtomicUsize::new(0),
     });
@@ -234,7 +240,7 @@ pub(crate) fn run(
         if let Err(e) = pool.grow(min) {
             // Starting the pool is setting the server up: without its
             // workers it cannot serve anyone.
-            ctx.shutdown.trigger();
+            state.shutdown.trigger();
             drop(jobs);
             join_all(&pool);
             return Err(io::Error::new(
@@ -244,75 +250,72 @@ pub(crate) fn run(
         }
     }
 
-    let stop = ctx.shutdown.channel();
-    let mut refusals = RateLimited::new(Duration::from_secs(1));
+    let stop = state.shutdown.channel();
     let adaptive = pool.max > pool.min;
-    let result = listener::accept_loop(listener, ctx, Io::Blocking, |stream, peer, permit| {
-        let job = Queued {
-            stream,
-            peer,
-            accepted: Instant::now(),
-            permit,
-            _waiting: Waiting::new(ctx),
-        };
-        // Grow while every worker is busy. `idle` can still count a
-        // worker that is just taking the previous client, so a client that
-        // no worker takes at once makes the pool grow too; otherwise it
-        // could wait, below the maximum, for a worker that never frees.
-        let mut grown =
-            (adaptive && pool.idle.load(Ordering::SeqCst) == 0).then(|| pool.grow(pool.max));
-        let job = match jobs.try_send(job) {
-            Ok(()) => return ControlFlow::Continue(()),
-            Err(TrySendError::Disconnected(_)) => {
-                // Every worker is gone; nobody can serve this client.
-                ctx.count_failed();
-                return ControlFlow::Break(());
-            }
-            Err(TrySendError::Full(job)) => job,
-        };
-        if adaptive && grown.is_none() {
-            grown = Some(pool.grow(pool.max));
-        }
-        match grown {
-            Some(Ok(true)) => info!(
-                "pool grows to {} threads: every worker was busy",
-                pool.alive.load(Ordering::SeqCst)
-            ),
-            // At its maximum: the client waits for a worker.
-            None | Some(Ok(false)) => {}
-            // The address-space limit leaves no room for another worker,
-            // no worker took the client and the queue has no place: it
-            // cannot be afforded now, and is refused rather than left
-            // waiting for a worker the pool, below its maximum, would
-            // otherwise have started.
-            Some(Err(e)) if e.kind() == ErrorKind::OutOfMemory => {
-                if let Some(held_back) = refusals.allow(Instant::now()) {
-                    warn!(
-                        "{peer} rejected: every worker is busy and another does not fit: {e} \
-                         ({held_back} more such rejections not shown)"
-                    );
+    let result = listener::accept_loop(
+        listener,
+        state,
+        Io::Blocking,
+        |admission, stream, peer, permit| {
+            let job = Queued {
+                stream,
+                peer,
+                accepted: Instant::now(),
+                permit,
+                _waiting: Waiting::new(state),
+            };
+            // Grow while every worker is busy. `idle` can still count a
+            // worker that is just taking the previous client, so a client that
+            // no worker takes at once makes the pool grow too; otherwise it
+            // could wait, below the maximum, for a worker that never frees.
+            let mut grown =
+                (adaptive && pool.idle.load(Ordering::SeqCst) == 0).then(|| pool.grow(pool.max));
+            let job = match jobs.try_send(job) {
+                Ok(()) => return ControlFlow::Continue(()),
+                Err(TrySendError::Disconnected(_)) => {
+                    // Every worker is gone; nobody can serve this client.
+                    state.counters.ended(Ended::Failed);
+                    return ControlFlow::Break(());
                 }
-                drop(job);
-                ctx.count_rejected();
-                return ControlFlow::Continue(());
+                Err(TrySendError::Full(job)) => job,
+            };
+            if adaptive && grown.is_none() {
+                grown = Some(pool.grow(pool.max));
             }
-            // The pool goes on serving with the workers it has.
-            Some(Err(e)) => warn!("cannot grow the pool: {e}"),
-        }
-        select! {
-            send(jobs, job) -> sent => match sent {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(_) => {
-                    ctx.count_failed();
+            match grown {
+                Some(Ok(true)) => info!(
+                    "pool grows to {} threads: every worker was busy",
+                    pool.alive.load(Ordering::SeqCst)
+                ),
+                // At its maximum: the client waits for a worker.
+                None | Some(Ok(false)) => {}
+                // The address-space limit leaves no room for another worker,
+                // no worker took the client and the queue has no place: it
+                // cannot be afforded now, and is refused rather than left
+                // waiting for a worker the pool, below its maximum, would
+                // otherwise have started.
+                Some(Err(e)) if e.kind() == ErrorKind::OutOfMemory => {
+                    admission.reject(job, peer, Refusal::NoWorker(e));
+                    return ControlFlow::Continue(());
+                }
+                // The pool goes on serving with the workers it has.
+                Some(Err(e)) => warn!("cannot grow the pool: {e}"),
+            }
+            select! {
+                send(jobs, job) -> sent => match sent {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => {
+                        state.counters.ended(Ended::Failed);
+                        ControlFlow::Break(())
+                    }
+                },
+                recv(stop) -> _ => {
+                    state.counters.ended(Ended::ClosedAtShutdown);
                     ControlFlow::Break(())
                 }
-            },
-            recv(stop) -> _ => {
-                ctx.count_closed_at_shutdown();
-                ControlFlow::Break(())
             }
-        }
-    });
+        },
+    );
     drop(jobs);
     join_all(&pool);
     result
@@ -335,12 +338,12 @@ fn join_all(pool: &Pool) {
 /// is unknown to the server, which is why a queue (`--queue`) lets the idle
 /// timeout clear idle clients out faster than a rendezvous does.
 fn idled_out_in_queue(
-    ctx: &ServerState,
+    state: &ServerState,
     settings: &PoolSettings,
     stream: &TcpStream,
     accepted: Instant,
 ) -> bool {
-    let Some(limit) = ctx.config.idle_timeout else {
+    let Some(limit) = state.config.idle_timeout else {
         return false;
     };
     // A rendezvous has no queue: the client waited in the accept loop's

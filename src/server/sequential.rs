@@ -10,16 +10,17 @@ use std::net::TcpListener;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use super::conn::{self, ThreadBuffers};
 use super::listener::{self, Io};
-use super::{ServerState, conn};
+use super::state::ServerState;
 
-pub(crate) fn run(listener: TcpListener, ctx: &Arc<ServerState>) -> io::Result<()> {
+pub(crate) fn run(listener: TcpListener, state: &Arc<ServerState>) -> io::Result<()> {
     // One client at a time: one set of buffers, reserved as the server
     // sets itself up.
-    let mut buffers = conn::Buffers::reserve(ctx)
+    let mut buffers = ThreadBuffers::reserve(state)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot reserve the buffers: {e}")))?;
-    listener::accept_loop(listener, ctx, Io::Blocking, |stream, peer, permit| {
-        conn::admit(ctx, stream, peer, permit).serve(&mut buffers);
+    listener::accept_loop(listener, state, Io::Blocking, |_, stream, peer, permit| {
+        conn::admit(state, stream, peer, permit).serve(&mut buffers);
         ControlFlow::Continue(())
     })
 }

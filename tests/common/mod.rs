@@ -22,6 +22,7 @@ pub fn start_with(config: Config) -> Server {
         server::raise_fd_limit().expect("raise the descriptor limit");
     });
     let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 1024).expect("bind");
+    let config = config.check().expect("a valid configuration");
     server::start(listener, config).expect("start server")
 }
 
@@ -32,11 +33,7 @@ pub fn start_with(config: Config) -> Server {
 /// reason, rather than passing as if it had run it.
 pub fn models() -> Vec<Model> {
     static UNAVAILABLE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let why = UNAVAILABLE.get_or_init(|| {
-        server::check_available(Model::Uring)
-            .err()
-            .map(|e| e.to_string())
-    });
+    let why = UNAVAILABLE.get_or_init(|| Model::Uring.available().err().map(|e| e.to_string()));
     Model::ALL
         .into_iter()
         .filter(|&model| match why {

@@ -35,7 +35,7 @@ fn one_shot(then: impl FnOnce(std::net::TcpStream) + Send + 'static) -> SocketAd
 
 #[test]
 fn a_stream_is_answered_byte_for_byte_whatever_the_write_size() {
-    let server = server::start(local(), Config::new(Model::Event)).unwrap();
+    let server = server::start(local(), Config::new(Model::Event).check().unwrap()).unwrap();
     let mut p = plan(Scenario::Stream, server.local_addr(), 2);
     // Not a divisor of the pattern's period: writes straddle it.
     p.params.size = 7_777;
@@ -125,7 +125,7 @@ fn plans_that_cannot_run_are_refused() {
 fn idle_connections_are_held_as_far_as_the_server_greets() {
     // A pool of two workers greets two; the rest wait in its backlog.
     let config = Config::new(Model::Pool).threads(2);
-    let server = server::start(local(), config).unwrap();
+    let server = server::start(local(), config.check().unwrap()).unwrap();
     let held = hold(server.local_addr(), 5, 1).unwrap();
     assert_eq!((held.connected, held.greeted, held.unopened), (5, 2, 0));
     assert!(held.errors.is_empty(), "{:?}", held.errors);

@@ -1,100 +1,70 @@
-//! One client of an event loop: its protocol state and outbound buffer,
-//! and what one turn of it does (write what is pending, read what came,
-//! answer it, within the outbound cap and a fair share of reads).
+//! One client of an event loop: its session and its socket, and what one
+//! turn of it does with the readiness it was given (write what is
+//! pending, read what came, answer it, within the outbound cap and a fair
+//! share of reads).
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{Offloader, READS_PER_TURN};
-use crate::server::conn::{self, BUF_SIZE, Outcome};
-use crate::server::responder::{OUT_LIMIT, Responder, Stop};
-use crate::server::{ClientGuard, Config, ServerState};
+use super::READS_PER_TURN;
+use crate::server::compute::Offloader;
+use crate::server::registry::Outcome;
+use crate::server::session::{Session, Spares, ToTest};
+use crate::server::slots::ClientId;
+use crate::server::state::ServerState;
 
 /// One client of an event loop.
 pub(super) struct LoopClient {
     // Declared before the socket, so it drops first: the drain's registry
     // must never hold a closed descriptor.
-    pub(super) guard: ClientGuard,
+    pub(super) session: Session,
     pub(super) socket: TcpStream,
-    pub(super) peer: SocketAddr,
-    pub(super) id: u64,
-    pub(super) responder: Responder,
-    /// Answers not yet written; `out[sent..]` is pending.
-    pub(super) out: Vec<u8>,
-    pub(super) sent: usize,
-    /// Input read but not yet answered, held while a number of this
-    /// client's is being tested off the loop (at most one read's worth:
-    /// the client is not read from meanwhile).
-    pub(super) unread: Vec<u8>,
-    pub(super) computing: bool,
-    /// Set when the client broke the protocol: close once its last answer
-    /// (the error line) is out.
-    pub(super) close_reason: Option<String>,
-    /// The client has closed its sending side; what is pending still goes.
-    pub(super) read_closed: bool,
-    pub(super) watching_writes: bool,
+    watching_writes: bool,
     /// Its turn ended with input possibly still waiting in the kernel.
     pub(super) more: bool,
-    /// When the client last sent anything (or arrived), for the idle
-    /// timeout.
-    pub(super) last_heard: Instant,
-    /// When its pending output last moved (or started pending), for the
-    /// write timeout.
-    pub(super) last_progress: Instant,
 }
 
 impl LoopClient {
-    pub(super) fn pending(&self) -> usize {
-        self.out.len() - self.sent
-    }
-
-    /// How the client ends, once everything owed has been sent: after its
-    /// end-of-file, or after the error line for a protocol violation.
-    pub(super) fn finished(&self) -> Option<Outcome> {
-        if self.pending() > 0 || self.computing || !self.unread.is_empty() {
-            return None;
-        }
-        match &self.close_reason {
-            Some(reason) => Some(conn::protocol_violation(reason.clone())),
-            None => self.read_closed.then_some(Outcome::Done),
+    pub(super) fn new(session: Session, socket: TcpStream) -> Self {
+        LoopClient {
+            session,
+            socket,
+            watching_writes: false,
+            more: false,
         }
     }
 
     /// Writes and reads until the kernel says "would block", the client
-    /// has said everything, its pending output is over the cap, or one of
-    /// its numbers is being tested elsewhere.
+    /// has said everything, its pending answers are over the cap, or one
+    /// of its numbers is being tested elsewhere.
     pub(super) fn progress(
         &mut self,
         buf: &mut [u8],
-        ctx: &ServerState,
-        outbound_cap: usize,
-        offload: Option<(&Offloader, usize)>,
+        state: &ServerState,
+        spares: &mut Spares,
+        cap: usize,
+        offload: Option<(&Offloader, ClientId)>,
     ) -> io::Result<()> {
+        let offload = |test: ToTest| {
+            if let (Some(n), Some((offloader, id))) = (test, offload) {
+                offloader.send(id.to_u64(), n);
+            }
+        };
         let mut reads = 0;
         loop {
-            self.flush(ctx)?;
-            if self.computing || self.close_reason.is_some() {
-                // The answer, or the close, comes first.
-                return Ok(());
-            }
-            if self.pending() > outbound_cap
-                || (self.out.len() >= OUT_LIMIT && !self.unread.is_empty())
-            {
-                // Flushing stopped on "would block": a writable event will
-                // bring us back here. (At the responder's limit, under a
-                // cap above it, answering on would make no progress.)
-                return Ok(());
-            }
-            if !self.unread.is_empty() {
-                let unread = std::mem::take(&mut self.unread);
-                self.answer(&unread, ctx, offload)?;
+            self.flush(state, spares)?;
+            if self.session.has_unread() && !self.session.blocked(cap) {
+                // What waited (behind a number, or over the cap) comes
+                // before anything new; its answers go out first.
+                offload(self.session.answer_unread(state, spares, cap)?);
                 continue;
             }
-            if self.read_closed {
+            if !self.session.wants_input(cap) {
+                // Blocked, done reading, or over the cap: a writable event
+                // or an answer brings us back here.
                 return Ok(());
             }
             if reads == READS_PER_TURN {
@@ -105,14 +75,12 @@ impl LoopClient {
             }
             reads += 1;
             match self.socket.read(buf) {
-                Ok(0) => self.read_closed = true,
+                Ok(0) => self.session.input_ended(),
                 Ok(n) => {
-                    ctx.count_bytes_in(n);
-                    self.last_heard = Instant::now();
-                    if self.pending() == 0 {
-                        self.last_progress = self.last_heard;
-                    }
-                    self.answer(&buf[..n], ctx, offload)?;
+                    offload(
+                        self.session
+                            .receive(&buf[..n], Instant::now(), state, spares, cap)?,
+                    )
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -121,63 +89,17 @@ impl LoopClient {
         }
     }
 
-    /// Answers `input` into the outbound buffer, growing it (and the
-    /// unanswered rest) only as the memory limit allows: a client whose
-    /// answers do not fit is ended, not the server.
-    pub(super) fn answer(
-        &mut self,
-        input: &[u8],
-        ctx: &ServerState,
-        offload: Option<(&Offloader, usize)>,
-    ) -> io::Result<()> {
-        let growth = self.responder.max_growth(self.out.len(), input.len());
-        ctx.budget.reserve(&mut self.out, growth)?;
-        let (used, stop) = self
-            .responder
-            .respond(input, &mut self.out, offload.is_some());
-        let mut keep = |rest: &[u8]| -> io::Result<()> {
-            ctx.budget.reserve(&mut self.unread, rest.len())?;
-            self.unread.extend_from_slice(rest);
-            Ok(())
-        };
-        match stop {
-            Stop::Consumed => {}
-            Stop::Offload(n) => {
-                keep(&input[used..])?;
-                if let Some((offloader, key)) = offload {
-                    offloader.send(n, (key, self.id));
-                }
-                self.computing = true;
-            }
-            Stop::Close(reason) => self.close_reason = Some(reason),
-            Stop::Full => keep(&input[used..])?,
-        }
-        ctx.note_buffered(self.pending());
-        Ok(())
-    }
-
-    pub(super) fn flush(&mut self, ctx: &ServerState) -> io::Result<()> {
-        while self.pending() > 0 {
-            match self.socket.write(&self.out[self.sent..]) {
+    /// Writes the session's answers until the kernel takes no more.
+    fn flush(&mut self, state: &ServerState, spares: &mut Spares) -> io::Result<()> {
+        while let Some(bytes) = self.session.next_send() {
+            match self.socket.write(bytes) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.sent += n;
-                    ctx.count_bytes_out(n);
-                    self.last_progress = Instant::now();
-                }
+                Ok(n) => self.session.sent(n, Instant::now(), state, spares),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        // All sent: start the buffer over, and give back a large one so an
-        // idle client costs next to nothing.
-        if self.out.capacity() > BUF_SIZE {
-            self.out = Vec::new();
-        } else {
-            self.out.clear();
-        }
-        self.sent = 0;
         Ok(())
     }
 
@@ -186,7 +108,7 @@ impl LoopClient {
         registry: &mio::Registry,
         token: Token,
     ) -> io::Result<()> {
-        let want = self.pending() > 0;
+        let want = self.session.pending() > 0;
         if want != self.watching_writes {
             let interest = if want {
                 Interest::READABLE | Interest::WRITABLE
@@ -199,27 +121,7 @@ impl LoopClient {
         Ok(())
     }
 
-    /// The timeout this client has run out of at `now`, if any.
-    pub(super) fn expired(&self, now: Instant, config: &Config) -> Option<Outcome> {
-        if self.computing {
-            // Waiting for us, not for the client.
-            None
-        } else if self.pending() > 0 {
-            let limit = config.write_timeout?;
-            (now.duration_since(self.last_progress) >= limit).then(|| conn::write_timeout(limit))
-        } else {
-            let limit = config.idle_timeout?;
-            (now.duration_since(self.last_heard) >= limit).then(|| conn::idle_timeout(limit))
-        }
-    }
-
-    pub(super) fn close(self, outcome: Outcome) {
-        let LoopClient {
-            guard,
-            socket,
-            peer,
-            ..
-        } = self;
-        conn::finish_and_close(guard, peer, outcome, socket);
+    pub(super) fn end(self, outcome: Outcome, spares: &mut Spares) {
+        self.session.end(outcome, self.socket, spares);
     }
 }

@@ -1,8 +1,9 @@
 //! The loop's fair turns, and what a failed poll does.
 
 use super::*;
-use crate::server::{Model, snapshot};
+use crate::server::config::{Config, Model};
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
 /// A served connection: the client side, and the server side as the
@@ -19,16 +20,17 @@ fn accept_one(listener: &TcpListener) -> (std::net::TcpStream, std::net::TcpStre
 
 #[test]
 fn a_client_that_never_runs_dry_gets_turns_not_the_loop() {
-    let (ctx, stats) = ServerState::for_test(Config::new(Model::Event));
+    let state = ServerState::for_test(Config::new(Model::Event));
     let settings = EventSettings::default();
-    let (mut event_loop, _clients, _waker) = EventLoop::new(&ctx, &settings, None).unwrap();
+    let (mut event_loop, _clients, _waker) = EventLoop::new(&state, &settings, None).unwrap();
     // Small reads, so that a few turns' worth fits in the kernel's
     // receive queue and the turn's bound, not the queue, ends a turn.
     const READ: usize = 256;
     event_loop.buf = vec![0; READ].into_boxed_slice();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let (mut client, server, peer) = accept_one(&listener);
-    event_loop.add(ctx.enter(&server, ctx.try_permit().unwrap()), server, peer);
+    let permit = state.registry.try_permit().unwrap();
+    event_loop.add(state.registry.enter(&server, peer, permit), server);
     let mut star = [0u8; 1];
     client.read_exact(&mut star).unwrap();
     assert_eq!(&star, b"*");
@@ -36,11 +38,17 @@ fn a_client_that_never_runs_dry_gets_turns_not_the_loop() {
     // Bytes outside any message: read, answered with nothing.
     let turn = READS_PER_TURN * READ;
     client.write_all(&vec![b'x'; 3 * turn]).unwrap();
-    let (key, _) = event_loop.clients.iter().next().unwrap();
+    let (id, _) = event_loop.clients.iter().next().unwrap();
     let mut peek = vec![0u8; 3 * turn];
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let queued = event_loop.clients[key].socket.peek(&mut peek).unwrap_or(0);
+        let queued = event_loop
+            .clients
+            .get(id)
+            .unwrap()
+            .socket
+            .peek(&mut peek)
+            .unwrap_or(0);
         if queued == 3 * turn {
             break;
         }
@@ -50,20 +58,21 @@ fn a_client_that_never_runs_dry_gets_turns_not_the_loop() {
 
     // Each turn reads its bound and leaves the client to come back.
     for turns in 1..=2 {
-        event_loop.drive(key);
-        assert_eq!(snapshot(&stats).bytes_in, (turns * turn) as u64);
-        assert_eq!(std::mem::take(&mut event_loop.again), [key]);
+        event_loop.drive(id);
+        assert_eq!(state.counters.summary().bytes_in, (turns * turn) as u64);
+        assert_eq!(std::mem::take(&mut event_loop.again), [id]);
     }
 }
 
 #[test]
 fn a_loop_whose_poll_fails_closes_its_clients_and_says_why() {
-    let (ctx, stats) = ServerState::for_test(Config::new(Model::Event));
+    let state = ServerState::for_test(Config::new(Model::Event));
     let settings = EventSettings::default();
-    let (mut event_loop, _clients, _waker) = EventLoop::new(&ctx, &settings, None).unwrap();
+    let (mut event_loop, _clients, _waker) = EventLoop::new(&state, &settings, None).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let (mut client, server, peer) = accept_one(&listener);
-    event_loop.add(ctx.enter(&server, ctx.try_permit().unwrap()), server, peer);
+    let permit = state.registry.try_permit().unwrap();
+    event_loop.add(state.registry.enter(&server, peer, permit), server);
     let mut star = [0u8; 1];
     client.read_exact(&mut star).unwrap();
 
@@ -79,6 +88,6 @@ fn a_loop_whose_poll_fails_closes_its_clients_and_says_why() {
     let mut rest = Vec::new();
     let _ = client.read_to_end(&mut rest);
     assert_eq!(rest, b"", "closed by its failed loop");
-    let summary = snapshot(&stats);
+    let summary = state.counters.summary();
     assert_eq!((summary.failed, summary.clients_now), (1, 0));
 }

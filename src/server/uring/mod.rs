@@ -11,14 +11,14 @@
 //! reaps every completion that is there.
 //!
 //! - **Accept**: one multishot accept on ring 0 takes every connection
-//!   as it comes (`accept`: who gets them, and how the cap is kept).
+//!   as it comes (`acceptor`: who gets them, and how the cap is kept).
 //! - **Receive**: a multishot receive per client yields a completion for
 //!   every arrival until it ends (at its byte limit, or when the buffers
 //!   run out) and is armed again. It names no buffer: the kernel takes
 //!   one from the ring's provided-buffer group when data comes
 //!   (`bufring`), so an idle client holds no read buffer, as in `event`.
 //! - **Send**: one send per answer buffer, one in flight per client, so
-//!   that bytes go out in order (`client`).
+//!   that bytes go out in order (`client`, over the shared session).
 //! - **Backpressure**: once a client's unsent answers pass
 //!   [`UringSettings::outbound_cap`], the ring stops its receive and
 //!   re-arms it only once they drain below half of it; each receive is
@@ -35,31 +35,36 @@
 //! final completion, and a client's memory is freed, and its socket
 //! closed, only once none of its operations is left (`ops`): closing a
 //! socket does not cancel what the kernel holds of it.
+//!
+//! The parts: `ring` (the io_uring instance, its provided buffers in
+//! `bufring`, and its own operations), `acceptor` (ring 0's multishot
+//! accept), `client` (one client's operations over its session), `serve`
+//! (the loop), and here, the rings started and joined.
 
-mod accept;
+mod acceptor;
 mod bufring;
 mod client;
 mod ops;
+mod ring;
 mod serve;
-mod setup;
-mod worker;
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
 
-use accept::{Acceptor, Peer};
-use setup::EventFd;
-use worker::Worker;
+use acceptor::{Acceptor, Peer};
+use ring::{EventFd, Ring};
+use serve::{Feed, RingLoop};
 
-use super::compute::{Compute, ComputePool};
-use super::{ClientGuard, Config, Protocol, ServerState, UringSettings};
-
-pub(crate) use setup::check;
+use super::admission::BACKOFF;
+use super::compute::{Compute, ComputePool, Offloader};
+use super::config::{Config, UringSettings};
+use super::session::{self, HANDOFF};
+use super::state::ServerState;
 
 /// The provided-buffer group every ring uses (each ring has its own).
 const GROUP: u16 = 0;
@@ -69,21 +74,12 @@ const GROUP: u16 = 0;
 const BUFFERS: u16 = 256;
 const BUFFER_SIZE: u32 = 16 * 1024;
 
-/// Clients a ring may have waiting in its channel before ring 0 serves
-/// the next one itself.
-const HANDOFF: usize = 1024;
-
-/// A client admitted (counted) by ring 0, on its way to another ring. The
-/// guard comes first so that it drops before the socket.
-type NewClient = (ClientGuard, TcpStream, SocketAddr);
-
 /// What the rings share: how a place freed on any ring reaches ring 0
-/// while it waits for one, and what they count.
+/// while it waits for one, and what they did.
 struct Shared {
     acceptor_waits: AtomicBool,
     wake_acceptor: Arc<EventFd>,
-    tuning: Tuning,
-    counts: Arc<Counts>,
+    events: Arc<RingEvents>,
 }
 
 /// The rings' set-up that tests change: the provided buffers, whether a
@@ -111,7 +107,7 @@ impl Default for Tuning {
 /// What the rings did that the [`Summary`](crate::server::Summary) does
 /// not show, for the tests to see which way a case went.
 #[derive(Debug, Default)]
-struct Counts {
+struct RingEvents {
     /// Receives that ran out of provided buffers.
     parked: AtomicU64,
     /// Receives cancelled because their client was over the cap (or
@@ -134,39 +130,35 @@ fn bump(counter: &AtomicU64) {
 /// (an eighth of the shortest timeout, from 5 ms to 1 s), and at least
 /// once a second, to re-arm receives that ran out of buffers.
 fn tick(config: &Config) -> Duration {
-    super::event::sweep_interval(config).unwrap_or(Duration::from_secs(1))
+    session::sweep_interval(config).unwrap_or(Duration::from_secs(1))
 }
 
 pub(crate) fn run(
     listener: TcpListener,
-    ctx: &Arc<ServerState>,
+    state: &Arc<ServerState>,
     settings: &UringSettings,
 ) -> io::Result<()> {
-    run_tuned(listener, ctx, settings, Tuning::default(), Arc::default())
+    run_tuned(listener, state, settings, Tuning::default(), Arc::default())
 }
 
 fn run_tuned(
     listener: TcpListener,
-    ctx: &Arc<ServerState>,
+    state: &Arc<ServerState>,
     settings: &UringSettings,
     tuning: Tuning,
-    counts: Arc<Counts>,
+    events: Arc<RingEvents>,
 ) -> io::Result<()> {
-    setup::check()?;
     // Accepted sockets inherit nothing from it on Linux, but the accept
     // itself must wait in the kernel rather than fail with EAGAIN.
     listener.set_nonblocking(false)?;
-    let compute = match ctx.config.protocol {
-        Protocol::Prime => Some(ComputePool::start(settings.rings, ctx.closing_flag())?),
-        Protocol::Bytes => None,
-    };
+    let compute = ComputePool::for_server(state, settings.rings)?;
     let result = start(
         listener,
-        ctx,
+        state,
         settings,
         compute.as_ref().map(ComputePool::handle),
         tuning,
-        counts,
+        events,
     )
     .and_then(join);
     if let Some(compute) = compute {
@@ -183,53 +175,47 @@ type RingThread = thread::JoinHandle<io::Result<()>>;
 /// one up is returned before any client is taken.
 fn start(
     listener: TcpListener,
-    ctx: &Arc<ServerState>,
+    state: &Arc<ServerState>,
     settings: &UringSettings,
     compute: Option<Compute>,
     tuning: Tuning,
-    counts: Arc<Counts>,
+    events: Arc<RingEvents>,
 ) -> io::Result<Vec<RingThread>> {
     let wake_acceptor = Arc::new(EventFd::new()?);
     let shared = Arc::new(Shared {
         acceptor_waits: AtomicBool::new(false),
         wake_acceptor: Arc::clone(&wake_acceptor),
-        tuning,
-        counts,
+        events,
     });
+    let tick = tuning.tick.unwrap_or_else(|| self::tick(&state.config));
+    // Everything ring `id` needs to set itself up on its own thread.
+    let make = |id: usize, wake: Arc<EventFd>, feed: Feed| {
+        let (state, shared) = (Arc::clone(state), Arc::clone(&shared));
+        let (compute, cap) = (compute.clone(), settings.outbound_cap);
+        move || -> io::Result<RingLoop> {
+            let ring = Ring::new(&tuning, tick, BACKOFF, Arc::clone(&wake))?;
+            state.shutdown.register_waker(wake.clone());
+            let offload = compute.map(|compute| Offloader::new(compute, wake));
+            Ok(RingLoop::new(id, ring, &state, &shared, feed, offload, cap))
+        }
+    };
     let mut started = Started::default();
-    let mut peers = Vec::with_capacity(settings.rings);
     let set_up = || -> io::Result<()> {
+        let mut peers = Vec::with_capacity(settings.rings);
         for id in 1..settings.rings {
             let (clients, incoming) = crossbeam_channel::bounded(HANDOFF);
-            let (ctx, shared, settings) = (Arc::clone(ctx), Arc::clone(&shared), settings.clone());
-            let compute = compute.clone();
             let wake = Arc::new(EventFd::new()?);
-            let theirs = Arc::clone(&wake);
-            let ring = started.ring(id, ctx.shutdown.clone(), move || {
-                Worker::new(
-                    id,
-                    &ctx,
-                    &shared,
-                    &settings,
-                    Some(incoming),
-                    compute,
-                    theirs,
-                )
-            })?;
+            let feed = Feed::Incoming(Some(incoming));
+            let ring = started.ring(id, state, make(id, Arc::clone(&wake), feed))?;
             peers.push(Peer {
                 clients,
                 ring,
                 wake,
             });
         }
-        let (ctx, shared, settings) = (Arc::clone(ctx), Arc::clone(&shared), settings.clone());
-        let peers = std::mem::take(&mut peers);
-        let compute = compute.clone();
-        started.ring(0, ctx.shutdown.clone(), move || {
-            let mut first = Worker::new(0, &ctx, &shared, &settings, None, compute, wake_acceptor)?;
-            first.acceptor = Some(Acceptor::new(listener, peers, &ctx.config));
-            Ok(first)
-        })?;
+        let acceptor = Acceptor::new(listener, peers, state, &shared);
+        let feed = Feed::Acceptor(Box::new(acceptor));
+        started.ring(0, state, make(0, wake_acceptor, feed))?;
         Ok(())
     };
     let result = set_up();
@@ -257,23 +243,24 @@ impl Started {
     fn ring(
         &mut self,
         id: usize,
-        shutdown: crate::shutdown::Shutdown,
-        make: impl FnOnce() -> io::Result<Worker> + Send + 'static,
+        state: &ServerState,
+        make: impl FnOnce() -> io::Result<RingLoop> + Send + 'static,
     ) -> io::Result<OwnedFd> {
+        let shutdown = state.shutdown.clone();
         let context = |e: io::Error| io::Error::new(e.kind(), format!("ring {id}: {e}"));
         let (ready, is_ready) = mpsc::sync_channel::<io::Result<OwnedFd>>(1);
         let (go, goes) = mpsc::sync_channel::<bool>(1);
         let thread = thread::Builder::new()
             .name(format!("uring-{id}"))
             .spawn(move || {
-                let worker = match make().and_then(|w| {
-                    // SAFETY: the ring's descriptor is open while `w` lives.
-                    let fd = unsafe { BorrowedFd::borrow_raw(w.ring.as_raw_fd()) };
-                    Ok((fd.try_clone_to_owned()?, w))
+                let ring_loop = match make().and_then(|r| {
+                    // SAFETY: the ring's descriptor is open while `r` lives.
+                    let fd = unsafe { BorrowedFd::borrow_raw(r.ring.uring.as_raw_fd()) };
+                    Ok((fd.try_clone_to_owned()?, r))
                 }) {
-                    Ok((fd, worker)) => {
+                    Ok((fd, ring_loop)) => {
                         let _ = ready.send(Ok(fd));
-                        worker
+                        ring_loop
                     }
                     Err(e) => {
                         // Reported through `ready`, as a set-up failure.
@@ -284,7 +271,7 @@ impl Started {
                 if goes.recv() != Ok(true) {
                     return Ok(());
                 }
-                let ended = worker.run();
+                let ended = ring_loop.run();
                 if let Err(e) = &ended {
                     tracing::error!("ring {id} failed: {e}; the server stops");
                     shutdown.trigger();

@@ -18,6 +18,8 @@ use std::collections::VecDeque;
 
 use io_uring::{IoUring, squeue};
 
+use crate::server::slots::{ClientId, GENERATION_BITS};
+
 /// What an operation is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -44,16 +46,15 @@ pub(super) enum Kind {
     Backoff = 10,
 }
 
-const GEN_BITS: u32 = 24;
-const GEN_MASK: u32 = (1 << GEN_BITS) - 1;
-
-pub(super) fn encode(kind: Kind, slot: u32, generation: u32) -> u64 {
-    ((kind as u64) << 56) | (u64::from(generation & GEN_MASK) << 32) | u64::from(slot)
+/// The `user_data` of an operation of `kind` for client `id` (the ring's
+/// own operations name no client: [`ClientId::NONE`]).
+pub(super) fn encode(kind: Kind, id: ClientId) -> u64 {
+    ((kind as u64) << 56) | id.to_u64()
 }
 
-/// The kind, slot and generation of `user_data`; `None` for anything we
-/// did not make (zero included).
-pub(super) fn decode(user_data: u64) -> Option<(Kind, u32, u32)> {
+/// The kind and client of `user_data`; `None` for anything we did not
+/// make (zero included).
+pub(super) fn decode(user_data: u64) -> Option<(Kind, ClientId)> {
     let kind = match (user_data >> 56) as u8 {
         1 => Kind::Accept,
         2 => Kind::Tick,
@@ -67,12 +68,8 @@ pub(super) fn decode(user_data: u64) -> Option<(Kind, u32, u32)> {
         10 => Kind::Backoff,
         _ => return None,
     };
-    Some((kind, user_data as u32, (user_data >> 32) as u32 & GEN_MASK))
-}
-
-/// The generation after `generation`.
-pub(super) fn next_generation(generation: u32) -> u32 {
-    generation.wrapping_add(1) & GEN_MASK
+    const ID_BITS: u32 = 32 + GENERATION_BITS;
+    Some((kind, ClientId::from_u64(user_data & ((1 << ID_BITS) - 1))))
 }
 
 /// Operations queued but not yet in the submission queue (it was full),
@@ -139,19 +136,23 @@ mod tests {
     fn user_data_round_trips_and_names_a_generation() {
         for (kind, slot, generation) in [
             (Kind::Recv, 0, 0),
-            (Kind::Send, u32::MAX, GEN_MASK),
+            (Kind::Send, u32::MAX, (1 << GENERATION_BITS) - 1),
             (Kind::Backoff, 12345, 77),
         ] {
-            assert_eq!(
-                decode(encode(kind, slot, generation)),
-                Some((kind, slot, generation))
-            );
+            let id = ClientId { slot, generation };
+            assert_eq!(decode(encode(kind, id)), Some((kind, id)));
         }
         assert_eq!(decode(0), None);
         assert_eq!(decode(u64::MAX), None);
-        let (_, _, g) = decode(encode(Kind::Recv, 7, 5)).unwrap();
-        assert_ne!(g, next_generation(5), "a reused slot is told apart");
-        assert_eq!(next_generation(GEN_MASK), 0);
+        let id = ClientId {
+            slot: 7,
+            generation: 5,
+        };
+        let later = ClientId {
+            slot: 7,
+            generation: 6,
+        };
+        assert_ne!(encode(Kind::Recv, id), encode(Kind::Recv, later));
     }
 
     #[test]

@@ -1,44 +1,393 @@
-//! What a ring does for its clients: take them on, receive, answer, send,
-//! and end them once none of their operations is left in the kernel.
+//! The serving loop of one ring: submit, wait for completions, act on
+//! each.
+//!
+//! The loop is the completion model's whole idea. It never asks whether a
+//! socket is ready; it has a receive in flight for every client that may
+//! send (multishot: one submission, a completion per arrival), a send in
+//! flight for every client that is owed answers, and acts on whatever
+//! completed: answer the bytes that came in, send the next answers,
+//! re-arm what ended. Every completion of a batch is reaped with one
+//! `io_uring_enter`, which also submits everything queued since the last.
 
+use std::collections::VecDeque;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::TryRecvError;
-use io_uring::{cqueue, opcode, types};
-use tracing::{debug, info};
+use crossbeam_channel::{Receiver, TryRecvError};
+use io_uring::cqueue;
 
-use super::GROUP;
-use super::client::Client;
+use super::acceptor::Acceptor;
+use super::client::{Client, RecvEnd, Serving};
 use super::ops::{self, Kind};
-use super::worker::{Slot, Worker, client_in};
-use crate::server::ClientGuard;
-use crate::server::conn::{self, LOG_TARGET, Outcome};
-use crate::shutdown::Wake;
+use super::ring::Ring;
+use super::{Shared, bump};
+use crate::server::compute::{Answer, Offloader};
+use crate::server::registry::{ClientGuard, Outcome};
+use crate::server::session::{NewClient, Session, Spares};
+use crate::server::slots::{ClientId, Slots};
+use crate::server::state::ServerState;
 
-impl Worker {
-    /// Clients that ring 0 handed over (its `MSG_RING` only wakes us).
-    pub(super) fn take_new_clients(&mut self) {
+/// How long a stopping ring waits for the completions of what it
+/// cancelled before it gives their memory up for lost.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// Where a ring is in its life.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// The shutdown has fired: ring 0 stops accepting, and every ring
+    /// serves its clients until they leave or the drain closes them.
+    Stopping,
+    /// No client left and none to come: the ring's own operations are
+    /// cancelled, and the loop ends when their last completion is in.
+    Exiting,
+}
+
+/// Where a ring's new clients come from.
+pub(super) enum Feed {
+    /// Ring 0 accepts them itself.
+    Acceptor(Box<Acceptor>),
+    /// The others are handed them by ring 0; `None` once that is over.
+    Incoming(Option<Receiver<NewClient>>),
+}
+
+/// One ring serving its clients.
+pub(super) struct RingLoop {
+    pub(super) ring: Ring,
+    id: usize,
+    state: Arc<ServerState>,
+    shared: Arc<Shared>,
+    clients: Slots<Client>,
+    spares: Spares,
+    /// Clients whose receive ran out of buffers, to re-arm in turn.
+    parked: VecDeque<ClientId>,
+    feed: Feed,
+    offload: Option<Offloader>,
+    cap: usize,
+    now: Instant,
+    phase: Phase,
+}
+
+impl RingLoop {
+    pub(super) fn new(
+        id: usize,
+        ring: Ring,
+        state: &Arc<ServerState>,
+        shared: &Arc<Shared>,
+        feed: Feed,
+        offload: Option<Offloader>,
+        cap: usize,
+    ) -> Self {
+        RingLoop {
+            ring,
+            id,
+            state: Arc::clone(state),
+            shared: Arc::clone(shared),
+            clients: Slots::default(),
+            spares: Spares::default(),
+            parked: VecDeque::new(),
+            feed,
+            offload,
+            cap,
+            now: Instant::now(),
+            phase: Phase::Serving,
+        }
+    }
+
+    /// Runs the ring until the server has stopped and its last client
+    /// has left. Call it on the ring's own thread.
+    pub(super) fn run(mut self) -> io::Result<()> {
+        self.ring.start()?;
+        if let Feed::Acceptor(acceptor) = &mut self.feed {
+            acceptor.arm(&mut self.ring);
+        }
+        let mut deadline = None;
+        let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
         loop {
-            let Some(incoming) = &self.incoming else {
+            let exiting = self.phase == Phase::Exiting;
+            if exiting {
+                if self.ring.ops.inflight == 0 {
+                    break;
+                }
+                let at = *deadline.get_or_insert(self.now + GRACE);
+                if self.now >= at {
+                    tracing::warn!(
+                        "ring {}: {} operations still in flight after the shutdown; their \
+                         buffers are given up",
+                        self.id,
+                        self.ring.ops.inflight
+                    );
+                    return Ok(());
+                }
+            }
+            if let Err(e) = self.ring.wait(exiting, &mut cqes) {
+                return Err(self.fail(e));
+            }
+            self.now = Instant::now();
+            for &(user_data, res, flags) in &cqes {
+                self.handle(user_data, res, flags);
+            }
+            self.take_new_clients();
+            self.take_answers();
+            if self.ring.recycled > 0 {
+                let recycled = std::mem::take(&mut self.ring.recycled);
+                self.rearm_parked(recycled);
+            }
+            if self.phase == Phase::Serving && self.state.shutdown.is_triggered() {
+                self.phase = Phase::Stopping;
+            }
+            self.accept_turn();
+            self.maybe_exit();
+        }
+        self.ring.close()
+    }
+
+    /// A ring that cannot wait for completions cannot serve anyone: its
+    /// clients are closed as failed, and the memory the kernel may still
+    /// use is given up.
+    fn fail(&mut self, e: io::Error) -> io::Error {
+        for client in self.clients.drain() {
+            client.abandon(
+                io::Error::new(e.kind(), e.to_string()).into(),
+                &mut self.spares,
+            );
+        }
+        if let Feed::Acceptor(acceptor) = &mut self.feed {
+            acceptor.close_waiting();
+        }
+        e
+    }
+
+    fn handle(&mut self, user_data: u64, res: i32, flags: u32) {
+        let last = !cqueue::more(flags);
+        let Some((kind, id)) = ops::decode(user_data) else {
+            self.ring.recycle(flags);
+            return;
+        };
+        let exiting = self.phase == Phase::Exiting;
+        match kind {
+            Kind::Accept => {
+                let stopping = self.phase != Phase::Serving;
+                if let Feed::Acceptor(a) = &mut self.feed
+                    && let Some((guard, stream)) =
+                        a.on_accept(res, last, &mut self.ring, stopping, self.now)
+                {
+                    self.add(guard, stream);
+                }
+            }
+            Kind::Backoff => {
+                if let Feed::Acceptor(a) = &mut self.feed {
+                    a.on_backoff(&mut self.ring);
+                }
+            }
+            Kind::MsgSent => {
+                if let Feed::Acceptor(a) = &mut self.feed {
+                    a.on_message_sent(id.slot, res, &mut self.ring);
+                }
+            }
+            Kind::Handoff => {} // the channel is read on every turn
+            Kind::Tick => {
+                self.ring.on_tick(res, last, exiting);
+                if !exiting {
+                    self.sweep();
+                    let all = self.parked.len();
+                    self.rearm_parked(all);
+                }
+            }
+            Kind::Wake => self.ring.on_wake(exiting),
+            Kind::Ctl => self.ring.ops.done(),
+            Kind::Recv | Kind::Send | Kind::Cancel => {
+                if last {
+                    self.ring.ops.done();
+                }
+                if self.clients.get(id).is_none() {
+                    // Cannot happen while ops are counted, but a buffer
+                    // must never be lost.
+                    self.ring.recycle(flags);
+                    return;
+                }
+                self.step(id, |client, with| {
+                    if last {
+                        client.ops -= 1;
+                    }
+                    match kind {
+                        Kind::Recv => client.on_recv(id, res, flags, last, with).map(Some),
+                        Kind::Send => client.on_send(res, with).map(|()| None),
+                        _ => Ok(None), // 0, ENOENT or EALREADY: nothing to do
+                    }
+                });
+                self.progress(id);
+            }
+        }
+    }
+
+    /// Runs one step of a client with what the ring lends it, and closes
+    /// it if the step failed or panicked.
+    fn step(
+        &mut self,
+        id: ClientId,
+        f: impl FnOnce(&mut Client, &mut Serving<'_>) -> Result<Option<RecvEnd>, Outcome>,
+    ) {
+        let Some(client) = self.clients.get_mut(id) else {
+            return;
+        };
+        let mut with = Serving {
+            ring: &mut self.ring,
+            state: &self.state,
+            spares: &mut self.spares,
+            offload: self.offload.as_ref(),
+            events: &self.shared.events,
+            cap: self.cap,
+            now: self.now,
+        };
+        let stepped = panic::catch_unwind(AssertUnwindSafe(|| f(client, &mut with)));
+        let outcome = match stepped {
+            Ok(Ok(None | Some(RecvEnd::Fine))) => None,
+            Ok(Ok(Some(RecvEnd::Parked))) => {
+                self.parked.push_back(id);
+                bump(&self.shared.events.parked);
+                None
+            }
+            Ok(Ok(Some(RecvEnd::LimitRefused))) => {
+                if self.ring.recv_limit {
+                    tracing::debug!("ring {}: multishot receive takes no limit here", self.id);
+                }
+                self.ring.recv_limit = false;
+                self.shared
+                    .events
+                    .limit_refused
+                    .store(true, Ordering::Relaxed);
+                None
+            }
+            Ok(Err(outcome)) => Some(outcome),
+            Err(panic) => Some(Outcome::panicked(&*panic)),
+        };
+        if let Some(outcome) = outcome {
+            self.close(id, outcome);
+        }
+    }
+
+    /// Does whatever a client's state now calls for, and ends it once it
+    /// is done.
+    fn progress(&mut self, id: ClientId) {
+        self.step(id, |client, with| match client.progress(id, with) {
+            Ok(None) => Ok(None),
+            Ok(Some(finished)) => Err(finished),
+            Err(e) => Err(e.into()),
+        });
+        self.maybe_end(id);
+    }
+
+    /// Takes on a client: its greeting goes out and its receive is armed.
+    fn add(&mut self, guard: ClientGuard, stream: std::net::TcpStream) {
+        guard.connected();
+        let mut session = Session::new(guard, &self.state, self.now);
+        let ready = self
+            .clients
+            .room_for_one(&self.state.budget)
+            .and_then(|()| stream.set_nodelay(true))
+            .and_then(|()| session.greet(&self.state, &mut self.spares));
+        if let Err(e) = ready {
+            session.end(e.into(), stream, &mut self.spares);
+            self.place_freed();
+            return;
+        }
+        let id = self.clients.insert(Client::new(session, stream));
+        self.progress(id);
+    }
+
+    /// Starts closing a client; it ends once none of its operations is
+    /// left.
+    fn close(&mut self, id: ClientId, outcome: Outcome) {
+        if let Some(client) = self.clients.get_mut(id) {
+            client.close(id, outcome, &mut self.ring);
+        }
+        self.maybe_end(id);
+    }
+
+    /// Ends a closing client once none of its operations is in flight:
+    /// counted, logged, its memory freed, its socket closed.
+    fn maybe_end(&mut self, id: ClientId) {
+        if !self.clients.get(id).is_some_and(Client::is_done) {
+            return;
+        }
+        if let Some(client) = self.clients.remove(id) {
+            client.end(&mut self.spares);
+            self.place_freed();
+        }
+    }
+
+    /// A place among the clients is free: the acceptor may be waiting
+    /// for one.
+    fn place_freed(&self) {
+        if self.shared.acceptor_waits.load(Ordering::SeqCst) {
+            use crate::shutdown::Wake;
+            self.shared.wake_acceptor.wake();
+        }
+    }
+
+    /// Re-arms up to `budget` clients whose receive ran out of buffers,
+    /// the longest waiting first: as many as buffers came back, so that a
+    /// dry ring does not re-arm everyone to fail again.
+    fn rearm_parked(&mut self, mut budget: usize) {
+        while budget > 0 {
+            let Some(id) = self.parked.pop_front() else {
+                break;
+            };
+            if let Some(client) = self.clients.get_mut(id)
+                && client.recv.parked
+            {
+                client.recv.parked = false;
+                self.progress(id);
+                budget -= 1;
+            }
+        }
+    }
+
+    /// Closes the clients past a timeout, and those with nothing in
+    /// flight once the drain is over. A scan of every client each tick is
+    /// cheap next to a timer each: ten thousand take microseconds.
+    fn sweep(&mut self) {
+        let closing = self.state.registry.is_closing();
+        for id in self.clients.ids() {
+            let Some(c) = self.clients.get(id) else {
+                continue;
+            };
+            if c.is_closing() {
+                continue;
+            }
+            // Once the drain is over, `shutdown(2)` on its socket ends a
+            // client through its receive or send; one with neither in
+            // flight would never see it.
+            let outcome = if closing && c.unreachable_by_shutdown() {
+                Some(Outcome::ClosedAtShutdown)
+            } else {
+                c.session.expired(self.now, &self.state.config)
+            };
+            if let Some(outcome) = outcome {
+                self.close(id, outcome);
+            }
+        }
+    }
+
+    /// Clients that ring 0 handed over (its `MSG_RING` only wakes us).
+    fn take_new_clients(&mut self) {
+        loop {
+            let Feed::Incoming(Some(incoming)) = &self.feed else {
                 return;
             };
             match incoming.try_recv() {
-                Ok((guard, stream, peer)) => {
-                    if self.stopping {
-                        // Its guard counts it as closed at shutdown.
-                        drop((guard, stream));
-                    } else {
-                        self.add(guard, stream, peer);
-                    }
+                Ok(client) if self.phase != Phase::Serving => {
+                    // Its guard counts it as closed at shutdown.
+                    drop(client);
                 }
+                Ok((guard, stream)) => self.add(guard, stream),
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
-                    self.incoming = None;
+                    self.feed = Feed::Incoming(None);
                     return;
                 }
             }
@@ -46,304 +395,72 @@ impl Worker {
     }
 
     /// Answers to numbers that were tested off the ring.
-    pub(super) fn take_answers(&mut self) {
-        while let Ok(((slot, generation), n, prime)) = self.answers.try_recv() {
-            if !self.live(slot, generation) {
-                // Its client left while the number was being tested.
+    fn take_answers(&mut self) {
+        while let Some(Answer { client, n, prime }) =
+            self.offload.as_ref().and_then(Offloader::answer)
+        {
+            let id = ClientId::from_u64(client);
+            // None: its client left while the number was being tested.
+            let Some(c) = self.clients.get_mut(id) else {
                 continue;
-            }
+            };
             let Some(prime) = prime else {
-                self.close(slot, Outcome::ClosedAtShutdown);
+                self.close(id, Outcome::ClosedAtShutdown);
                 continue;
             };
-            let ctx = Arc::clone(&self.ctx);
-            let Some(c) = client_in(&mut self.slots, slot) else {
-                continue;
+            match c.session.answered(n, prime, &self.state, &mut self.spares) {
+                Ok(()) => self.progress(id),
+                Err(e) => self.close(id, e.into()),
+            }
+        }
+    }
+
+    /// Ring 0 admits whoever waits and keeps its accept armed as the
+    /// room allows; the clients it deals to itself are taken on here.
+    fn accept_turn(&mut self) {
+        let stopping = self.phase != Phase::Serving;
+        loop {
+            let Feed::Acceptor(acceptor) = &mut self.feed else {
+                return;
             };
-            if let Err(e) = c.answered(n, prime, &ctx, &mut self.spares) {
-                self.close(slot, e.into());
-                continue;
-            }
-            self.progress(slot);
-        }
-    }
-
-    /// Takes on a client: its greeting goes out and its receive is armed.
-    pub(super) fn add(&mut self, guard: ClientGuard, stream: TcpStream, peer: SocketAddr) {
-        info!(target: LOG_TARGET, "peer {peer} connected");
-        let ready = self.room_for_one().and_then(|()| stream.set_nodelay(true));
-        let mut client = Client::new(guard, stream, peer, &self.ctx, self.now);
-        if let Err(e) = ready.and_then(|()| client.greet(&self.ctx, &mut self.spares)) {
-            client.release(&mut self.spares);
-            client.end(e.into());
-            self.place_freed();
-            return;
-        }
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                // Room was made by `room_for_one`.
-                self.slots.push(Slot {
-                    generation: 0,
-                    client: None,
-                });
-                (self.slots.len() - 1) as u32
-            }
-        };
-        self.slots[slot as usize].client = Some(client);
-        self.clients += 1;
-        self.progress(slot);
-    }
-
-    /// Makes room for one more client in the table (and its place in the
-    /// free list): it doubles as it fills, and under an address-space
-    /// limit that growth is checked like any other.
-    fn room_for_one(&mut self) -> io::Result<()> {
-        if !self.free.is_empty() || self.slots.len() < self.slots.capacity() {
-            return Ok(());
-        }
-        let entry = std::mem::size_of::<Slot>() + std::mem::size_of::<u32>();
-        let growth = self.slots.capacity().max(4) * entry;
-        self.ctx.budget.check(growth as u64)?;
-        let oom = |e| io::Error::new(io::ErrorKind::OutOfMemory, format!("{e}"));
-        self.slots.try_reserve(1).map_err(oom)?;
-        let want = self.slots.capacity().saturating_sub(self.free.len());
-        self.free.try_reserve(want).map_err(oom)
-    }
-
-    /// Does whatever a client's state now calls for: answer what it sent
-    /// while it could not be answered, send what it is owed, receive or
-    /// stop receiving, and close it once it is done.
-    pub(super) fn progress(&mut self, slot: u32) {
-        let generation = self.generation(slot);
-        let (cap, ctx) = (self.cap, Arc::clone(&self.ctx));
-        let offload = self.offload.as_ref().map(|o| (o, (slot, generation)));
-        let Some(c) = client_in(&mut self.slots, slot) else {
-            return;
-        };
-        if c.is_closing() {
-            return;
-        }
-        let answered = {
-            let spares = &mut self.spares;
-            panic::catch_unwind(AssertUnwindSafe(|| {
-                c.answer_unread(&ctx, spares, cap, offload)
-            }))
-        };
-        if let Some(outcome) = failure(answered) {
-            self.close(slot, outcome);
-            return;
-        }
-        if let Some((ptr, len)) = c.next_send() {
-            c.send_inflight = true;
-            c.ops += 1;
-            let e = opcode::Send::new(types::Fd(c.socket.as_raw_fd()), ptr, len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(ops::encode(Kind::Send, slot, generation));
-            self.ops.push(e);
-        }
-        let Some(c) = self.client(slot) else { return };
-        if c.wants_input(cap) {
-            if !c.recv.armed && !c.recv.parked {
-                self.arm_recv(slot);
-            }
-        } else if c.recv.armed && !c.recv.cancelling && !c.is_closing() && c.blocked(cap) {
-            // Over the cap, or waiting for a number: stop the receive.
-            // What arrives before it stops is kept, not lost.
-            c.recv.cancelling = true;
-            c.ops += 1;
-            super::bump(&self.shared.counts.paused);
-            let e = opcode::AsyncCancel::new(ops::encode(Kind::Recv, slot, generation))
-                .build()
-                .user_data(ops::encode(Kind::Cancel, slot, generation));
-            self.ops.push(e);
-        }
-        if let Some(c) = self.client(slot)
-            && let Some(outcome) = c.finished()
-        {
-            self.close(slot, outcome);
-        }
-    }
-
-    fn arm_recv(&mut self, slot: u32) {
-        let generation = self.generation(slot);
-        let (cap, limit) = (self.cap, self.recv_limit);
-        let Some(c) = self.client(slot) else { return };
-        c.recv.armed = true;
-        c.recv.parked = false;
-        c.recv.limited = limit;
-        c.ops += 1;
-        let headroom = cap.saturating_sub(c.pending()).max(1);
-        // One submission, a completion for every arrival, each in a buffer
-        // the kernel takes from the ring's group.
-        let mut e = opcode::RecvMulti::new(types::Fd(c.socket.as_raw_fd()), GROUP)
-            .build()
-            .user_data(ops::encode(Kind::Recv, slot, generation));
-        if limit {
-            // The receive ends by itself once the headroom has arrived (the
-            // last buffer may overshoot it): the byte protocol answers at
-            // most a byte per byte, so its answers stay under the cap plus
-            // one buffer without any cancellation racing new data.
-            ops::set_recv_limit(&mut e, headroom.min(u32::MAX as usize) as u32);
-        }
-        self.ops.push(e);
-    }
-
-    /// Re-arms up to `budget` clients whose receive ran out of buffers,
-    /// the longest waiting first: as many as buffers came back, so that a
-    /// dry ring does not re-arm everyone to fail again.
-    pub(super) fn rearm_parked(&mut self, mut budget: usize) {
-        while budget > 0 {
-            let Some((slot, generation)) = self.parked.pop_front() else {
-                break;
-            };
-            if self.live(slot, generation) && self.client(slot).is_some_and(|c| c.recv.parked) {
-                if let Some(c) = self.client(slot) {
-                    c.recv.parked = false;
-                }
-                self.progress(slot);
-                budget -= 1;
+            match acceptor.turn(&mut self.ring, stopping) {
+                Some((guard, stream)) => self.add(guard, stream),
+                None => return,
             }
         }
     }
 
-    pub(super) fn on_recv(&mut self, slot: u32, generation: u32, res: i32, flags: u32, last: bool) {
-        let (cap, ctx, now) = (self.cap, Arc::clone(&self.ctx), self.now);
-        let offload = self.offload.as_ref().map(|o| (o, (slot, generation)));
-        let Some(c) = client_in(&mut self.slots, slot) else {
+    /// Once stopping, with no client left and none to come, cancels the
+    /// ring's own operations; the loop ends when their last completion is
+    /// in.
+    fn maybe_exit(&mut self) {
+        if self.phase != Phase::Stopping || !self.clients.is_empty() {
             return;
+        }
+        let fed = match &self.feed {
+            Feed::Acceptor(acceptor) => !acceptor.done(),
+            Feed::Incoming(incoming) => incoming.is_some(),
         };
-        if last {
-            c.recv.armed = false;
-            c.recv.cancelling = false;
-        }
-        let mut failed = None;
-        if let Some(bid) = cqueue::buffer_select(flags) {
-            let len = res.max(0) as usize;
-            ctx.count_bytes_in(len);
-            if !c.is_closing() {
-                let data = self.bufs.get(bid, len).unwrap_or_default();
-                let taken = panic::catch_unwind(AssertUnwindSafe(|| {
-                    c.receive(data, now, &ctx, &mut self.spares, cap, offload)
-                }));
-                failed = failure(taken);
-            }
-            self.bufs.recycle(bid);
-            self.recycled += 1;
-        }
-        if let Some(outcome) = failed {
-            self.close(slot, outcome);
+        if fed {
             return;
         }
-        if !last || c.is_closing() {
-            return;
-        }
-        match res {
-            // Ended by its limit; `progress` arms the next.
-            r if r > 0 => {}
-            0 => c.read_closed = true,
-            e if e == -libc::ENOBUFS => {
-                // The data waits in the socket until buffers come back.
-                c.recv.parked = true;
-                self.parked.push_back((slot, generation));
-                super::bump(&self.shared.counts.parked);
-            }
-            e if e == -libc::ECANCELED => {}
-            e if e == -libc::EINVAL && c.recv.limited => {
-                // Before Linux 6.17 a receive takes no limit: the cap is then
-                // kept by cancelling, and what races the cancel is kept.
-                // Every receive armed with one before the first refusal came
-                // back is refused too; each is armed again, without.
-                if self.recv_limit {
-                    debug!("ring {}: multishot receive takes no limit here", self.id);
-                }
-                self.recv_limit = false;
-                self.shared
-                    .counts
-                    .limit_refused
-                    .store(true, Ordering::Relaxed);
-            }
-            e => self.close(slot, io::Error::from_raw_os_error(-e).into()),
-        }
-    }
-
-    pub(super) fn on_send(&mut self, slot: u32, res: i32) {
-        let (ctx, now) = (Arc::clone(&self.ctx), self.now);
-        let Some(c) = client_in(&mut self.slots, slot) else {
-            return;
-        };
-        c.send_inflight = false;
-        if c.is_closing() {
-            return;
-        }
-        match res {
-            n if n > 0 => c.sent(n as usize, now, &ctx, &mut self.spares),
-            0 => self.close(slot, io::Error::from(io::ErrorKind::WriteZero).into()),
-            e => self.close(slot, io::Error::from_raw_os_error(-e).into()),
-        }
-    }
-
-    /// Starts closing a client: every operation of its is cancelled (closing
-    /// its socket would not do it: the ring holds its own reference), and it
-    /// is ended once the last has completed.
-    pub(super) fn close(&mut self, slot: u32, outcome: Outcome) {
-        let generation = self.generation(slot);
-        let Some(c) = self.client(slot) else { return };
-        if !c.start_closing(outcome) {
-            return;
-        }
-        if c.ops > 0 {
-            c.ops += 1;
-            let fd = types::Fd(c.socket.as_raw_fd());
-            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd).all())
-                .build()
-                .user_data(ops::encode(Kind::Cancel, slot, generation));
-            self.ops.push(e);
-        }
-        self.maybe_finalize(slot);
-    }
-
-    /// Ends a closing client once none of its operations is in flight:
-    /// counted, logged, its memory freed, its socket closed.
-    pub(super) fn maybe_finalize(&mut self, slot: u32) {
-        let Some(s) = self.slots.get_mut(slot as usize) else {
-            return;
-        };
-        if !s
-            .client
-            .as_ref()
-            .is_some_and(|c| c.is_closing() && c.ops == 0)
-        {
-            return;
-        }
-        let Some(mut client) = s.client.take() else {
-            return;
-        };
-        s.generation = ops::next_generation(s.generation);
-        // Reserved by `room_for_one`: cannot allocate.
-        self.free.push(slot);
-        self.clients -= 1;
-        let outcome = client.take_outcome();
-        client.release(&mut self.spares);
-        client.end(outcome);
-        self.place_freed();
-    }
-
-    /// A place among the clients is free: the acceptor may be waiting
-    /// for one.
-    fn place_freed(&self) {
-        if self.shared.acceptor_waits.load(Ordering::SeqCst) {
-            self.shared.wake_acceptor.wake();
-        }
+        self.phase = Phase::Exiting;
+        self.ring.cancel_own();
     }
 }
 
-/// The outcome of a client's step that failed or panicked, if it did.
-fn failure(step: std::thread::Result<io::Result<()>>) -> Option<Outcome> {
-    match step {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.into()),
-        Err(panic) => Some(Outcome::Panicked(conn::panic_message(&*panic))),
+impl Drop for RingLoop {
+    fn drop(&mut self) {
+        if self.ring.ops.inflight == 0 {
+            return;
+        }
+        // A ring that failed, or whose cancellations never completed: the
+        // kernel may still read the answers being sent after we are gone,
+        // so they are never freed.
+        for client in self.clients.iter_mut() {
+            if client.ops > 0 {
+                client.session.forget_buffers();
+            }
+        }
     }
 }

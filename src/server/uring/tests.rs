@@ -10,13 +10,16 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::server::{Model, OverLimit, Settings, Stats, Summary, listener, snapshot};
+use crate::server::config::{Model, OverLimit, Settings};
+use crate::server::counters::Summary;
+use crate::server::kernel;
+use crate::server::listener;
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Whether io_uring runs here; if not, the test says so and is skipped.
 fn runs_here() -> bool {
-    match check() {
+    match kernel::io_uring_available() {
         Ok(()) => true,
         Err(e) => {
             eprintln!("skipped: model uring: {e}");
@@ -27,9 +30,8 @@ fn runs_here() -> bool {
 
 struct Running {
     addr: std::net::SocketAddr,
-    ctx: Arc<ServerState>,
-    stats: Arc<Stats>,
-    counts: Arc<Counts>,
+    state: Arc<ServerState>,
+    events: Arc<RingEvents>,
     thread: JoinHandle<io::Result<()>>,
 }
 
@@ -53,20 +55,19 @@ fn serve_after(
     let Settings::Uring(settings) = config.settings.clone() else {
         unreachable!("a uring config")
     };
-    let (ctx, stats) = ServerState::for_test(config);
+    let state = ServerState::for_test(config);
     let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 64).unwrap();
     let addr = listener.local_addr().unwrap();
     before(addr);
-    let counts = Arc::<Counts>::default();
+    let events = Arc::<RingEvents>::default();
     let thread = {
-        let (ctx, counts) = (Arc::clone(&ctx), Arc::clone(&counts));
-        thread::spawn(move || run_tuned(listener, &ctx, &settings, tuning, counts))
+        let (state, events) = (Arc::clone(&state), Arc::clone(&events));
+        thread::spawn(move || run_tuned(listener, &state, &settings, tuning, events))
     };
     Running {
         addr,
-        ctx,
-        stats,
-        counts,
+        state,
+        events,
         thread,
     }
 }
@@ -79,9 +80,9 @@ impl Running {
     /// Stops the server once its clients have gone (there is no drain
     /// here to close them).
     fn stop(self) -> (Summary, io::Result<()>) {
-        self.ctx.shutdown.trigger();
+        self.state.shutdown.trigger();
         let ended = self.thread.join().expect("the server thread");
-        (snapshot(&self.stats), ended)
+        (self.state.counters.summary(), ended)
     }
 }
 
@@ -160,7 +161,7 @@ fn a_dry_buffer_ring_parks_receives_and_loses_nothing() {
     for c in clients {
         c.join().unwrap();
     }
-    let parked = server.counts.parked.load(Ordering::Relaxed);
+    let parked = server.events.parked.load(Ordering::Relaxed);
     let (summary, ended) = server.stop();
     ended.unwrap();
     assert_eq!((summary.served, summary.failed), (8, 0), "{summary:?}");
@@ -173,8 +174,8 @@ fn a_dry_buffer_ring_parks_receives_and_loses_nothing() {
 
 /// A client sends 1 MiB and reads nothing until the server holds a cap's
 /// worth of answers for it; then it reads everything. Returns the most
-/// answer bytes held for it, and the server's counts.
-fn flood_into_a_non_reader(tuning: Tuning, cap: usize) -> (Summary, Arc<Counts>) {
+/// answer bytes held for it, and what its rings did.
+fn flood_into_a_non_reader(tuning: Tuning, cap: usize) -> (Summary, Arc<RingEvents>) {
     const TOTAL: usize = 1 << 20;
     let server = serve(uring(1, cap), tuning);
     let mut c = connect(server.addr);
@@ -188,16 +189,16 @@ fn flood_into_a_non_reader(tuning: Tuning, cap: usize) -> (Summary, Arc<Counts>)
         })
     };
     // The server reaches the cap by itself, as long as nobody reads.
-    wait_until(|| snapshot(&server.stats).max_buffered >= cap as u64);
+    wait_until(|| server.state.counters.summary().max_buffered >= cap as u64);
     let mut got = Vec::new();
     c.read_to_end(&mut got).unwrap();
     writer.join().unwrap();
     assert!(got == want, "{} bytes, not the answers", got.len());
-    let counts = Arc::clone(&server.counts);
+    let events = Arc::clone(&server.events);
     let (summary, ended) = server.stop();
     ended.unwrap();
     assert_eq!((summary.served, summary.failed), (1, 0), "{summary:?}");
-    (summary, counts)
+    (summary, events)
 }
 
 #[test]
@@ -207,18 +208,18 @@ fn with_a_limit_on_the_receive_the_cap_holds_without_cancelling() {
     }
     let tuning = Tuning::default();
     let cap = 8 << 10;
-    let (summary, counts) = flood_into_a_non_reader(tuning, cap);
+    let (summary, events) = flood_into_a_non_reader(tuning, cap);
     let bound = (cap + tuning.buffer_size as usize) as u64;
     assert!(
         summary.max_buffered <= bound,
         "{} > {bound}",
         summary.max_buffered
     );
-    if counts.limit_refused.load(Ordering::Relaxed) {
+    if events.limit_refused.load(Ordering::Relaxed) {
         eprintln!("this kernel takes no limit on a receive (before Linux 6.17): cancelled instead");
     } else {
         assert_eq!(
-            counts.paused.load(Ordering::Relaxed),
+            events.paused.load(Ordering::Relaxed),
             0,
             "a receive was cancelled"
         );
@@ -235,7 +236,7 @@ fn without_a_limit_the_cap_holds_by_cancelling_and_nothing_is_lost() {
         ..Tuning::default()
     };
     let cap = 8 << 10;
-    let (summary, counts) = flood_into_a_non_reader(tuning, cap);
+    let (summary, events) = flood_into_a_non_reader(tuning, cap);
     // Answers past the cap come from one buffer at most; what arrives
     // while the cancellation is on its way waits as unread input.
     let bound = (cap + tuning.buffer_size as usize) as u64;
@@ -244,7 +245,7 @@ fn without_a_limit_the_cap_holds_by_cancelling_and_nothing_is_lost() {
         "{} > {bound}",
         summary.max_buffered
     );
-    assert!(counts.paused.load(Ordering::Relaxed) > 0, "never cancelled");
+    assert!(events.paused.load(Ordering::Relaxed) > 0, "never cancelled");
 }
 
 #[test]
@@ -262,7 +263,7 @@ fn a_burst_that_finds_the_server_full_waits_in_turn_and_is_counted() {
         clients = (0..4).map(|_| connect(addr)).collect();
     });
     greeted(&mut clients[0]);
-    wait_until(|| server.counts.waited.load(Ordering::Relaxed) >= 1);
+    wait_until(|| server.events.waited.load(Ordering::Relaxed) >= 1);
     for (i, c) in clients.iter_mut().enumerate().skip(1) {
         assert!(silent(c), "client {i} greeted while the first is served");
     }
@@ -273,13 +274,13 @@ fn a_burst_that_finds_the_server_full_waits_in_turn_and_is_counted() {
         assert!(silent(c), "waiting client {i} greeted out of turn");
     }
     // The shutdown closes those still waiting, unserved.
-    server.ctx.shutdown.trigger();
+    server.state.shutdown.trigger();
     for c in clients.iter_mut().skip(1) {
         let mut rest = Vec::new();
         let _ = c.read_to_end(&mut rest);
         assert_eq!(rest, b"", "no `*` for a client never served");
     }
-    let waited = server.counts.waited.load(Ordering::Relaxed);
+    let waited = server.events.waited.load(Ordering::Relaxed);
     drop(clients);
     let (summary, ended) = server.stop();
     ended.unwrap();
@@ -311,7 +312,7 @@ fn a_client_handed_over_before_its_ring_first_waits_is_served_at_once() {
         greeted(c);
     }
     drop(clients);
-    assert_eq!(server.counts.handed.load(Ordering::Relaxed), 2);
+    assert_eq!(server.events.handed.load(Ordering::Relaxed), 2);
     let (summary, ended) = server.stop();
     ended.unwrap();
     assert_eq!(summary.served, 4, "{summary:?}");
@@ -332,7 +333,7 @@ fn ring_zero_hands_every_other_client_to_the_next_ring() {
         assert_eq!(&got, b"ij");
     }
     drop(clients);
-    let handed = server.counts.handed.load(Ordering::Relaxed);
+    let handed = server.events.handed.load(Ordering::Relaxed);
     let (summary, ended) = server.stop();
     ended.unwrap();
     assert_eq!(summary.served, 9, "{summary:?}");
@@ -349,24 +350,34 @@ fn a_ring_that_cannot_wait_fails_its_clients_and_says_why() {
     let Settings::Uring(settings) = config.settings.clone() else {
         unreachable!("a uring config")
     };
-    let (ctx, stats) = ServerState::for_test(config);
+    let state = ServerState::for_test(config);
     let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 64).unwrap();
     let addr = listener.local_addr().unwrap();
     let wake = Arc::new(EventFd::new().unwrap());
     let shared = Arc::new(Shared {
         acceptor_waits: AtomicBool::new(false),
         wake_acceptor: Arc::clone(&wake),
-        tuning: Tuning::default(),
-        counts: Arc::default(),
+        events: Arc::default(),
     });
     let (ring_fd, ring_is) = mpsc::channel();
     let ring = {
-        let ctx = Arc::clone(&ctx);
+        let state = Arc::clone(&state);
         thread::spawn(move || {
-            let mut worker = Worker::new(0, &ctx, &shared, &settings, None, None, wake)?;
-            worker.acceptor = Some(Acceptor::new(listener, Vec::new(), &ctx.config));
-            ring_fd.send(worker.ring.as_raw_fd()).unwrap();
-            worker.run()
+            let tuning = Tuning::default();
+            let ring = Ring::new(&tuning, tick(&state.config), BACKOFF, wake)?;
+            let acceptor = Acceptor::new(listener, Vec::new(), &state, &shared);
+            let cap = settings.outbound_cap;
+            let ring_loop = RingLoop::new(
+                0,
+                ring,
+                &state,
+                &shared,
+                Feed::Acceptor(Box::new(acceptor)),
+                None,
+                cap,
+            );
+            ring_fd.send(ring_loop.ring.uring.as_raw_fd()).unwrap();
+            ring_loop.run()
         })
     };
     let ring_fd = ring_is.recv().unwrap();
@@ -385,107 +396,6 @@ fn a_ring_that_cannot_wait_fails_its_clients_and_says_why() {
     let mut rest = Vec::new();
     let _ = c.read_to_end(&mut rest);
     assert_eq!(rest, b"", "closed by its failed ring");
-    let summary = snapshot(&stats);
+    let summary = state.counters.summary();
     assert_eq!((summary.failed, summary.clients_now), (1, 0), "{summary:?}");
-}
-
-/// A client driven by hand, without a ring: what it is sent, and its
-/// sends completed at once.
-fn hand_client(protocol: Protocol) -> (client::Client, Arc<ServerState>, TcpStream) {
-    let mut config = uring(1, 64 << 10);
-    config.protocol = protocol;
-    let (ctx, _) = ServerState::for_test(config);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (socket, addr) = listener.accept().unwrap();
-    let guard = ctx.enter(&socket, ctx.try_permit().unwrap());
-    let c = client::Client::new(guard, socket, addr, &ctx, Instant::now());
-    (c, ctx, peer)
-}
-
-/// Completes every send the client asks for, as the kernel would.
-fn send_all(c: &mut client::Client, ctx: &ServerState, spares: &mut client::Spares) -> usize {
-    let mut total = 0;
-    while let Some((_, len)) = c.next_send() {
-        c.send_inflight = true;
-        c.sent(len as usize, Instant::now(), ctx, spares);
-        total += len as usize;
-    }
-    total
-}
-
-#[test]
-fn a_line_too_long_in_kept_input_ends_the_client_with_nothing_left_over() {
-    // Input kept while the answers were over the cap is answered a
-    // room's worth at a time; when a chunk ends in a line too long, what
-    // follows it must go, or the client waits for ever to be finished.
-    let cap = 100;
-    let (mut c, ctx, _peer) = hand_client(Protocol::Prime);
-    let mut spares = client::Spares::new();
-    let now = Instant::now();
-    c.receive(&b"4\n".repeat(20), now, &ctx, &mut spares, cap, None)
-        .unwrap();
-    assert!(
-        c.blocked(cap),
-        "200 bytes of answers are over the cap of 100"
-    );
-    let mut kept = b"4\n".repeat(30);
-    kept.extend([b'x'; 200]);
-    kept.extend(b"\n4\n4\n");
-    c.receive(&kept, now, &ctx, &mut spares, cap, None).unwrap();
-    let mut sent = 0;
-    for _ in 0..10 {
-        sent += send_all(&mut c, &ctx, &mut spares);
-        c.answer_unread(&ctx, &mut spares, cap, None).unwrap();
-        if c.finished().is_some() {
-            break;
-        }
-    }
-    sent += send_all(&mut c, &ctx, &mut spares);
-    let ending = b"error: line longer than 64 bytes; closing\n".len();
-    assert_eq!(sent, 50 * b"composite\n".len() + ending);
-    assert!(
-        matches!(c.finished(), Some(crate::server::conn::Outcome::Failed(_))),
-        "the client is finished, as a protocol violation"
-    );
-}
-
-#[test]
-fn answers_at_the_responders_limit_wait_for_a_send_under_a_larger_cap() {
-    // Under a cap above 64 KiB, answers that reach the responder's own
-    // limit stop the answering (nothing more could be answered) until
-    // they are handed to a send; then the rest is answered.
-    let cap = 1 << 20;
-    let lines = 10_000; // 100,000 bytes of answers
-    let (done, finished) = std::sync::mpsc::channel();
-    // On a thread of its own: answering that makes no progress spins,
-    // and the test must fail rather than hang.
-    thread::spawn(move || {
-        let (mut c, ctx, _peer) = hand_client(Protocol::Prime);
-        let mut spares = client::Spares::new();
-        c.receive(
-            &b"4\n".repeat(lines),
-            Instant::now(),
-            &ctx,
-            &mut spares,
-            cap,
-            None,
-        )
-        .unwrap();
-        let stopped = c.blocked(cap);
-        c.answer_unread(&ctx, &mut spares, cap, None).unwrap();
-        let mut sent = 0;
-        for _ in 0..10 {
-            sent += send_all(&mut c, &ctx, &mut spares);
-            c.answer_unread(&ctx, &mut spares, cap, None).unwrap();
-        }
-        sent += send_all(&mut c, &ctx, &mut spares);
-        let _ = done.send((stopped, sent, c.blocked(cap)));
-    });
-    let (stopped, sent, blocked) = finished
-        .recv_timeout(PATIENCE)
-        .expect("answering at the responder's limit made no progress");
-    assert!(stopped, "at the responder's limit, under the cap");
-    assert_eq!(sent, lines * b"composite\n".len());
-    assert!(!blocked);
 }

@@ -1,59 +1,38 @@
-//! Setting a ring up, and saying clearly when the kernel will not.
+//! Whether this kernel lets this process use io_uring, asked once, and a
+//! ring set up the way the `uring` model wants it.
 //!
 //! io_uring can be missing or refused for reasons that have nothing to do
 //! with this program: a kernel built without it (`ENOSYS`), the
 //! `kernel.io_uring_disabled` sysctl (Linux 6.6+: 1 limits it to a group,
 //! 2 disables it), or a seccomp filter (container runtimes' default
 //! profiles refuse it: `EPERM`). Each is turned into an error that says
-//! which, and names the models that need no io_uring.
+//! which. It lives outside the model because the configuration asks it
+//! ([`Model::available`](super::Model::available)) before any server
+//! starts.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
 use io_uring::{IoUring, Probe, opcode};
 
-use crate::server::Model;
-use crate::shutdown::Wake;
-
 const SYSCTL: &str = "/proc/sys/kernel/io_uring_disabled";
-
-/// Submission queue entries per ring; more wait in the ring's own backlog.
-const SQ_ENTRIES: u32 = 1024;
-
-/// Completion queue entries per ring. The kernel keeps what does not fit
-/// (`IORING_FEAT_NODROP`), so this only sets how much one wait can reap.
-const CQ_ENTRIES: u32 = 8192;
 
 /// The oldest kernel with everything the model uses: multishot receive
 /// (6.0), provided buffer rings and multishot accept (5.19), `MSG_RING`
 /// (5.18).
 const OLDEST: (u32, u32) = (6, 0);
 
-/// The models a user can turn to instead.
-fn others() -> String {
-    let names: Vec<&str> = Model::ALL
-        .iter()
-        .filter(|&&m| m != Model::Uring)
-        .map(|m| m.name())
-        .collect();
-    format!(
-        "serve with another model instead: --model {}",
-        names.join(", ")
-    )
-}
-
 fn unavailable(why: String) -> io::Error {
     io::Error::new(
         io::ErrorKind::Unsupported,
-        format!("io_uring is unavailable here: {why}; {}", others()),
+        format!("io_uring is unavailable here: {why}"),
     )
 }
 
 /// Turns a failed `io_uring_setup(2)` into an error that says why.
 /// `sysctl` is the content of `/proc/sys/kernel/io_uring_disabled`, if it
 /// could be read (there is none before Linux 6.6).
-pub(super) fn setup_error(e: io::Error, sysctl: Option<&str>) -> io::Error {
+fn setup_error(e: io::Error, sysctl: Option<&str>) -> io::Error {
     let why = match e.raw_os_error() {
         Some(libc::ENOSYS) => "io_uring_setup(2) failed with ENOSYS (a kernel built without \
                                CONFIG_IO_URING, or a filter that hides the call)"
@@ -95,12 +74,12 @@ fn kernel_version() -> Option<(u32, u32)> {
 }
 
 /// A ring for one thread, created disabled: the thread that will use it
-/// enables it ([`enable`]), which makes it that ring's only submitter.
-/// Tries the flags that suit one thread per ring first
-/// (`SINGLE_ISSUER`, `DEFER_TASKRUN`: completions are run only when the
-/// ring's own thread asks for them, in batches) and falls back to a plain
-/// ring on kernels that refuse them (`EINVAL`).
-pub(super) fn ring(sq: u32, cq: u32) -> io::Result<IoUring> {
+/// enables it, which makes it that ring's only submitter. Tries the flags
+/// that suit one thread per ring first (`SINGLE_ISSUER`, `DEFER_TASKRUN`:
+/// completions are run only when the ring's own thread asks for them, in
+/// batches) and falls back to a plain ring on kernels that refuse them
+/// (`EINVAL`).
+pub(crate) fn io_uring(sq: u32, cq: u32) -> io::Result<IoUring> {
     let sysctl = std::fs::read_to_string(SYSCTL).ok();
     if sysctl.as_deref().map(str::trim) == Some("2") {
         // It would fail with EPERM: say why without trying.
@@ -116,33 +95,22 @@ pub(super) fn ring(sq: u32, cq: u32) -> io::Result<IoUring> {
         .setup_single_issuer()
         .setup_defer_taskrun()
         .setup_coop_taskrun();
-    let ring = match b.build(sq) {
-        Ok(r) => r,
+    match b.build(sq) {
+        Ok(r) => Ok(r),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             let mut b = IoUring::builder();
             b.setup_cqsize(cq).setup_clamp().setup_r_disabled();
-            b.build(sq).map_err(|e| setup_error(e, sysctl.as_deref()))?
+            b.build(sq).map_err(|e| setup_error(e, sysctl.as_deref()))
         }
-        Err(e) => return Err(setup_error(e, sysctl.as_deref())),
-    };
-    Ok(ring)
-}
-
-/// A ring of the usual size.
-pub(super) fn full_ring() -> io::Result<IoUring> {
-    ring(SQ_ENTRIES, CQ_ENTRIES)
-}
-
-/// Makes the calling thread the ring's submitter.
-pub(super) fn enable(ring: &IoUring) -> io::Result<()> {
-    ring.submitter().register_enable_rings()
+        Err(e) => Err(setup_error(e, sysctl.as_deref())),
+    }
 }
 
 /// Whether this kernel lets this process serve with io_uring: a small
 /// ring is set up, the operations the model needs are probed, and the
 /// kernel must be recent enough for multishot receive. Found out once per
-/// process.
-pub(crate) fn check() -> io::Result<()> {
+/// process; a refusal is of kind [`io::ErrorKind::Unsupported`].
+pub(crate) fn io_uring_available() -> io::Result<()> {
     static FOUND: OnceLock<Result<(), (io::ErrorKind, String)>> = OnceLock::new();
     let found = FOUND.get_or_init(|| {
         // On a thread of its own: closing a ring interrupts a blocking call
@@ -158,7 +126,7 @@ pub(crate) fn check() -> io::Result<()> {
 }
 
 fn probe() -> io::Result<()> {
-    let ring = ring(4, 8)?;
+    let ring = io_uring(4, 8)?;
     if let Some(version) = kernel_version()
         && version < OLDEST
     {
@@ -190,39 +158,6 @@ fn probe() -> io::Result<()> {
     Ok(())
 }
 
-/// An eventfd that wakes a ring: the ring keeps a read of it in flight,
-/// and whoever has news for the ring (the shutdown, a computed answer, a
-/// place freed among the clients) adds to it.
-pub(super) struct EventFd(OwnedFd);
-
-impl EventFd {
-    pub(super) fn new() -> io::Result<Self> {
-        // Blocking on purpose: io_uring fails a read of an O_NONBLOCK file
-        // with EAGAIN instead of waiting for it.
-        // SAFETY: eventfd has no memory arguments.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor that nothing else owns.
-        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    pub(super) fn fd(&self) -> i32 {
-        self.0.as_raw_fd()
-    }
-}
-
-impl Wake for EventFd {
-    fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to a descriptor we own.
-        // It cannot block (the counter would have to near 2^64), and a
-        // failure leaves nobody to wake.
-        unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,10 +167,6 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
         let m = e.to_string();
         assert!(m.starts_with("io_uring is unavailable here"), "{m}");
-        assert!(
-            m.contains("--model sequential, thread, pool, event, async"),
-            "names the others: {m}"
-        );
         m
     }
 

@@ -1,0 +1,607 @@
+//! A client of a non-blocking model, with no I/O: what `event`, `uring`
+//! and `async` each drive with their own I/O (readiness, completions,
+//! futures).
+//!
+//! A [`Session`] holds the client's guard, its protocol state, its
+//! answers and what it sent that could not be answered yet, and the times
+//! its timeouts run from. The driver tells it what happened (bytes came
+//! in, bytes went out, the client closed its side, a number was tested)
+//! and asks it what to do (what to send next, whether to read, whether it
+//! is finished, whether a timeout ran out); the session never touches a
+//! socket.
+//!
+//! Answers go out through two buffers: `sending`, the one being written
+//! (or handed to the kernel by an io_uring send), and `queued`, where
+//! answers made meanwhile gather; once `sending` is all sent, the two
+//! trade places. One write per answer buffer, never one per byte, and a
+//! buffer being sent is never touched.
+//!
+//! An idle client holds none of them: its [`Buffers`] come from its
+//! driver's [`Spares`] when it has something to answer and go back once
+//! all is sent, so that ten thousand idle clients cost their small struct
+//! each and nothing more.
+//!
+//! Large numbers (`--protocol prime`) are not tested here: the session
+//! stops answering, says which number needs testing (the driver hands it
+//! to the compute pool), keeps the rest of the input, and goes on once it
+//! is told the answer.
+
+use std::io;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use std::net::TcpStream;
+
+use super::config::Config;
+use super::registry::{ClientGuard, Outcome};
+use super::responder::{Responder, Stop};
+use super::state::ServerState;
+
+/// How often a driver looks for clients past a timeout: an eighth of the
+/// shortest timeout, so a client is closed at most 12.5% late, within
+/// bounds that keep the scan rare; `None` without timeouts.
+pub(crate) fn sweep_interval(config: &Config) -> Option<Duration> {
+    let shortest = [config.idle_timeout, config.write_timeout]
+        .into_iter()
+        .flatten()
+        .min()?;
+    Some((shortest / 8).clamp(Duration::from_millis(5), Duration::from_secs(1)))
+}
+
+/// A client admitted by an acceptor on its way to the loop (or ring) that
+/// will serve it. The guard comes first so that it drops before the
+/// socket.
+pub(crate) type NewClient = (ClientGuard, TcpStream);
+
+/// New clients a loop (or ring) may have waiting to be taken before the
+/// acceptor waits for it or serves them elsewhere.
+pub(crate) const HANDOFF: usize = 1024;
+
+/// Microseconds since the first look: half the size of an `Instant`,
+/// which ten thousand idle clients notice.
+fn stamp(now: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    now.saturating_duration_since(epoch).as_micros() as u64
+}
+
+/// A busy client's buffers.
+#[derive(Default)]
+pub(crate) struct Buffers {
+    /// Answers being sent; `sending[sent..]` is not yet sent.
+    sending: Vec<u8>,
+    sent: usize,
+    /// Answers made while `sending` is being sent.
+    queued: Vec<u8>,
+    /// Input received but not yet answered, `unread[read..]`: while a
+    /// number of its is being tested elsewhere, or its answers are over
+    /// the cap, or what arrived before a receive could be stopped.
+    unread: Vec<u8>,
+    read: usize,
+}
+
+impl Buffers {
+    fn pending(&self) -> usize {
+        self.sending.len() - self.sent + self.queued.len()
+    }
+
+    fn has_unread(&self) -> bool {
+        self.read < self.unread.len()
+    }
+}
+
+/// A driver's spare [`Buffers`], so that a client busy with one request
+/// after another does not allocate them anew each time. Boxed, as the
+/// sessions hold them: one moves between a session and here without
+/// being copied or allocated.
+#[allow(clippy::vec_box)]
+pub(crate) struct Spares(Vec<Box<Buffers>>);
+
+/// Spares a loop or ring keeps, and the most capacity a spare buffer
+/// keeps: more would hold memory that no client is using.
+const SPARES: usize = 64;
+const SPARE_CAPACITY: usize = 4096;
+
+impl Default for Spares {
+    fn default() -> Self {
+        Spares::keeping(SPARES)
+    }
+}
+
+impl Spares {
+    /// Spares that keep at most `n` buffers: a loop's many clients share
+    /// its spares; a task that may run on any thread keeps its own one.
+    pub(crate) fn keeping(n: usize) -> Self {
+        Spares(Vec::with_capacity(n))
+    }
+
+    fn take(&mut self, state: &ServerState) -> io::Result<Box<Buffers>> {
+        if let Some(spare) = self.0.pop() {
+            return Ok(spare);
+        }
+        state.budget.check(std::mem::size_of::<Buffers>() as u64)?;
+        Ok(Box::default())
+    }
+
+    fn give(&mut self, mut buffers: Box<Buffers>) {
+        if self.0.len() == self.0.capacity() {
+            return;
+        }
+        for buf in [
+            &mut buffers.sending,
+            &mut buffers.queued,
+            &mut buffers.unread,
+        ] {
+            if buf.capacity() > SPARE_CAPACITY {
+                *buf = Vec::new();
+            } else {
+                buf.clear();
+            }
+        }
+        buffers.sent = 0;
+        buffers.read = 0;
+        self.0.push(buffers);
+    }
+}
+
+/// A client's buffers, taken from the spares if it has none.
+fn buffers<'a>(
+    io: &'a mut Option<Box<Buffers>>,
+    state: &ServerState,
+    spares: &mut Spares,
+) -> io::Result<&'a mut Buffers> {
+    match io {
+        Some(io) => Ok(io),
+        none => Ok(none.insert(spares.take(state)?)),
+    }
+}
+
+/// A number the driver must have tested off its thread, then report with
+/// [`Session::answered`].
+pub(crate) type ToTest = Option<u64>;
+
+/// One client of a non-blocking model.
+pub(crate) struct Session {
+    guard: ClientGuard,
+    responder: Responder,
+    /// Its buffers while it has anything to send or answer.
+    io: Option<Box<Buffers>>,
+    /// It broke the protocol: close once its last answer (the error line)
+    /// is out. Boxed to take 8 bytes rather than 24 in every client.
+    #[allow(clippy::box_collection)]
+    close_reason: Option<Box<String>>,
+    /// When it last sent anything (or arrived), for the idle timeout.
+    last_heard: u64,
+    /// When its pending answers last moved (or started pending), for the
+    /// write timeout.
+    last_progress: u64,
+    /// One of its numbers is being tested elsewhere.
+    computing: bool,
+    /// The responder stopped at its limit of queued answers: nothing more
+    /// is answered until they are on their way.
+    full: bool,
+    /// It has closed its sending side; what it is owed still goes.
+    read_closed: bool,
+}
+
+impl Session {
+    /// A new client, admitted at `now`; nothing queued yet (see
+    /// [`greet`](Session::greet)).
+    pub(crate) fn new(guard: ClientGuard, state: &ServerState, now: Instant) -> Self {
+        let now = stamp(now);
+        Session {
+            guard,
+            responder: Responder::new(state.config.protocol),
+            io: None,
+            close_reason: None,
+            last_heard: now,
+            last_progress: now,
+            computing: false,
+            full: false,
+            read_closed: false,
+        }
+    }
+
+    /// Queues the greeting; the buffers it needs are checked against the
+    /// memory limit like any others.
+    pub(crate) fn greet(&mut self, state: &ServerState, spares: &mut Spares) -> io::Result<()> {
+        let greeting = Responder::greeting(state.config.protocol);
+        if greeting.is_empty() {
+            return Ok(());
+        }
+        let io = buffers(&mut self.io, state, spares)?;
+        state.budget.reserve(&mut io.queued, greeting.len())?;
+        io.queued.extend_from_slice(greeting);
+        Ok(())
+    }
+
+    /// Answer bytes not yet sent.
+    pub(crate) fn pending(&self) -> usize {
+        self.io.as_ref().map_or(0, |io| io.pending())
+    }
+
+    pub(crate) fn has_unread(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| io.has_unread())
+    }
+
+    pub(crate) fn is_computing(&self) -> bool {
+        self.computing
+    }
+
+    /// Whether it must not be answered now: its number is being tested,
+    /// it is to be closed, or its answers are over `cap` or at the
+    /// responder's limit (which a cap above that limit would not stop:
+    /// answering on would then make no progress, for ever).
+    pub(crate) fn blocked(&self, cap: usize) -> bool {
+        self.computing || self.close_reason.is_some() || self.full || self.pending() > cap
+    }
+
+    /// Whether the driver should be reading from it. Only below half the
+    /// cap, so that a read is good for a useful amount, not for one
+    /// buffer at a time while its answers hover at the cap.
+    pub(crate) fn wants_input(&self, cap: usize) -> bool {
+        !self.blocked(cap) && !self.read_closed && !self.has_unread() && self.pending() <= cap / 2
+    }
+
+    /// It closed its sending side (a read of zero bytes).
+    pub(crate) fn input_ended(&mut self) {
+        self.read_closed = true;
+    }
+
+    /// Takes in what it sent: answered now, or kept for later when it
+    /// must wait (behind earlier input, or while blocked).
+    pub(crate) fn receive(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        state: &ServerState,
+        spares: &mut Spares,
+        cap: usize,
+    ) -> io::Result<ToTest> {
+        state.counters.bytes_in(data.len());
+        let now = stamp(now);
+        self.last_heard = now;
+        if self.pending() == 0 {
+            self.last_progress = now;
+        }
+        if self.close_reason.is_some() {
+            // Nothing more is answered; the error line is on its way.
+            return Ok(None);
+        }
+        if self.blocked(cap) || self.has_unread() {
+            let io = buffers(&mut self.io, state, spares)?;
+            state.budget.reserve(&mut io.unread, data.len())?;
+            io.unread.extend_from_slice(data);
+            return Ok(None);
+        }
+        let test = self.answer(data, state, spares)?;
+        self.release_if_idle(spares);
+        Ok(test)
+    }
+
+    /// Answers what was kept, for as long as it is not blocked, no more
+    /// at a time than the room left under `cap`: what was kept may be far
+    /// more than the cap (what raced a stopped receive), and its answers
+    /// must not all be made at once.
+    pub(crate) fn answer_unread(
+        &mut self,
+        state: &ServerState,
+        spares: &mut Spares,
+        cap: usize,
+    ) -> io::Result<ToTest> {
+        while !self.blocked(cap) && self.has_unread() {
+            let room = cap.saturating_sub(self.pending()).max(1);
+            let Some(io) = self.io.as_mut() else { break };
+            let (input, at) = (std::mem::take(&mut io.unread), std::mem::take(&mut io.read));
+            let end = input.len().min(at.saturating_add(room));
+            let test = self.answer(&input[at..end], state, spares)?;
+            if self.close_reason.is_none() && end < input.len() {
+                let Some(io) = self.io.as_mut() else { break };
+                if io.unread.is_empty() {
+                    // Put back as it was, without copying the rest.
+                    io.unread = input;
+                    io.read = end;
+                } else {
+                    // The responder left input of its own: the rest goes
+                    // after it.
+                    state.budget.reserve(&mut io.unread, input.len() - end)?;
+                    io.unread.extend_from_slice(&input[end..]);
+                }
+            }
+            if test.is_some() {
+                return Ok(test);
+            }
+        }
+        self.release_if_idle(spares);
+        Ok(None)
+    }
+
+    /// Answers `input` into the queued buffer, grown only as the memory
+    /// limit allows: a client whose answers do not fit is ended, not the
+    /// server. What the responder leaves (a number to test elsewhere,
+    /// answers at their limit) is kept as unread.
+    fn answer(
+        &mut self,
+        input: &[u8],
+        state: &ServerState,
+        spares: &mut Spares,
+    ) -> io::Result<ToTest> {
+        let io = buffers(&mut self.io, state, spares)?;
+        let growth = self.responder.max_growth(io.queued.len(), input.len());
+        state.budget.reserve(&mut io.queued, growth)?;
+        let (used, stop) = self.responder.respond(input, &mut io.queued, true);
+        let rest = &input[used..];
+        let mut keep = || -> io::Result<()> {
+            state.budget.reserve(&mut io.unread, rest.len())?;
+            io.unread.extend_from_slice(rest);
+            Ok(())
+        };
+        let mut test = None;
+        match stop {
+            Stop::Consumed => {}
+            Stop::Offload(n) => {
+                self.computing = true;
+                test = Some(n);
+                keep()?;
+            }
+            Stop::Full => {
+                self.full = true;
+                keep()?;
+            }
+            Stop::Close(reason) => {
+                // Nothing after the line that ends it is answered: drop
+                // what was kept too, or it would wait for ever.
+                self.close_reason = Some(Box::new(reason));
+                if let Some(io) = self.io.as_mut() {
+                    io.unread = Vec::new();
+                    io.read = 0;
+                }
+            }
+        }
+        state.counters.buffered(self.pending());
+        Ok(test)
+    }
+
+    /// Appends the answer to the number that was being tested.
+    pub(crate) fn answered(
+        &mut self,
+        n: u64,
+        prime: bool,
+        state: &ServerState,
+        spares: &mut Spares,
+    ) -> io::Result<()> {
+        let io = buffers(&mut self.io, state, spares)?;
+        // An answer line is at most "composite\n".
+        state.budget.reserve(&mut io.queued, 16)?;
+        self.responder.answered(n, prime, &mut io.queued);
+        self.computing = false;
+        state.counters.buffered(self.pending());
+        Ok(())
+    }
+
+    /// What to send next, if anything: the rest of the buffer being sent,
+    /// or else everything queued. The bytes stay where they are until
+    /// [`sent`](Session::sent) says how many went; a driver whose send is
+    /// still in flight must not ask again meanwhile.
+    pub(crate) fn next_send(&mut self) -> Option<&[u8]> {
+        let io = self.io.as_mut()?;
+        if io.sent == io.sending.len() && !io.queued.is_empty() {
+            // The two trade places: the old one, emptied, gathers the next
+            // answers (it keeps its capacity, so a busy client allocates
+            // nothing per request).
+            io.sending.clear();
+            io.sent = 0;
+            std::mem::swap(&mut io.sending, &mut io.queued);
+            self.full = false;
+        }
+        let rest = &io.sending[io.sent..];
+        (!rest.is_empty()).then_some(rest)
+    }
+
+    /// `n` bytes of what [`next_send`](Session::next_send) gave went out.
+    pub(crate) fn sent(
+        &mut self,
+        n: usize,
+        now: Instant,
+        state: &ServerState,
+        spares: &mut Spares,
+    ) {
+        state.counters.bytes_out(n);
+        self.last_progress = stamp(now);
+        if let Some(io) = self.io.as_mut() {
+            io.sent += n;
+        }
+        self.release_if_idle(spares);
+    }
+
+    /// Gives its buffers back once nothing is left in them.
+    fn release_if_idle(&mut self, spares: &mut Spares) {
+        if self.pending() > 0 || self.has_unread() {
+            return;
+        }
+        self.release(spares);
+    }
+
+    /// Gives its buffers back, whatever is in them: it is ending, and no
+    /// send of its is in flight.
+    pub(crate) fn release(&mut self, spares: &mut Spares) {
+        if let Some(io) = self.io.take() {
+            spares.give(io);
+        }
+    }
+
+    /// Gives up its buffers without freeing them: the kernel may still be
+    /// reading one (an io_uring ring that failed with sends in flight).
+    pub(crate) fn forget_buffers(&mut self) {
+        if let Some(io) = self.io.take() {
+            std::mem::forget(io);
+        }
+    }
+
+    /// How it ends, once everything it is owed has been sent: after its
+    /// end-of-file, or after the error line for a protocol violation.
+    pub(crate) fn finished(&self) -> Option<Outcome> {
+        if self.pending() > 0 || self.computing || self.has_unread() {
+            return None;
+        }
+        match &self.close_reason {
+            Some(reason) => Some(Outcome::violation(reason.to_string())),
+            None => self.read_closed.then_some(Outcome::Done),
+        }
+    }
+
+    /// The timeout it has run out of at `now`, if any.
+    pub(crate) fn expired(&self, now: Instant, config: &Config) -> Option<Outcome> {
+        let since = |then: u64| Duration::from_micros(stamp(now).saturating_sub(then));
+        if self.computing {
+            // Waiting for us, not for the client.
+            None
+        } else if self.pending() > 0 {
+            let limit = config.write_timeout?;
+            (since(self.last_progress) >= limit).then(|| Outcome::write_timeout(limit))
+        } else {
+            let limit = config.idle_timeout?;
+            (since(self.last_heard) >= limit).then(|| Outcome::idle_timeout(limit))
+        }
+    }
+
+    /// Ends the client: its buffers go back to `spares` (or were given up),
+    /// its end is logged and counted, and then `socket` closes, in that
+    /// order: the registry must never hold a closed descriptor.
+    pub(crate) fn end<S>(mut self, outcome: Outcome, socket: S, spares: &mut Spares) {
+        self.release(spares);
+        self.guard.end_and_close(outcome, socket);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::config::{Config, Model};
+    use crate::server::responder::Protocol;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A session driven by hand, without a loop: the server's side of a
+    /// real connection, and the client's, kept open.
+    fn hand_session(protocol: Protocol) -> (Session, Arc<ServerState>, [TcpStream; 2]) {
+        let mut config = Config::new(Model::Uring);
+        config.protocol = protocol;
+        let state = ServerState::for_test(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (socket, addr) = listener.accept().unwrap();
+        let permit = state.registry.try_permit().unwrap();
+        let guard = state.registry.enter(&socket, addr, permit);
+        let session = Session::new(guard, &state, Instant::now());
+        (session, state, [socket, client])
+    }
+
+    /// Sends everything the session asks to, as a socket that takes it all
+    /// would.
+    fn send_all(s: &mut Session, state: &ServerState, spares: &mut Spares) -> usize {
+        let mut total = 0;
+        while let Some(bytes) = s.next_send() {
+            let len = bytes.len();
+            s.sent(len, Instant::now(), state, spares);
+            total += len;
+        }
+        total
+    }
+
+    #[test]
+    fn a_line_too_long_in_kept_input_ends_the_client_with_nothing_left_over() {
+        // Input kept while the answers were over the cap is answered a
+        // room's worth at a time; when a chunk ends in a line too long, what
+        // follows it must go, or the client waits for ever to be finished.
+        let cap = 100;
+        let (mut s, state, _sockets) = hand_session(Protocol::Prime);
+        let mut spares = Spares::default();
+        let now = Instant::now();
+        let test = s.receive(&b"4\n".repeat(20), now, &state, &mut spares, cap);
+        assert_eq!(test.unwrap(), None);
+        assert!(
+            s.blocked(cap),
+            "200 bytes of answers are over the cap of 100"
+        );
+        let mut kept = b"4\n".repeat(30);
+        kept.extend([b'x'; 200]);
+        kept.extend(b"\n4\n4\n");
+        let test = s.receive(&kept, now, &state, &mut spares, cap);
+        assert_eq!(test.unwrap(), None);
+        let mut sent = 0;
+        for _ in 0..10 {
+            sent += send_all(&mut s, &state, &mut spares);
+            let test = s.answer_unread(&state, &mut spares, cap);
+            assert_eq!(test.unwrap(), None);
+            if s.finished().is_some() {
+                break;
+            }
+        }
+        sent += send_all(&mut s, &state, &mut spares);
+        let ending = b"error: line longer than 64 bytes; closing\n".len();
+        assert_eq!(sent, 50 * b"composite\n".len() + ending);
+        assert!(
+            matches!(s.finished(), Some(Outcome::Failed(_))),
+            "the client is finished, as a protocol violation"
+        );
+    }
+
+    #[test]
+    fn answers_at_the_responders_limit_wait_for_a_send_under_a_larger_cap() {
+        // Under a cap above 64 KiB, answers that reach the responder's own
+        // limit stop the answering (nothing more could be answered) until
+        // they are handed to a send; then the rest is answered.
+        let cap = 1 << 20;
+        let lines = 10_000; // 100,000 bytes of answers
+        let (done, finished) = std::sync::mpsc::channel();
+        // On a thread of its own: answering that makes no progress spins,
+        // and the test must fail rather than hang.
+        std::thread::spawn(move || {
+            let (mut s, state, _sockets) = hand_session(Protocol::Prime);
+            let mut spares = Spares::default();
+            let input = b"4\n".repeat(lines);
+            let test = s.receive(&input, Instant::now(), &state, &mut spares, cap);
+            assert_eq!(test.unwrap(), None);
+            let stopped = s.blocked(cap);
+            assert_eq!(s.answer_unread(&state, &mut spares, cap).unwrap(), None);
+            let mut sent = 0;
+            for _ in 0..10 {
+                sent += send_all(&mut s, &state, &mut spares);
+                assert_eq!(s.answer_unread(&state, &mut spares, cap).unwrap(), None);
+            }
+            sent += send_all(&mut s, &state, &mut spares);
+            let _ = done.send((stopped, sent, s.blocked(cap)));
+        });
+        let (stopped, sent, blocked) = finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("answering at the responder's limit made no progress");
+        assert!(stopped, "at the responder's limit, under the cap");
+        assert_eq!(sent, lines * b"composite\n".len());
+        assert!(!blocked);
+    }
+
+    #[test]
+    fn a_large_number_is_handed_back_and_the_rest_waits_for_its_answer() {
+        let (mut s, state, _sockets) = hand_session(Protocol::Prime);
+        let mut spares = Spares::default();
+        let input = b"7\n1000000000039\n8\n";
+        let test = s.receive(input, Instant::now(), &state, &mut spares, 1 << 16);
+        assert_eq!(test.unwrap(), Some(1_000_000_000_039));
+        assert!(s.is_computing() && s.has_unread());
+        let later = Instant::now() + Duration::from_secs(3600);
+        assert!(s.expired(later, &state.config).is_none(), "waiting for us");
+        s.answered(1_000_000_000_039, true, &state, &mut spares)
+            .unwrap();
+        assert_eq!(s.answer_unread(&state, &mut spares, 1 << 16).unwrap(), None);
+        let mut answers = Vec::new();
+        while let Some(bytes) = s.next_send() {
+            answers.extend_from_slice(bytes);
+            let n = bytes.len();
+            s.sent(n, Instant::now(), &state, &mut spares);
+        }
+        assert_eq!(answers, b"prime\nprime\ncomposite\n");
+        s.input_ended();
+        assert!(matches!(s.finished(), Some(Outcome::Done)));
+    }
+}

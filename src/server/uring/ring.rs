@@ -1,0 +1,296 @@
+//! One ring and its buffers: the io_uring instance, its provided buffers
+//! (`bufring`), what it has in flight (`ops`), and its own operations: the
+//! read of its eventfd that wakes it, the tick that drives its timeouts,
+//! the pause after an accept error. What a ring does *for its clients* is
+//! the serving loop's (`serve`).
+
+use std::io;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+use super::bufring::BufRing;
+use super::ops::{self, Kind, Ops};
+use super::{GROUP, Tuning};
+use crate::server::kernel;
+use crate::server::slots::ClientId;
+use crate::shutdown::Wake;
+
+/// Submission queue entries per ring; more wait in the ring's own backlog.
+const SQ_ENTRIES: u32 = 1024;
+
+/// Completion queue entries per ring. The kernel keeps what does not fit
+/// (`IORING_FEAT_NODROP`), so this only sets how much one wait can reap.
+const CQ_ENTRIES: u32 = 8192;
+
+/// Memory the kernel writes to or reads from for the ring's own
+/// operations: boxed, so that it stays put while they are in flight.
+struct Fixed {
+    wake: u64,
+    tick: types::Timespec,
+    backoff: types::Timespec,
+}
+
+/// An eventfd that wakes a ring: the ring keeps a read of it in flight,
+/// and whoever has news for the ring (the shutdown, a computed answer, a
+/// place freed among the clients) adds to it.
+pub(super) struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub(super) fn new() -> io::Result<Self> {
+        // Blocking on purpose: io_uring fails a read of an O_NONBLOCK file
+        // with EAGAIN instead of waiting for it.
+        // SAFETY: eventfd has no memory arguments.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn fd(&self) -> i32 {
+        self.0.as_raw_fd()
+    }
+}
+
+impl Wake for EventFd {
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to a descriptor we own.
+        // It cannot block (the counter would have to near 2^64), and a
+        // failure leaves nobody to wake.
+        unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// A ring, its buffers, and what it has in flight.
+pub(super) struct Ring {
+    // Dropped first: closing the ring ends what the kernel still holds of
+    // the memory below (after a failure; normally nothing is left).
+    pub(super) uring: IoUring,
+    pub(super) bufs: BufRing,
+    pub(super) ops: Ops,
+    fixed: ManuallyDrop<Box<Fixed>>,
+    wake: std::sync::Arc<EventFd>,
+    tick_armed: bool,
+    tick_multishot: bool,
+    wake_armed: bool,
+    /// Buffers given back since the last look: as many parked receives
+    /// may go again.
+    pub(super) recycled: usize,
+    /// The kernel takes a limit on a multishot receive (Linux 6.17+).
+    pub(super) recv_limit: bool,
+}
+
+impl Ring {
+    /// A ring whose eventfd is `wake`, ticking every `tick`, with the
+    /// provided buffers `tuning` asks for.
+    pub(super) fn new(
+        tuning: &Tuning,
+        tick: Duration,
+        backoff: Duration,
+        wake: std::sync::Arc<EventFd>,
+    ) -> io::Result<Self> {
+        let uring = kernel::io_uring(SQ_ENTRIES, CQ_ENTRIES)?;
+        let mut bufs = BufRing::new(tuning.buffers, tuning.buffer_size, GROUP)?;
+        bufs.register(&uring.submitter())
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "io_uring is unavailable here: this kernel has no provided buffer rings \
+                     (IORING_REGISTER_PBUF_RING, Linux 5.19): {e}"
+                    ),
+                ),
+                _ => e,
+            })?;
+        Ok(Ring {
+            uring,
+            bufs,
+            ops: Ops::default(),
+            fixed: ManuallyDrop::new(Box::new(Fixed {
+                wake: 0,
+                tick: types::Timespec::from(tick),
+                backoff: types::Timespec::from(backoff),
+            })),
+            wake,
+            tick_armed: false,
+            tick_multishot: true,
+            wake_armed: false,
+            recycled: 0,
+            recv_limit: tuning.recv_limit,
+        })
+    }
+
+    /// Makes the calling thread the ring's only submitter, and arms the
+    /// ring's own operations.
+    pub(super) fn start(&mut self) -> io::Result<()> {
+        self.uring.submitter().register_enable_rings()?;
+        self.arm_wake();
+        self.arm_tick();
+        Ok(())
+    }
+
+    /// Queues `entry`; it counts as in flight until its final completion.
+    pub(super) fn push(&mut self, entry: squeue::Entry) {
+        self.ops.push(entry);
+    }
+
+    /// Submits what is queued and waits: for at least one completion, or,
+    /// once `exiting`, at most 20 ms. The completions are in `cqes`.
+    pub(super) fn wait(
+        &mut self,
+        exiting: bool,
+        cqes: &mut Vec<(u64, i32, u32)>,
+    ) -> io::Result<()> {
+        // Before any wait: a client handed over before this ring's first
+        // wait has no completion of its own to wake it.
+        self.bufs.publish();
+        let all_queued = self.ops.flush(&mut self.uring);
+        let waited = if exiting {
+            // Bounded, so that a completion that never comes cannot keep
+            // the server from ending.
+            let ts = types::Timespec::new().nsec(20_000_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            self.uring.submitter().submit_with_args(1, &args)
+        } else {
+            self.uring.submit_and_wait(usize::from(all_queued))
+        };
+        match waited {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::ETIME)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        cqes.clear();
+        cqes.extend(
+            self.uring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        Ok(())
+    }
+
+    /// The data a receive completion carries, if any (valid until
+    /// [`recycle`](Ring::recycle)d).
+    pub(super) fn data(&self, flags: u32, len: usize) -> Option<(u16, &[u8])> {
+        let bid = cqueue::buffer_select(flags)?;
+        Some((bid, self.bufs.get(bid, len).unwrap_or_default()))
+    }
+
+    /// Gives the buffer of a completion back, if it carries one.
+    pub(super) fn recycle(&mut self, flags: u32) {
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            self.bufs.recycle(bid);
+            self.recycled += 1;
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        self.wake_armed = true;
+        let e = opcode::Read::new(
+            types::Fd(self.wake.fd()),
+            &raw mut self.fixed.wake as *mut u8,
+            8,
+        )
+        .build()
+        .user_data(ops::encode(Kind::Wake, ClientId::NONE));
+        self.ops.push(e);
+    }
+
+    /// The eventfd's read completed: what woke the ring (a client, an
+    /// answer, the shutdown, room for the acceptor) is looked at after
+    /// every batch; the read is armed again unless the ring is exiting.
+    pub(super) fn on_wake(&mut self, exiting: bool) {
+        self.ops.done();
+        self.wake_armed = false;
+        if !exiting {
+            self.arm_wake();
+        }
+    }
+
+    fn arm_tick(&mut self) {
+        self.tick_armed = true;
+        let flags = if self.tick_multishot {
+            types::TimeoutFlags::MULTISHOT
+        } else {
+            types::TimeoutFlags::empty()
+        };
+        // No count: it fires on time alone, every tick until removed.
+        let e = opcode::Timeout::new(&raw const self.fixed.tick)
+            .count(0)
+            .flags(flags)
+            .build()
+            .user_data(ops::encode(Kind::Tick, ClientId::NONE));
+        self.ops.push(e);
+    }
+
+    /// A tick fired: armed again if that was its last completion (before
+    /// Linux 6.4 a multishot timeout is refused, and a one-shot one is
+    /// armed each time).
+    pub(super) fn on_tick(&mut self, res: i32, last: bool, exiting: bool) {
+        if !last {
+            return;
+        }
+        self.ops.done();
+        self.tick_armed = false;
+        if res == -libc::EINVAL && self.tick_multishot {
+            self.tick_multishot = false;
+        }
+        if !exiting {
+            self.arm_tick();
+        }
+    }
+
+    /// Arms the pause after an accept error: the accept is re-armed when
+    /// it fires.
+    pub(super) fn arm_backoff(&mut self) {
+        let e = opcode::Timeout::new(&raw const self.fixed.backoff)
+            .build()
+            .user_data(ops::encode(Kind::Backoff, ClientId::NONE));
+        self.ops.push(e);
+    }
+
+    /// Cancels the ring's own operations, for a ring that ends once their
+    /// last completion is in.
+    pub(super) fn cancel_own(&mut self) {
+        let ctl = ops::encode(Kind::Ctl, ClientId::NONE);
+        if self.tick_armed {
+            let e = opcode::TimeoutRemove::new(ops::encode(Kind::Tick, ClientId::NONE))
+                .build()
+                .user_data(ctl);
+            self.ops.push(e);
+        }
+        if self.wake_armed {
+            let e = opcode::AsyncCancel::new(ops::encode(Kind::Wake, ClientId::NONE))
+                .build()
+                .user_data(ctl);
+            self.ops.push(e);
+        }
+    }
+
+    /// Unregisters the buffers, for a ring whose operations are all over.
+    pub(super) fn close(&mut self) -> io::Result<()> {
+        self.bufs.unregister(&self.uring.submitter())
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if self.ops.inflight == 0 {
+            // SAFETY: dropped once, here, and no operation refers to it.
+            unsafe { ManuallyDrop::drop(&mut self.fixed) };
+            return;
+        }
+        // A ring that failed, or whose cancellations never completed: the
+        // kernel may still write into the buffers after we are gone, so
+        // they are never freed.
+        self.bufs.leak();
+    }
+}
