@@ -17,6 +17,8 @@
 //! the trigger sees it at once, so there is no window in which a late
 //! starter misses the signal.
 
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -48,6 +50,39 @@ pub(crate) trait Wake: Send + Sync {
 impl Wake for mio::Waker {
     fn wake(&self) {
         let _ = mio::Waker::wake(self);
+    }
+}
+
+/// An eventfd that wakes an io_uring ring: the ring keeps a read of it in
+/// flight, and whoever has news for the ring (the shutdown, a computed
+/// answer, a place freed among the clients) adds to it.
+pub(crate) struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub(crate) fn new() -> io::Result<Self> {
+        // Blocking on purpose: io_uring fails a read of an O_NONBLOCK file
+        // with EAGAIN instead of waiting for it.
+        // SAFETY: eventfd has no memory arguments.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl Wake for EventFd {
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to a descriptor we own.
+        // It cannot block (the counter would have to near 2^64), and a
+        // failure leaves nobody to wake.
+        unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
     }
 }
 

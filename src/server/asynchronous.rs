@@ -35,10 +35,10 @@ use tokio::time;
 use tracing::warn;
 
 use super::compute::{Compute, ComputePool};
-use super::config::AsyncSettings;
 use super::counters::Ended;
 use super::listener::{self, Io};
 use super::memory::BUF_SIZE;
+use super::model::AsyncSettings;
 use super::registry::{ClientGuard, Outcome};
 use super::session::{Session, Spares, ToTest};
 use super::state::ServerState;

@@ -28,7 +28,8 @@ use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use super::config::{Config, Model};
+use super::config::Config;
+use super::model::Model;
 use super::responder::{MAX_ANSWER, Protocol};
 use crate::threads;
 

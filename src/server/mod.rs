@@ -5,8 +5,9 @@
 //! dispatches to them; everything else a server needs lives once, in a
 //! file of its own that no model owns:
 //!
-//! - [`config`]: the [`Model`], the [`Config`] a user asks for, and the one
-//!   check that makes it a [`ValidConfig`], the only kind a server runs;
+//! - `model`: the [`Model`]s and the [`Settings`] that are each one's own;
+//!   [`config`]: the [`Config`] a user asks for, and the one check that
+//!   makes it a [`ValidConfig`], the only kind a server runs;
 //! - `state`: a running server's shared state; `counters`: the
 //!   [`Counters`] and the [`Summary`] they add up to; `registry`: permits,
 //!   the clients being served, and how a client ends (its `Outcome`);
@@ -53,7 +54,9 @@ mod event;
 mod kernel;
 pub mod listener;
 mod log;
+mod loops;
 mod memory;
+mod model;
 mod pool;
 mod registry;
 mod responder;
@@ -74,11 +77,13 @@ use tracing::warn;
 
 pub use crate::shutdown::Shutdown;
 pub use config::{
-    AsyncSettings, Config, ConfigError, DEFAULT_MAX_CONNS, DEFAULT_WRITE_TIMEOUT, EventSettings,
-    Model, OverLimit, PoolSettings, Setting, Settings, ThreadSettings, UringSettings, ValidConfig,
-    cores, limits,
+    Config, ConfigError, DEFAULT_MAX_CONNS, DEFAULT_WRITE_TIMEOUT, OverLimit, ValidConfig, limits,
 };
 pub use counters::{Counters, Summary};
+pub use model::{
+    AsyncSettings, EventSettings, Model, PoolSettings, Setting, Settings, ThreadSettings,
+    UringSettings, cores,
+};
 pub use responder::Protocol;
 use state::ServerState;
 

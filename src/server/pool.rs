@@ -30,12 +30,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError, select};
 use tracing::{info, warn};
 
 use super::admission::Refusal;
-use super::config::PoolSettings;
 use super::conn::{self, ThreadBuffers};
 use super::counters::Ended;
 use super::listener::{self, Io};
 use super::log::LOG_TARGET;
 use super::memory;
+use super::model::PoolSettings;
 use super::registry::Permit;
 use super::state::ServerState;
 

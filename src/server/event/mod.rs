@@ -36,7 +36,6 @@ use std::net::TcpListener;
 use std::ops::ControlFlow;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
@@ -50,9 +49,10 @@ mod tests;
 use client::LoopClient;
 
 use super::compute::{Answer, Compute, ComputePool, Offloader};
-use super::config::EventSettings;
 use super::listener::{self, Io};
+use super::loops::{self, LoopThread};
 use super::memory::BUF_SIZE;
+use super::model::EventSettings;
 use super::registry::{ClientGuard, Outcome};
 use super::session::{self, HANDOFF, NewClient, Session, Spares};
 use super::slots::{ClientId, Slots};
@@ -72,7 +72,7 @@ fn token(id: ClientId) -> Token {
 struct LoopHandle {
     clients: Sender<NewClient>,
     waker: Arc<Waker>,
-    thread: thread::JoinHandle<io::Result<()>>,
+    thread: LoopThread,
 }
 
 pub(crate) fn run(
@@ -167,16 +167,7 @@ impl Loops {
             let _ = handle.waker.wake();
             threads.push(handle.thread);
         }
-        let mut result = Ok(());
-        for thread in threads {
-            let ended = thread
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("an event loop panicked")));
-            if result.is_ok() {
-                result = ended;
-            }
-        }
-        result
+        loops::join(threads, "event loop")
     }
 }
 
@@ -187,17 +178,8 @@ fn start_loop(
     compute: Option<Compute>,
 ) -> io::Result<LoopHandle> {
     let (event_loop, clients, waker) = EventLoop::new(state, settings, compute)?;
-    let shutdown = state.shutdown.clone();
-    let thread = thread::Builder::new()
-        .name(format!("event-{id}"))
-        .spawn(move || {
-            let ended = event_loop.run();
-            if let Err(e) = &ended {
-                tracing::error!("event loop {id} failed: {e}; the server stops");
-                shutdown.trigger();
-            }
-            ended.map_err(|e| io::Error::new(e.kind(), format!("event loop {id} failed: {e}")))
-        })?;
+    let (thread, shutdown) = (format!("event-{id}"), state.shutdown.clone());
+    let thread = loops::spawn("event loop", id, thread, shutdown, || event_loop.run())?;
     Ok(LoopHandle {
         clients,
         waker,

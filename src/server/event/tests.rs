@@ -1,10 +1,12 @@
 //! The loop's fair turns, and what a failed poll does.
 
 use super::*;
-use crate::server::config::{Config, Model};
+use crate::server::config::Config;
+use crate::server::model::Model;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::thread;
 
 /// A served connection: the client side, and the server side as the
 /// acceptor would hand it on.

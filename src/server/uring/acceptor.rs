@@ -32,8 +32,8 @@ use std::time::Instant;
 use crossbeam_channel::{Sender, TrySendError};
 use io_uring::{opcode, types};
 
-use super::ops::{self, Kind};
-use super::ring::{EventFd, Ring};
+use super::ops::{self, Completion, Kind};
+use super::ring::Ring;
 use super::{Shared, bump};
 use crate::server::admission::Admission;
 use crate::server::config::OverLimit;
@@ -42,6 +42,7 @@ use crate::server::registry::Permit;
 use crate::server::session::NewClient;
 use crate::server::slots::ClientId;
 use crate::server::state::ServerState;
+use crate::shutdown::EventFd;
 use crate::shutdown::Wake;
 
 /// Another ring, as ring 0 hands it clients.
@@ -130,9 +131,38 @@ impl Acceptor {
         }
     }
 
-    /// A completion of the accept: a newcomer, or an error. A newcomer
-    /// that this ring is to serve is handed back.
-    pub(super) fn on_accept(
+    /// A completion of one of the acceptor's operations; a newcomer that
+    /// this ring is to serve is handed back.
+    pub(super) fn on_completion(
+        &mut self,
+        c: Completion,
+        ring: &mut Ring,
+        stopping: bool,
+        now: Instant,
+    ) -> Option<NewClient> {
+        match c.kind {
+            Kind::Accept => return self.on_accept(c.res, c.last(), ring, stopping, now),
+            // The pause after an error is over: the next turn arms the
+            // accept.
+            Kind::Backoff => self.backoff = false,
+            // A `MSG_RING` to peer `id.slot` completed. Should it have
+            // failed (its completion queue full, say), the client waits in
+            // that ring's channel all the same, and its eventfd wakes it.
+            _ => {
+                self.messages -= 1;
+                if c.res < 0
+                    && let Some(to) = self.peers.get(c.id.slot as usize)
+                {
+                    to.wake.wake();
+                }
+            }
+        }
+        ring.ops.done();
+        None
+    }
+
+    /// A completion of the accept: a newcomer, or an error.
+    fn on_accept(
         &mut self,
         res: i32,
         last: bool,
@@ -168,26 +198,6 @@ impl Acceptor {
             ring.arm_backoff();
         }
         None
-    }
-
-    /// The pause after an error is over: the next turn arms the accept.
-    pub(super) fn on_backoff(&mut self, ring: &mut Ring) {
-        ring.ops.done();
-        self.backoff = false;
-    }
-
-    /// A `MSG_RING` to peer `peer` completed.
-    pub(super) fn on_message_sent(&mut self, peer: u32, res: i32, ring: &mut Ring) {
-        ring.ops.done();
-        self.messages -= 1;
-        // Should the message fail (its completion queue full, say), the
-        // client waits in that ring's channel all the same, and its
-        // eventfd wakes it to look.
-        if res < 0
-            && let Some(to) = self.peers.get(peer as usize)
-        {
-            to.wake.wake();
-        }
     }
 
     /// An accepted connection: admitted, or kept waiting for a place, or

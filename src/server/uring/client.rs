@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use io_uring::{opcode, types};
 
-use super::ops::{self, Kind};
+use super::ops::{self, Completion, Kind};
 use super::ring::Ring;
 use super::{GROUP, RingEvents, bump};
 use crate::server::compute::Offloader;
@@ -187,12 +187,10 @@ impl Client {
     /// `Err`; the buffer is given back either way.
     pub(super) fn on_recv(
         &mut self,
-        id: ClientId,
-        res: i32,
-        flags: u32,
-        last: bool,
+        c: Completion,
         with: &mut Serving<'_>,
     ) -> Result<RecvEnd, Outcome> {
+        let (id, res, flags, last) = (c.id, c.res, c.flags, c.last());
         if last {
             self.recv.armed = false;
             self.recv.cancelling = false;

@@ -53,18 +53,20 @@ use std::net::TcpListener;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
-use std::thread;
 use std::time::Duration;
 
 use acceptor::{Acceptor, Peer};
-use ring::{EventFd, Ring};
+use ring::Ring;
 use serve::{Feed, RingLoop};
 
 use super::admission::BACKOFF;
 use super::compute::{Compute, ComputePool, Offloader};
-use super::config::{Config, UringSettings};
+use super::config::Config;
+use super::loops::{self, LoopThread};
+use super::model::UringSettings;
 use super::session::{self, HANDOFF};
 use super::state::ServerState;
+use crate::shutdown::EventFd;
 
 /// The provided-buffer group every ring uses (each ring has its own).
 const GROUP: u16 = 0;
@@ -160,14 +162,12 @@ fn run_tuned(
         tuning,
         events,
     )
-    .and_then(join);
+    .and_then(|threads| loops::join(threads, "ring"));
     if let Some(compute) = compute {
         compute.stop();
     }
     result
 }
-
-type RingThread = thread::JoinHandle<io::Result<()>>;
 
 /// Starts every ring, each set up on its own thread (a ring belongs to
 /// the thread that made it: the kernel ties its clean-up to that thread),
@@ -180,7 +180,7 @@ fn start(
     compute: Option<Compute>,
     tuning: Tuning,
     events: Arc<RingEvents>,
-) -> io::Result<Vec<RingThread>> {
+) -> io::Result<Vec<LoopThread>> {
     let wake_acceptor = Arc::new(EventFd::new()?);
     let shared = Arc::new(Shared {
         acceptor_waits: AtomicBool::new(false),
@@ -223,7 +223,7 @@ fn start(
     match result {
         Ok(()) => Ok(started.threads),
         Err(e) => {
-            let _ = join(started.threads);
+            let _ = loops::join(started.threads, "ring");
             Err(e)
         }
     }
@@ -232,7 +232,7 @@ fn start(
 /// Ring threads set up and waiting for the word to run.
 #[derive(Default)]
 struct Started {
-    threads: Vec<RingThread>,
+    threads: Vec<LoopThread>,
     go: Vec<mpsc::SyncSender<bool>>,
 }
 
@@ -250,40 +250,33 @@ impl Started {
         let context = |e: io::Error| io::Error::new(e.kind(), format!("ring {id}: {e}"));
         let (ready, is_ready) = mpsc::sync_channel::<io::Result<OwnedFd>>(1);
         let (go, goes) = mpsc::sync_channel::<bool>(1);
-        let thread = thread::Builder::new()
-            .name(format!("uring-{id}"))
-            .spawn(move || {
-                let ring_loop = match make().and_then(|r| {
-                    // SAFETY: the ring's descriptor is open while `r` lives.
-                    let fd = unsafe { BorrowedFd::borrow_raw(r.ring.uring.as_raw_fd()) };
-                    Ok((fd.try_clone_to_owned()?, r))
-                }) {
-                    Ok((fd, ring_loop)) => {
-                        let _ = ready.send(Ok(fd));
-                        ring_loop
-                    }
-                    Err(e) => {
-                        // Reported through `ready`, as a set-up failure.
-                        let _ = ready.send(Err(e));
-                        return Ok(());
-                    }
-                };
-                if goes.recv() != Ok(true) {
+        let thread = loops::spawn("ring", id, format!("uring-{id}"), shutdown, move || {
+            let ring_loop = match make().and_then(|r| {
+                // SAFETY: the ring's descriptor is open while `r` lives.
+                let fd = unsafe { BorrowedFd::borrow_raw(r.ring.uring.as_raw_fd()) };
+                Ok((fd.try_clone_to_owned()?, r))
+            }) {
+                Ok((fd, ring_loop)) => {
+                    let _ = ready.send(Ok(fd));
+                    ring_loop
+                }
+                Err(e) => {
+                    // Reported through `ready`, as a set-up failure.
+                    let _ = ready.send(Err(e));
                     return Ok(());
                 }
-                let ended = ring_loop.run();
-                if let Err(e) = &ended {
-                    tracing::error!("ring {id} failed: {e}; the server stops");
-                    shutdown.trigger();
-                }
-                ended.map_err(|e| io::Error::new(e.kind(), format!("ring {id} failed: {e}")))
-            })
-            .map_err(|e| {
-                context(io::Error::new(
-                    e.kind(),
-                    format!("cannot start its thread: {e}"),
-                ))
-            })?;
+            };
+            if goes.recv() != Ok(true) {
+                return Ok(());
+            }
+            ring_loop.run()
+        })
+        .map_err(|e| {
+            context(io::Error::new(
+                e.kind(),
+                format!("cannot start its thread: {e}"),
+            ))
+        })?;
         self.threads.push(thread);
         self.go.push(go);
         is_ready
@@ -298,20 +291,6 @@ impl Started {
             let _ = go.send(run);
         }
     }
-}
-
-/// Waits for every ring; the first one's error, if any failed.
-fn join(threads: Vec<RingThread>) -> io::Result<()> {
-    let mut result = Ok(());
-    for thread in threads {
-        let ended = thread
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("a ring's thread panicked")));
-        if result.is_ok() {
-            result = ended;
-        }
-    }
-    result
 }
 
 #[cfg(test)]

@@ -46,6 +46,24 @@ pub(super) enum Kind {
     Backoff = 10,
 }
 
+/// A completion, decoded: what it completes, for which client, its
+/// result and flags.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Completion {
+    pub(super) kind: Kind,
+    pub(super) id: ClientId,
+    pub(super) res: i32,
+    pub(super) flags: u32,
+}
+
+impl Completion {
+    /// Its operation's final completion (no `IORING_CQE_F_MORE`): the
+    /// operation no longer counts as in flight.
+    pub(super) fn last(&self) -> bool {
+        !io_uring::cqueue::more(self.flags)
+    }
+}
+
 /// The `user_data` of an operation of `kind` for client `id` (the ring's
 /// own operations name no client: [`ClientId::NONE`]).
 pub(super) fn encode(kind: Kind, id: ClientId) -> u64 {

@@ -6,7 +6,6 @@
 
 use std::io;
 use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
@@ -16,7 +15,7 @@ use super::ops::{self, Kind, Ops};
 use super::{GROUP, Tuning};
 use crate::server::kernel;
 use crate::server::slots::ClientId;
-use crate::shutdown::Wake;
+use crate::shutdown::EventFd;
 
 /// Submission queue entries per ring; more wait in the ring's own backlog.
 const SQ_ENTRIES: u32 = 1024;
@@ -31,39 +30,6 @@ struct Fixed {
     wake: u64,
     tick: types::Timespec,
     backoff: types::Timespec,
-}
-
-/// An eventfd that wakes a ring: the ring keeps a read of it in flight,
-/// and whoever has news for the ring (the shutdown, a computed answer, a
-/// place freed among the clients) adds to it.
-pub(super) struct EventFd(OwnedFd);
-
-impl EventFd {
-    pub(super) fn new() -> io::Result<Self> {
-        // Blocking on purpose: io_uring fails a read of an O_NONBLOCK file
-        // with EAGAIN instead of waiting for it.
-        // SAFETY: eventfd has no memory arguments.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor that nothing else owns.
-        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn fd(&self) -> i32 {
-        self.0.as_raw_fd()
-    }
-}
-
-impl Wake for EventFd {
-    fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to a descriptor we own.
-        // It cannot block (the counter would have to near 2^64), and a
-        // failure leaves nobody to wake.
-        unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
-    }
 }
 
 /// A ring, its buffers, and what it has in flight.

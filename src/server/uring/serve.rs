@@ -17,11 +17,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
-use io_uring::cqueue;
 
 use super::acceptor::Acceptor;
 use super::client::{Client, RecvEnd, Serving};
-use super::ops::{self, Kind};
+use super::ops::{self, Completion, Kind};
 use super::ring::Ring;
 use super::{Shared, bump};
 use crate::server::compute::{Answer, Offloader};
@@ -162,30 +161,26 @@ impl RingLoop {
     }
 
     fn handle(&mut self, user_data: u64, res: i32, flags: u32) {
-        let last = !cqueue::more(flags);
         let Some((kind, id)) = ops::decode(user_data) else {
             self.ring.recycle(flags);
             return;
         };
+        let c = Completion {
+            kind,
+            id,
+            res,
+            flags,
+        };
+        let last = c.last();
         let exiting = self.phase == Phase::Exiting;
         match kind {
-            Kind::Accept => {
+            Kind::Accept | Kind::Backoff | Kind::MsgSent => {
                 let stopping = self.phase != Phase::Serving;
                 if let Feed::Acceptor(a) = &mut self.feed
                     && let Some((guard, stream)) =
-                        a.on_accept(res, last, &mut self.ring, stopping, self.now)
+                        a.on_completion(c, &mut self.ring, stopping, self.now)
                 {
                     self.add(guard, stream);
-                }
-            }
-            Kind::Backoff => {
-                if let Feed::Acceptor(a) = &mut self.feed {
-                    a.on_backoff(&mut self.ring);
-                }
-            }
-            Kind::MsgSent => {
-                if let Feed::Acceptor(a) = &mut self.feed {
-                    a.on_message_sent(id.slot, res, &mut self.ring);
                 }
             }
             Kind::Handoff => {} // the channel is read on every turn
@@ -214,7 +209,7 @@ impl RingLoop {
                         client.ops -= 1;
                     }
                     match kind {
-                        Kind::Recv => client.on_recv(id, res, flags, last, with).map(Some),
+                        Kind::Recv => client.on_recv(c, with).map(Some),
                         Kind::Send => client.on_send(res, with).map(|()| None),
                         _ => Ok(None), // 0, ENOENT or EALREADY: nothing to do
                     }

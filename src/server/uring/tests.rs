@@ -10,10 +10,11 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::server::config::{Model, OverLimit, Settings};
+use crate::server::config::OverLimit;
 use crate::server::counters::Summary;
 use crate::server::kernel;
 use crate::server::listener;
+use crate::server::model::{Model, Settings};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
