@@ -15,18 +15,23 @@
 //!   trial division, answer lines; CPU-bound on purpose.
 //! - [`server`]: [`run`](server::run) and [`start`](server::start), and
 //!   the [`Summary`](server::Summary) every model returns. Inside it:
-//!   - [`server::config`]: the [`Model`](server::Model), the
-//!     [`Config`](server::Config) every model obeys, each model's own
-//!     settings, and the one check of them all;
-//!   - `listener` binds and accepts (the error policy, the connection cap
-//!     as a permit taken before accept); `state` counts; `memory` keeps
-//!     within an address-space limit; `responder` says what to answer;
-//!   - `conn`: the blocking per-client loop, and the one place where every
-//!     model ends a client (an `Outcome`, logged and counted);
+//!   - [`server::config`]: the [`Config`](server::Config) every model
+//!     obeys, and the one check that makes it a
+//!     [`ValidConfig`](server::ValidConfig); `model`: the
+//!     [`Model`](server::Model)s and each one's own settings;
+//!   - `listener` binds and accepts; `admission` is the one policy of both
+//!     accept loops (the cap, the memory budget, rejections, accept
+//!     errors); `registry` keeps permits and the clients being served,
+//!     and ends each client once; `counters` count; `memory` keeps within
+//!     an address-space limit; `responder` says what to answer;
+//!   - `conn`: the blocking per-client loop of the thread models;
+//!     `session`: the client of the non-blocking models, with no I/O, with
+//!     `slots` (their table of clients) and `compute` (the pool that tests
+//!     large numbers for them);
 //!   - the models, each a file that reads like the article: `sequential`,
 //!     `thread`, `pool` (fixed or adaptive, bounded hand-off), `event`
-//!     (mio loops) and `asynchronous` (tokio tasks); `compute` is the pool
-//!     that tests large numbers for the two that must not block.
+//!     (mio loops), `asynchronous` (tokio tasks) and `uring` (io_uring
+//!     rings).
 //! - [`metrics`]: the Prometheus endpoint (`serve --metrics`), read from
 //!   the server's own counters at each scrape.
 //! - [`shutdown`]: the one signal every model obeys: stop accepting, drain,
@@ -34,7 +39,7 @@
 //! - [`client`]: the article's simulated client (N connections on a
 //!   schedule, every reply checked), its timelines and the time chart.
 //! - [`demo`]: the article's experiment in one call: its three servers and
-//!   the two event-driven ones, the client against each, a table and a
+//!   the three non-blocking ones, the client against each, a table and a
 //!   chart per model.
 //! - [`threads`]: the footnote's experiment: what idle threads cost.
 //! - [`bench`](mod@bench): `concur bench`: one load engine (a few epoll
@@ -51,7 +56,8 @@
 //! use concur::server::{self, Config, Model, listener};
 //!
 //! let listener = listener::bind("127.0.0.1:0".parse().unwrap(), 64).unwrap();
-//! let server = server::start(listener, Config::new(Model::Pool).threads(2)).unwrap();
+//! let config = Config::new(Model::Pool).threads(2).check().unwrap();
+//! let server = server::start(listener, config).unwrap();
 //!
 //! let mut client = std::net::TcpStream::connect(server.local_addr()).unwrap();
 //! client.write_all(b"^abc$").unwrap();
