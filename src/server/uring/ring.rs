@@ -242,7 +242,7 @@ impl Ring {
     }
 
     /// Unregisters the buffers, for a ring whose operations are all over.
-    pub(super) fn close(&mut self) -> io::Result<()> {
+    pub(super) fn unregister(&mut self) -> io::Result<()> {
         self.bufs.unregister(&self.uring.submitter())
     }
 }

@@ -141,7 +141,7 @@ impl RingLoop {
             self.accept_turn();
             self.maybe_exit();
         }
-        self.ring.close()
+        self.ring.unregister()
     }
 
     /// A ring that cannot wait for completions cannot serve anyone: its
