@@ -60,6 +60,40 @@ fn every_model_keeps_state_across_reads() {
 }
 
 #[test]
+fn a_message_that_arrives_in_pieces_is_answered_whole() {
+    // Each piece is its own segment (no Nagle), so the server's reads come
+    // back short, one piece at a time: a server that stopped reading after
+    // a short read and missed the next arrival would leave the answer
+    // incomplete.
+    const PIECES: usize = 200;
+    const PIECE: usize = 50;
+    for model in models() {
+        let server = start(model);
+        let mut s = connect_served(server.local_addr());
+        s.set_nodelay(true).unwrap();
+        let reader = {
+            let mut s = s.try_clone().unwrap();
+            thread::spawn(move || read_n(&mut s, PIECES * PIECE))
+        };
+        s.write_all(b"^").unwrap();
+        for i in 0..PIECES {
+            s.write_all(&[b'a' + (i % 26) as u8; PIECE]).unwrap();
+            if i % 10 == 0 {
+                thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        s.write_all(b"$").unwrap();
+        let want: Vec<u8> = (0..PIECES)
+            .flat_map(|i| [b'b' + (i % 26) as u8; PIECE])
+            .collect();
+        assert!(reader.join().unwrap() == want, "{model}: not the answers");
+        drop(s);
+        let summary = server.stop();
+        assert_eq!(summary.bytes_in, (PIECES * PIECE + 2) as u64, "{model}");
+    }
+}
+
+#[test]
 fn concurrent_clients_keep_separate_state() {
     for model in models() {
         let server = start(model);

@@ -8,7 +8,10 @@
 //! client does with the readiness it was given.
 //!
 //! - **Reads** drain the socket (readiness is edge-triggered) through one
-//!   64 KiB buffer per loop; the answers go into the client's session.
+//!   64 KiB buffer per loop; a read that comes back short has emptied it,
+//!   and the next arrival brings a new edge, so the loop does not read
+//!   again to be told "would block". The answers go into the client's
+//!   session.
 //! - **Writes** drain the session's answers until the kernel takes no
 //!   more. The client is watched for writability only while something is
 //!   pending.
@@ -264,7 +267,15 @@ impl EventLoop {
                         self.take_new_clients();
                         self.take_answers();
                     }
-                    Token(id) => self.drive(ClientId::from_u64(id as u64)),
+                    Token(id) => {
+                        let id = ClientId::from_u64(id as u64);
+                        if (event.is_read_closed() || event.is_error())
+                            && let Some(client) = self.clients.get_mut(id)
+                        {
+                            client.hung_up = true;
+                        }
+                        self.drive(id);
+                    }
                 }
             }
             for id in std::mem::take(&mut self.again) {
