@@ -4,9 +4,17 @@
 //! A multishot receive does not name a buffer; the kernel takes one from
 //! this ring when data arrives, and the completion says which (its buffer
 //! id). The ring gives the buffer back here once the data has been
-//! answered. So a ring of, say, 256 buffers serves any number of clients,
+//! answered. So a ring of, say, 64 buffers serves any number of clients,
 //! as long as not all of them are mid-read at once; when it runs dry, a
 //! receive ends with `ENOBUFS` and is re-armed once buffers come back.
+//!
+//! Consumed *incrementally* (`IOU_PBUF_RING_INC`, Linux 6.12+), a buffer
+//! is not spent on one receive: each takes only the bytes that arrived,
+//! from where the last one stopped, and the kernel flags every completion
+//! but the one that fills the buffer (`IORING_CQE_F_BUF_MORE`). So a
+//! buffer can be as large as a streaming read wants without small
+//! receives using up the ring, and the data of each completion is found
+//! by keeping count of what the buffer's earlier completions took.
 //!
 //! Memory layout (`IORING_REGISTER_PBUF_RING`): `entries` 16-byte
 //! `io_uring_buf` slots `{addr, len, bid, resv}` in one page-aligned
@@ -22,6 +30,10 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::Submitter;
 use io_uring::types::BufRingEntry;
 
+/// `IOU_PBUF_RING_INC` of the kernel's `io_uring.h` (Linux 6.12), which
+/// io-uring 0.7 does not export.
+const IOU_PBUF_RING_INC: u16 = 2;
+
 pub(super) struct BufRing {
     ring: *mut BufRingEntry,
     ring_bytes: usize,
@@ -31,6 +43,9 @@ pub(super) struct BufRing {
     size: u32,
     group: u16,
     tail: u16,
+    /// Bytes of each buffer that completions have taken so far: only
+    /// buffers consumed incrementally are ever taken in part.
+    taken: Box<[u32]>,
     registered: bool,
     /// Never unmapped: ops that may still write into the buffers are in
     /// flight (a ring that failed).
@@ -94,6 +109,7 @@ impl BufRing {
             size,
             group,
             tail: 0,
+            taken: vec![0; usize::from(entries)].into_boxed_slice(),
             registered: false,
             leak: false,
         };
@@ -103,12 +119,24 @@ impl BufRing {
         Ok(me)
     }
 
-    /// Hands the ring to the kernel and publishes every buffer.
-    pub(super) fn register(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
+    /// Hands the ring to the kernel, its buffers to be consumed
+    /// `incrementally` or whole, and publishes every buffer. A kernel
+    /// that does not know a flag refuses it with `EINVAL`.
+    pub(super) fn register(
+        &mut self,
+        submitter: &Submitter<'_>,
+        incrementally: bool,
+    ) -> io::Result<()> {
+        let flags = if incrementally { IOU_PBUF_RING_INC } else { 0 };
         // SAFETY: the ring memory is page aligned, sized for `entries`, and
         // stays mapped until `unregister` (or for good: see `leak`).
         unsafe {
-            submitter.register_buf_ring_with_flags(self.ring as u64, self.entries, self.group, 0)?
+            submitter.register_buf_ring_with_flags(
+                self.ring as u64,
+                self.entries,
+                self.group,
+                flags,
+            )?
         };
         self.registered = true;
         self.publish();
@@ -124,7 +152,7 @@ impl BufRing {
     }
 
     /// Gives buffer `bid` back; the kernel sees it after [`publish`](BufRing::publish).
-    pub(super) fn recycle(&mut self, bid: u16) {
+    fn recycle(&mut self, bid: u16) {
         debug_assert!(bid < self.entries);
         let idx = (self.tail & (self.entries - 1)) as usize;
         // SAFETY: idx < entries, and this slot lies outside the kernel's
@@ -147,17 +175,35 @@ impl BufRing {
         }
     }
 
-    /// The first `len` bytes of buffer `bid`, which a completion has just
-    /// handed over (valid until it is recycled).
+    /// The `len` bytes a completion has just put in buffer `bid`, after
+    /// what its earlier completions took (valid until [`taken`](BufRing::taken)).
     pub(super) fn get(&self, bid: u16, len: usize) -> Option<&[u8]> {
-        if bid >= self.entries || len > self.size as usize {
+        let at = *self.taken.get(usize::from(bid))? as usize;
+        if at + len > self.size as usize {
             return None;
         }
-        // SAFETY: in bounds; the kernel handed this buffer to us, and does
-        // not write to it again until it is recycled.
+        // SAFETY: in bounds; the kernel wrote these bytes and writes the
+        // next receive's after them, or into this buffer again only once
+        // it is recycled.
         Some(unsafe {
-            std::slice::from_raw_parts(self.data.add(bid as usize * self.size as usize), len)
+            std::slice::from_raw_parts(self.data.add(bid as usize * self.size as usize + at), len)
         })
+    }
+
+    /// A completion's `len` bytes of buffer `bid` have been dealt with;
+    /// unless the kernel goes on filling it (`more`), it is given back.
+    /// Whether it was.
+    pub(super) fn taken(&mut self, bid: u16, len: usize, more: bool) -> bool {
+        let Some(taken) = self.taken.get_mut(usize::from(bid)) else {
+            return false;
+        };
+        if more {
+            *taken = taken.saturating_add(len as u32);
+            return false;
+        }
+        *taken = 0;
+        self.recycle(bid);
+        true
     }
 
     pub(super) fn leak(&mut self) {
@@ -176,5 +222,26 @@ impl Drop for BufRing {
             libc::munmap(self.ring.cast(), self.ring_bytes);
             libc::munmap(self.data.cast(), self.data_bytes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_taken_in_part_hands_out_each_receive_after_the_last() {
+        let mut bufs = BufRing::new(2, 64, 0).unwrap();
+        let base = |bufs: &BufRing, bid, len| bufs.get(bid, len).unwrap().as_ptr() as usize;
+        let start = base(&bufs, 1, 10);
+        assert!(
+            !bufs.taken(1, 10, true),
+            "given back while the kernel fills it"
+        );
+        assert_eq!(base(&bufs, 1, 50), start + 10);
+        assert_eq!(bufs.get(1, 55), None, "past its end");
+        assert!(bufs.taken(1, 50, false), "not given back once full");
+        assert_eq!(base(&bufs, 1, 64), start, "a recycled buffer starts over");
+        assert_eq!(bufs.get(2, 1), None, "no such buffer");
     }
 }

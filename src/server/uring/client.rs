@@ -14,7 +14,7 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use io_uring::{opcode, types};
+use io_uring::{cqueue, opcode, types};
 
 use super::ops::{self, Completion, Kind};
 use super::ring::Ring;
@@ -197,6 +197,9 @@ impl Client {
         }
         let len = res.max(0) as usize;
         let mut taken = Ok(None);
+        if cqueue::buffer_more(flags) {
+            bump(&with.events.shared_buffers);
+        }
         if let Some((_, data)) = with.ring.data(flags, len) {
             if self.is_closing() {
                 with.state.counters.bytes_in(len);
@@ -206,7 +209,7 @@ impl Client {
                     .receive(data, with.now, with.state, with.spares, with.cap);
             }
         }
-        with.ring.recycle(flags);
+        with.ring.recycle(flags, len);
         with.offload(taken?, id);
         if !last || self.is_closing() {
             return Ok(RecvEnd::Fine);

@@ -71,10 +71,28 @@ use crate::shutdown::EventFd;
 /// The provided-buffer group every ring uses (each ring has its own).
 const GROUP: u16 = 0;
 
-/// Provided buffers per ring, and their size: 4 MiB of address space per
-/// ring, resident only once data has passed through.
-const BUFFERS: u16 = 256;
-const BUFFER_SIZE: u32 = 16 * 1024;
+/// A ring's provided buffers: how many, of how many bytes.
+#[derive(Clone, Copy, Debug)]
+struct Pool {
+    count: u16,
+    size: u32,
+}
+
+/// Provided buffers per ring, consumed incrementally: 4 MiB of address
+/// space, resident only once data has passed through. A receive may take
+/// as much as `event` reads at once, and small ones share a buffer.
+const BUFFERS: Pool = Pool {
+    count: 64,
+    size: 64 * 1024,
+};
+
+/// The same space where each receive takes a buffer whole (before Linux
+/// 6.12): in more, smaller buffers, so that a batch of many clients'
+/// small receives does not run the ring dry.
+const WHOLE_BUFFERS: Pool = Pool {
+    count: 256,
+    size: 16 * 1024,
+};
 
 /// What the rings share: how a place freed on any ring reaches ring 0
 /// while it waits for one, and what they did.
@@ -84,13 +102,15 @@ struct Shared {
     events: Arc<RingEvents>,
 }
 
-/// The rings' set-up that tests change: the provided buffers, whether a
-/// receive is armed with a limit, and the tick (`None`: from the
-/// timeouts, see [`tick`]).
+/// The rings' set-up that tests change: the provided buffers (consumed
+/// incrementally if `incremental` and the kernel can, else whole),
+/// whether a receive is armed with a limit, and the tick (`None`: from
+/// the timeouts, see [`tick`]).
 #[derive(Clone, Copy, Debug)]
 struct Tuning {
-    buffers: u16,
-    buffer_size: u32,
+    buffers: Pool,
+    whole_buffers: Pool,
+    incremental: bool,
     recv_limit: bool,
     tick: Option<Duration>,
 }
@@ -99,7 +119,8 @@ impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             buffers: BUFFERS,
-            buffer_size: BUFFER_SIZE,
+            whole_buffers: WHOLE_BUFFERS,
+            incremental: true,
             recv_limit: true,
             tick: None,
         }
@@ -122,6 +143,12 @@ struct RingEvents {
     handed: AtomicU64,
     /// The kernel refused a limit on a receive (before Linux 6.17).
     limit_refused: AtomicBool,
+    /// Receives that left the rest of their buffer to the next:
+    /// incremental consumption at work.
+    shared_buffers: AtomicU64,
+    /// A ring's buffers are taken whole (incremental consumption not
+    /// asked for, or refused before Linux 6.12).
+    whole_buffers: AtomicBool,
 }
 
 fn bump(counter: &AtomicU64) {

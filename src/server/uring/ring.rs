@@ -12,7 +12,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::bufring::BufRing;
 use super::ops::{self, Kind, Ops};
-use super::{GROUP, Tuning};
+use super::{GROUP, Pool, Tuning};
 use crate::server::kernel;
 use crate::server::slots::ClientId;
 use crate::shutdown::EventFd;
@@ -49,6 +49,8 @@ pub(super) struct Ring {
     pub(super) recycled: usize,
     /// The kernel takes a limit on a multishot receive (Linux 6.17+).
     pub(super) recv_limit: bool,
+    /// Its buffers are consumed incrementally (Linux 6.12+).
+    pub(super) incremental: bool,
 }
 
 impl Ring {
@@ -61,18 +63,7 @@ impl Ring {
         wake: std::sync::Arc<EventFd>,
     ) -> io::Result<Self> {
         let uring = kernel::io_uring(SQ_ENTRIES, CQ_ENTRIES)?;
-        let mut bufs = BufRing::new(tuning.buffers, tuning.buffer_size, GROUP)?;
-        bufs.register(&uring.submitter())
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!(
-                        "io_uring is unavailable here: this kernel has no provided buffer rings \
-                     (IORING_REGISTER_PBUF_RING, Linux 5.19): {e}"
-                    ),
-                ),
-                _ => e,
-            })?;
+        let (bufs, incremental) = provided_buffers(&uring, tuning)?;
         Ok(Ring {
             uring,
             bufs,
@@ -88,6 +79,7 @@ impl Ring {
             wake_armed: false,
             recycled: 0,
             recv_limit: tuning.recv_limit,
+            incremental,
         })
     }
 
@@ -150,10 +142,12 @@ impl Ring {
         Some((bid, self.bufs.get(bid, len).unwrap_or_default()))
     }
 
-    /// Gives the buffer of a completion back, if it carries one.
-    pub(super) fn recycle(&mut self, flags: u32) {
-        if let Some(bid) = cqueue::buffer_select(flags) {
-            self.bufs.recycle(bid);
+    /// The completion's `len` bytes have been dealt with: its buffer, if
+    /// it carries one, goes back unless the kernel goes on filling it.
+    pub(super) fn recycle(&mut self, flags: u32, len: usize) {
+        if let Some(bid) = cqueue::buffer_select(flags)
+            && self.bufs.taken(bid, len, cqueue::buffer_more(flags))
+        {
             self.recycled += 1;
         }
     }
@@ -245,6 +239,37 @@ impl Ring {
     pub(super) fn unregister(&mut self) -> io::Result<()> {
         self.bufs.unregister(&self.uring.submitter())
     }
+}
+
+/// The ring's provided buffers: consumed incrementally where `tuning`
+/// asks for it and the kernel can (Linux 6.12+; before, it refuses the
+/// flag with `EINVAL`), else smaller ones taken whole. Whether
+/// incrementally.
+fn provided_buffers(uring: &IoUring, tuning: &Tuning) -> io::Result<(BufRing, bool)> {
+    let no_buffer_rings = |e: io::Error| match e.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "io_uring is unavailable here: this kernel has no provided buffer rings \
+                 (IORING_REGISTER_PBUF_RING, Linux 5.19): {e}"
+            ),
+        ),
+        _ => e,
+    };
+    if tuning.incremental {
+        let Pool { count, size } = tuning.buffers;
+        let mut bufs = BufRing::new(count, size, GROUP)?;
+        match bufs.register(&uring.submitter(), true) {
+            Ok(()) => return Ok((bufs, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(no_buffer_rings(e)),
+        }
+    }
+    let Pool { count, size } = tuning.whole_buffers;
+    let mut bufs = BufRing::new(count, size, GROUP)?;
+    bufs.register(&uring.submitter(), false)
+        .map_err(no_buffer_rings)?;
+    Ok((bufs, false))
 }
 
 impl Drop for Ring {

@@ -80,6 +80,9 @@ impl RingLoop {
         offload: Option<Offloader>,
         cap: usize,
     ) -> Self {
+        if !ring.incremental {
+            shared.events.whole_buffers.store(true, Ordering::Relaxed);
+        }
         RingLoop {
             ring,
             id,
@@ -162,7 +165,7 @@ impl RingLoop {
 
     fn handle(&mut self, user_data: u64, res: i32, flags: u32) {
         let Some((kind, id)) = ops::decode(user_data) else {
-            self.ring.recycle(flags);
+            self.ring.recycle(flags, res.max(0) as usize);
             return;
         };
         let c = Completion {
@@ -201,7 +204,7 @@ impl RingLoop {
                 if self.clients.get(id).is_none() {
                     // Cannot happen while ops are counted, but a buffer
                     // must never be lost.
-                    self.ring.recycle(flags);
+                    self.ring.recycle(flags, res.max(0) as usize);
                     return;
                 }
                 self.step(id, |client, with| {

@@ -128,15 +128,27 @@ fn message(n: usize, seed: u8) -> (Vec<u8>, Vec<u8>) {
     (std::iter::once(b'^').chain(body).collect(), answer)
 }
 
+/// The size of the buffers the rings used: whole ones if the kernel
+/// refused incremental consumption.
+fn buffer_size(tuning: &Tuning, events: &RingEvents) -> usize {
+    let pool = if events.whole_buffers.load(Ordering::Relaxed) {
+        tuning.whole_buffers
+    } else {
+        tuning.buffers
+    };
+    pool.size as usize
+}
+
 #[test]
 fn a_dry_buffer_ring_parks_receives_and_loses_nothing() {
     if !runs_here() {
         return;
     }
     // Two buffers of 64 bytes for eight clients sending 4 KiB each at once.
+    let two = Pool { count: 2, size: 64 };
     let tuning = Tuning {
-        buffers: 2,
-        buffer_size: 64,
+        buffers: two,
+        whole_buffers: two,
         ..Tuning::default()
     };
     let server = serve(uring(1, 64 << 10), tuning);
@@ -171,6 +183,97 @@ fn a_dry_buffer_ring_parks_receives_and_loses_nothing() {
         parked > 0,
         "the ring never ran dry: the test tested nothing"
     );
+}
+
+/// Two clients each send a short request, wait for its answer, then
+/// stream 1 MiB in writes of odd sizes while reading the answers, through
+/// buffers of 4 KiB. Returns what the rings did.
+fn stream_through_small_buffers(tuning: Tuning) -> Arc<RingEvents> {
+    const TOTAL: usize = 1 << 20;
+    let server = serve(uring(1, 64 << 10), tuning);
+    let clients: Vec<_> = (0..2u8)
+        .map(|seed| {
+            let addr = server.addr;
+            thread::spawn(move || {
+                let mut c = connect(addr);
+                greeted(&mut c);
+                let (sent, want) = message(TOTAL, seed);
+                // A receive of 10 bytes leaves most of its buffer to the
+                // next one, if buffers are consumed incrementally.
+                c.write_all(&sent[..10]).unwrap();
+                let mut first = [0u8; 9];
+                c.read_exact(&mut first).unwrap();
+                assert_eq!(first, want[..9]);
+                let writer = {
+                    let mut c = c.try_clone().unwrap();
+                    thread::spawn(move || {
+                        for piece in sent[10..].chunks(1000 + usize::from(seed) * 333) {
+                            c.write_all(piece).unwrap();
+                        }
+                        c.shutdown(Half::Write).unwrap();
+                    })
+                };
+                let mut got = Vec::new();
+                c.read_to_end(&mut got).unwrap();
+                writer.join().unwrap();
+                assert!(
+                    got == want[9..],
+                    "client {seed}: {} bytes, not its answers",
+                    got.len()
+                );
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let events = Arc::clone(&server.events);
+    let (summary, ended) = server.stop();
+    ended.unwrap();
+    assert_eq!((summary.served, summary.failed), (2, 0), "{summary:?}");
+    let each = 1 + TOTAL as u64;
+    assert_eq!((summary.bytes_in, summary.bytes_out), (2 * each, 2 * each));
+    events
+}
+
+/// Four buffers of 4 KiB, consumed incrementally or not.
+fn small_buffers(incremental: bool) -> Tuning {
+    let small = Pool {
+        count: 4,
+        size: 4096,
+    };
+    Tuning {
+        buffers: small,
+        whole_buffers: small,
+        incremental,
+        ..Tuning::default()
+    }
+}
+
+#[test]
+fn a_stream_larger_than_any_buffer_arrives_intact_through_incremental_buffers() {
+    if !runs_here() {
+        return;
+    }
+    let events = stream_through_small_buffers(small_buffers(true));
+    if events.whole_buffers.load(Ordering::Relaxed) {
+        eprintln!("this kernel has no incremental buffers (before Linux 6.12): taken whole");
+    } else {
+        assert!(
+            events.shared_buffers.load(Ordering::Relaxed) > 0,
+            "no receive left part of its buffer to the next"
+        );
+    }
+}
+
+#[test]
+fn without_incremental_buffers_each_receive_takes_a_buffer_whole() {
+    if !runs_here() {
+        return;
+    }
+    let events = stream_through_small_buffers(small_buffers(false));
+    assert!(events.whole_buffers.load(Ordering::Relaxed));
+    assert_eq!(events.shared_buffers.load(Ordering::Relaxed), 0);
 }
 
 /// A client sends 1 MiB and reads nothing until the server holds a cap's
@@ -210,7 +313,7 @@ fn with_a_limit_on_the_receive_the_cap_holds_without_cancelling() {
     let tuning = Tuning::default();
     let cap = 8 << 10;
     let (summary, events) = flood_into_a_non_reader(tuning, cap);
-    let bound = (cap + tuning.buffer_size as usize) as u64;
+    let bound = (cap + buffer_size(&tuning, &events)) as u64;
     assert!(
         summary.max_buffered <= bound,
         "{} > {bound}",
@@ -240,7 +343,7 @@ fn without_a_limit_the_cap_holds_by_cancelling_and_nothing_is_lost() {
     let (summary, events) = flood_into_a_non_reader(tuning, cap);
     // Answers past the cap come from one buffer at most; what arrives
     // while the cancellation is on its way waits as unread input.
-    let bound = (cap + tuning.buffer_size as usize) as u64;
+    let bound = (cap + buffer_size(&tuning, &events)) as u64;
     assert!(
         summary.max_buffered <= bound,
         "{} > {bound}",
