@@ -25,6 +25,17 @@ use crate::server::session::{Session, Spares, ToTest};
 use crate::server::slots::ClientId;
 use crate::server::state::ServerState;
 
+/// An answer buffer longer than this goes out in two sends, this much
+/// first and the rest once it has gone. On loopback, one send of it all
+/// left the ring's thread doing the reader's side of TCP too: queueing
+/// the data into the reader's socket and waking it, and, as the ring fell
+/// behind, transmitting the reader's own queued data when the ring read.
+/// Split, the reader is woken by the first part and does that work in its
+/// own calls. Streaming one connection on a 2-core Xeon: 2.4 times less
+/// server CPU per byte and half again the bytes a second (first parts of
+/// 4 to 32 KiB measured alike).
+const FIRST_PART: usize = 16 * 1024;
+
 /// What a ring lends one of its clients for a step: its ring (to submit,
 /// and to read received data from), the server, its spare buffers, its
 /// way to the compute pool, and the time of the batch.
@@ -80,6 +91,8 @@ pub(super) struct Client {
     pub(super) ops: u32,
     pub(super) recv: Recv,
     send_inflight: bool,
+    /// The send in flight, or the last, was the first part of its buffer.
+    first_part: bool,
     /// Set once it is being closed, with how it ended.
     closing: Option<Box<Outcome>>,
 }
@@ -92,6 +105,7 @@ impl Client {
             ops: 0,
             recv: Recv::default(),
             send_inflight: false,
+            first_part: false,
             closing: None,
         }
     }
@@ -130,11 +144,20 @@ impl Client {
             && let Some(bytes) = self.session.next_send()
         {
             // A send takes at most u32::MAX bytes; the rest goes next time.
-            let len = bytes.len().min(u32::MAX as usize) as u32;
-            let e = opcode::Send::new(types::Fd(self.socket.as_raw_fd()), bytes.as_ptr(), len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(ops::encode(Kind::Send, id));
+            let mut len = bytes.len().min(u32::MAX as usize);
+            self.first_part = !self.first_part && len > FIRST_PART;
+            if self.first_part {
+                len = FIRST_PART;
+                bump(&with.events.split);
+            }
+            let e = opcode::Send::new(
+                types::Fd(self.socket.as_raw_fd()),
+                bytes.as_ptr(),
+                len as u32,
+            )
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ops::encode(Kind::Send, id));
             self.send_inflight = true;
             self.ops += 1;
             with.ring.push(e);

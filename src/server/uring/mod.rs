@@ -17,8 +17,10 @@
 //!   run out) and is armed again. It names no buffer: the kernel takes
 //!   one from the ring's provided-buffer group when data comes
 //!   (`bufring`), so an idle client holds no read buffer, as in `event`.
-//! - **Send**: one send per answer buffer, one in flight per client, so
-//!   that bytes go out in order (`client`, over the shared session).
+//! - **Send**: one send per answer buffer (two for a long one: the first
+//!   part wakes the reader, which then takes the rest itself), one in
+//!   flight per client, so that bytes go out in order (`client`, over the
+//!   shared session).
 //! - **Backpressure**: once a client's unsent answers pass
 //!   [`UringSettings::outbound_cap`], the ring stops its receive and
 //!   re-arms it only once they drain below half of it; each receive is
@@ -143,6 +145,8 @@ struct RingEvents {
     handed: AtomicU64,
     /// The kernel refused a limit on a receive (before Linux 6.17).
     limit_refused: AtomicBool,
+    /// Answer buffers sent in two parts.
+    split: AtomicU64,
     /// Receives that left the rest of their buffer to the next:
     /// incremental consumption at work.
     shared_buffers: AtomicU64,

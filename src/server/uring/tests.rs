@@ -186,9 +186,9 @@ fn a_dry_buffer_ring_parks_receives_and_loses_nothing() {
 }
 
 /// Two clients each send a short request, wait for its answer, then
-/// stream 1 MiB in writes of odd sizes while reading the answers, through
-/// buffers of 4 KiB. Returns what the rings did.
-fn stream_through_small_buffers(tuning: Tuning) -> Arc<RingEvents> {
+/// stream 1 MiB in writes of odd sizes while reading the answers. Returns
+/// what the rings did.
+fn stream(tuning: Tuning) -> Arc<RingEvents> {
     const TOTAL: usize = 1 << 20;
     let server = serve(uring(1, 64 << 10), tuning);
     let clients: Vec<_> = (0..2u8)
@@ -255,7 +255,7 @@ fn a_stream_larger_than_any_buffer_arrives_intact_through_incremental_buffers() 
     if !runs_here() {
         return;
     }
-    let events = stream_through_small_buffers(small_buffers(true));
+    let events = stream(small_buffers(true));
     if events.whole_buffers.load(Ordering::Relaxed) {
         eprintln!("this kernel has no incremental buffers (before Linux 6.12): taken whole");
     } else {
@@ -267,11 +267,20 @@ fn a_stream_larger_than_any_buffer_arrives_intact_through_incremental_buffers() 
 }
 
 #[test]
+fn long_answers_go_in_two_sends_and_arrive_in_order() {
+    if !runs_here() {
+        return;
+    }
+    let events = stream(Tuning::default());
+    assert!(events.split.load(Ordering::Relaxed) > 0, "never split");
+}
+
+#[test]
 fn without_incremental_buffers_each_receive_takes_a_buffer_whole() {
     if !runs_here() {
         return;
     }
-    let events = stream_through_small_buffers(small_buffers(false));
+    let events = stream(small_buffers(false));
     assert!(events.whole_buffers.load(Ordering::Relaxed));
     assert_eq!(events.shared_buffers.load(Ordering::Relaxed), 0);
 }
