@@ -142,7 +142,6 @@ async fn serve_steps(
     compute: Option<&Compute>,
 ) -> Result<Outcome, Outcome> {
     stream.set_nodelay(true)?;
-    task.session.greet(state, &mut task.spares)?;
     loop {
         send_all(stream, task, state).await?;
         if let Some(outcome) = task.session.finished() {

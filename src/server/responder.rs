@@ -61,6 +61,13 @@ impl Responder {
         }
     }
 
+    pub(crate) fn protocol(&self) -> Protocol {
+        match self {
+            Responder::Bytes(_) => Protocol::Bytes,
+            Responder::Prime(_) => Protocol::Prime,
+        }
+    }
+
     /// What the server sends first: `*` for the byte protocol, nothing for
     /// the line protocol.
     pub(crate) fn greeting(protocol: Protocol) -> &'static [u8] {

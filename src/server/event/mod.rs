@@ -350,11 +350,10 @@ impl EventLoop {
     fn add(&mut self, guard: ClientGuard, stream: std::net::TcpStream) {
         guard.connected();
         let socket = TcpStream::from_std(stream);
-        let mut session = Session::new(guard, &self.state, Instant::now());
+        let session = Session::new(guard, &self.state, Instant::now());
         let ready = self
             .clients
             .room_for_one(&self.state.budget)
-            .and_then(|()| session.greet(&self.state, &mut self.spares))
             .and_then(|()| socket.set_nodelay(true));
         if let Err(e) = ready {
             session.end(e.into(), socket, &mut self.spares);

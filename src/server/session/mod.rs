@@ -144,6 +144,11 @@ impl Spares {
         }
         buffers.sent = 0;
         buffers.read = 0;
+        // Answers gather in `queued`: it takes the larger buffer, so that
+        // a client that comes back with a request allocates nothing.
+        if buffers.queued.capacity() < buffers.sending.capacity() {
+            std::mem::swap(&mut buffers.queued, &mut buffers.sending);
+        }
         self.0.push(buffers);
     }
 }
@@ -186,16 +191,20 @@ pub(crate) struct Session {
     full: bool,
     /// It has closed its sending side; what it is owed still goes.
     read_closed: bool,
+    /// Bytes of the greeting not yet sent: it is sent from where it is
+    /// defined, without buffers, so that a burst of newcomers waiting for
+    /// theirs holds none.
+    greeting: u8,
 }
 
 impl Session {
-    /// A new client, admitted at `now`; nothing queued yet (see
-    /// [`greet`](Session::greet)).
+    /// A new client, admitted at `now`, owed its greeting.
     pub(crate) fn new(guard: ClientGuard, state: &ServerState, now: Instant) -> Self {
         let now = stamp(now);
+        let protocol = state.config.protocol;
         Session {
             guard,
-            responder: Responder::new(state.config.protocol),
+            responder: Responder::new(protocol),
             io: None,
             close_reason: None,
             last_heard: now,
@@ -203,25 +212,13 @@ impl Session {
             computing: false,
             full: false,
             read_closed: false,
+            greeting: Responder::greeting(protocol).len() as u8,
         }
     }
 
-    /// Queues the greeting; the buffers it needs are checked against the
-    /// memory limit like any others.
-    pub(crate) fn greet(&mut self, state: &ServerState, spares: &mut Spares) -> io::Result<()> {
-        let greeting = Responder::greeting(state.config.protocol);
-        if greeting.is_empty() {
-            return Ok(());
-        }
-        let io = buffers(&mut self.io, state, spares)?;
-        state.budget.reserve(&mut io.queued, greeting.len())?;
-        io.queued.extend_from_slice(greeting);
-        Ok(())
-    }
-
-    /// Answer bytes not yet sent.
+    /// Answer bytes not yet sent, the greeting's included.
     pub(crate) fn pending(&self) -> usize {
-        self.io.as_ref().map_or(0, |io| io.pending())
+        usize::from(self.greeting) + self.io.as_ref().map_or(0, |io| io.pending())
     }
 
     pub(crate) fn has_unread(&self) -> bool {
@@ -383,11 +380,15 @@ impl Session {
         Ok(())
     }
 
-    /// What to send next, if anything: the rest of the buffer being sent,
-    /// or else everything queued. The bytes stay where they are until
+    /// What to send next, if anything: the greeting, the rest of the
+    /// buffer being sent, or else everything queued. The bytes stay where they are until
     /// [`sent`](Session::sent) says how many went; a driver whose send is
     /// still in flight must not ask again meanwhile.
     pub(crate) fn next_send(&mut self) -> Option<&[u8]> {
+        if self.greeting > 0 {
+            let greeting = Responder::greeting(self.responder.protocol());
+            return Some(&greeting[greeting.len() - usize::from(self.greeting)..]);
+        }
         let io = self.io.as_mut()?;
         if io.sent == io.sending.len() && !io.queued.is_empty() {
             // The two trade places: the old one, emptied, gathers the next
@@ -412,7 +413,9 @@ impl Session {
     ) {
         state.counters.bytes_out(n);
         self.last_progress = stamp(now);
-        if let Some(io) = self.io.as_mut() {
+        if self.greeting > 0 {
+            self.greeting -= n.min(usize::from(self.greeting)) as u8;
+        } else if let Some(io) = self.io.as_mut() {
             io.sent += n;
         }
         self.release_if_idle(spares);

@@ -130,3 +130,21 @@ fn a_large_number_is_handed_back_and_the_rest_waits_for_its_answer() {
     s.input_ended();
     assert!(matches!(s.finished(), Some(Outcome::Done)));
 }
+
+#[test]
+fn the_greeting_goes_first_and_holds_no_buffer() {
+    let (mut s, state, _sockets) = hand_session(Protocol::Bytes);
+    let mut spares = Spares::default();
+    assert_eq!(s.pending(), 1);
+    assert!(s.io.is_none(), "buffers taken for the greeting");
+    // An answer made before the greeting went still comes after it.
+    let test = s.receive(b"^ab$", Instant::now(), &state, &mut spares, 1 << 16);
+    assert_eq!(test.unwrap(), None);
+    assert_eq!(s.next_send(), Some(&b"*"[..]));
+    s.sent(1, Instant::now(), &state, &mut spares);
+    assert_eq!(s.next_send(), Some(&b"bc"[..]));
+    assert_eq!(send_all(&mut s, &state, &mut spares), 2);
+    assert_eq!(s.pending(), 0);
+    assert!(s.io.is_none(), "buffers kept once all was sent");
+    assert_eq!(state.counters.summary().bytes_out, 3);
+}

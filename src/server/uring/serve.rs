@@ -282,12 +282,11 @@ impl RingLoop {
     /// Takes on a client: its greeting goes out and its receive is armed.
     fn add(&mut self, guard: ClientGuard, stream: std::net::TcpStream) {
         guard.connected();
-        let mut session = Session::new(guard, &self.state, self.now);
+        let session = Session::new(guard, &self.state, self.now);
         let ready = self
             .clients
             .room_for_one(&self.state.budget)
-            .and_then(|()| stream.set_nodelay(true))
-            .and_then(|()| session.greet(&self.state, &mut self.spares));
+            .and_then(|()| stream.set_nodelay(true));
         if let Err(e) = ready {
             session.end(e.into(), stream, &mut self.spares);
             self.place_freed();
