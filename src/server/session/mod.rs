@@ -421,6 +421,12 @@ impl Session {
         self.release_if_idle(spares);
     }
 
+    /// Some of the buffer being sent has gone: the next send goes on with
+    /// it rather than starting one.
+    pub(crate) fn sent_some(&self) -> bool {
+        self.greeting == 0 && self.io.as_ref().is_some_and(|io| io.sent > 0)
+    }
+
     /// Gives its buffers back once nothing is left in them.
     fn release_if_idle(&mut self, spares: &mut Spares) {
         if self.pending() > 0 || self.has_unread() {

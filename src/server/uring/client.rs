@@ -59,17 +59,28 @@ impl Serving<'_> {
     }
 }
 
-/// Where a client's multishot receive stands.
-#[derive(Default)]
-pub(super) struct Recv {
-    /// In flight: completions may still come.
-    armed: bool,
-    /// A cancellation of it is in flight.
-    cancelling: bool,
+/// Where a client's multishot receive stands. One byte, like the rest of
+/// a client's own state: ten thousand idle clients hold it each.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(super) enum Recv {
+    /// None in flight.
+    #[default]
+    Off,
     /// It ended for want of buffers; armed again once some come back.
-    pub(super) parked: bool,
-    /// It was armed with a limit (which kernels before 6.17 refuse).
-    limited: bool,
+    Parked,
+    /// In flight, armed without a limit, or with one (`Limited`, which
+    /// kernels before 6.17 refuse).
+    Armed,
+    Limited,
+    /// In flight, and so is a cancellation of it.
+    Cancelling,
+    CancellingLimited,
+}
+
+impl Recv {
+    fn limited(self) -> bool {
+        matches!(self, Recv::Limited | Recv::CancellingLimited)
+    }
 }
 
 /// What a receive's last completion says of the receive itself.
@@ -88,13 +99,11 @@ pub(super) struct Client {
     pub(super) session: Session,
     socket: TcpStream,
     /// Operations of its in flight; its memory is freed only at zero.
-    pub(super) ops: u32,
+    pub(super) ops: u8,
     pub(super) recv: Recv,
     send_inflight: bool,
-    /// The send in flight, or the last, was the first part of its buffer.
-    first_part: bool,
-    /// Set once it is being closed, with how it ended.
-    closing: Option<Box<Outcome>>,
+    /// It is being closed (its ring keeps how it ended).
+    closing: bool,
 }
 
 impl Client {
@@ -103,21 +112,20 @@ impl Client {
             session,
             socket,
             ops: 0,
-            recv: Recv::default(),
+            recv: Recv::Off,
             send_inflight: false,
-            first_part: false,
-            closing: None,
+            closing: false,
         }
     }
 
     pub(super) fn is_closing(&self) -> bool {
-        self.closing.is_some()
+        self.closing
     }
 
     /// Whether it is closing and none of its operations is left: it can
     /// be ended.
     pub(super) fn is_done(&self) -> bool {
-        self.closing.is_some() && self.ops == 0
+        self.closing && self.ops == 0
     }
 
     /// Has nothing in flight that a shutdown of its socket would end (its
@@ -144,32 +152,31 @@ impl Client {
             && let Some(bytes) = self.session.next_send()
         {
             // A send takes at most u32::MAX bytes; the rest goes next time.
-            let mut len = bytes.len().min(u32::MAX as usize);
-            self.first_part = !self.first_part && len > FIRST_PART;
-            if self.first_part {
+            let (at, mut len) = (bytes.as_ptr(), bytes.len().min(u32::MAX as usize));
+            if len > FIRST_PART && !self.session.sent_some() {
                 len = FIRST_PART;
                 bump(&with.events.split);
             }
-            let e = opcode::Send::new(
-                types::Fd(self.socket.as_raw_fd()),
-                bytes.as_ptr(),
-                len as u32,
-            )
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(ops::encode(Kind::Send, id));
+            let e = opcode::Send::new(types::Fd(self.socket.as_raw_fd()), at, len as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(ops::encode(Kind::Send, id));
             self.send_inflight = true;
             self.ops += 1;
             with.ring.push(e);
         }
         if self.session.wants_input(cap) {
-            if !self.recv.armed && !self.recv.parked {
+            if self.recv == Recv::Off {
                 self.arm_recv(id, with.ring, cap);
             }
-        } else if self.recv.armed && !self.recv.cancelling && self.session.blocked(cap) {
+        } else if matches!(self.recv, Recv::Armed | Recv::Limited) && self.session.blocked(cap) {
             // Over the cap, or waiting for a number: stop the receive.
             // What arrives before it stops is kept, not lost.
-            self.recv.cancelling = true;
+            self.recv = if self.recv.limited() {
+                Recv::CancellingLimited
+            } else {
+                Recv::Cancelling
+            };
             self.ops += 1;
             bump(&with.events.paused);
             let e = opcode::AsyncCancel::new(ops::encode(Kind::Recv, id))
@@ -185,9 +192,7 @@ impl Client {
 
     fn arm_recv(&mut self, id: ClientId, ring: &mut Ring, cap: usize) {
         let limit = ring.recv_limit;
-        self.recv.armed = true;
-        self.recv.parked = false;
-        self.recv.limited = limit;
+        self.recv = if limit { Recv::Limited } else { Recv::Armed };
         self.ops += 1;
         let headroom = cap.saturating_sub(self.session.pending()).max(1);
         // One submission, a completion for every arrival, each in a buffer
@@ -214,9 +219,9 @@ impl Client {
         with: &mut Serving<'_>,
     ) -> Result<RecvEnd, Outcome> {
         let (id, res, flags, last) = (c.id, c.res, c.flags, c.last());
+        let limited = self.recv.limited();
         if last {
-            self.recv.armed = false;
-            self.recv.cancelling = false;
+            self.recv = Recv::Off;
         }
         let len = res.max(0) as usize;
         let mut taken = Ok(None);
@@ -246,7 +251,7 @@ impl Client {
             }
             e if e == -libc::ENOBUFS => {
                 // The data waits in the socket until buffers come back.
-                self.recv.parked = true;
+                self.recv = Recv::Parked;
                 Ok(RecvEnd::Parked)
             }
             e if e == -libc::ECANCELED => Ok(RecvEnd::Fine),
@@ -254,7 +259,7 @@ impl Client {
             // kept by cancelling, and what races the cancel is kept. Every
             // receive armed with one before the first refusal came back is
             // refused too; each is armed again, without.
-            e if e == -libc::EINVAL && self.recv.limited => Ok(RecvEnd::LimitRefused),
+            e if e == -libc::EINVAL && limited => Ok(RecvEnd::LimitRefused),
             e => Err(io::Error::from_raw_os_error(-e).into()),
         }
     }
@@ -279,11 +284,8 @@ impl Client {
     /// Starts closing it: every operation of its is cancelled (closing its
     /// socket would not do it: the ring holds its own reference), and it is
     /// ended once the last has completed.
-    pub(super) fn close(&mut self, id: ClientId, outcome: Outcome, ring: &mut Ring) {
-        if self.closing.is_some() {
-            return;
-        }
-        self.closing = Some(Box::new(outcome));
+    pub(super) fn close(&mut self, id: ClientId, ring: &mut Ring) {
+        self.closing = true;
         if self.ops > 0 {
             self.ops += 1;
             let fd = types::Fd(self.socket.as_raw_fd());
@@ -294,16 +296,11 @@ impl Client {
         }
     }
 
-    /// Counts and logs how it ended, then closes its socket. None of its
-    /// operations may be in flight, unless its buffers were given up.
-    pub(super) fn end(mut self, spares: &mut Spares) {
-        let outcome = self.closing.take().map_or(Outcome::Done, |o| *o);
-        self.session.end(outcome, self.socket, spares);
-    }
-
-    /// Ends it at once, for a ring that failed: the kernel may still read
-    /// its answers, so its buffers are given up rather than freed.
-    pub(super) fn abandon(mut self, outcome: Outcome, spares: &mut Spares) {
+    /// Counts and logs how it ended, then closes its socket. Operations
+    /// of its are still in flight only if its ring failed: the kernel may
+    /// then still read its answers, so its buffers are given up rather
+    /// than freed.
+    pub(super) fn end(mut self, outcome: Outcome, spares: &mut Spares) {
         if self.ops > 0 {
             self.session.forget_buffers();
         }

@@ -90,7 +90,7 @@ pub(super) fn decode(user_data: u64) -> Option<(Kind, ClientId)> {
     Some((kind, ClientId::from_u64(user_data & ((1 << ID_BITS) - 1))))
 }
 
-/// Operations queued but not yet in the submission queue (it was full),
+/// Operations that found the submission queue full even after a submit,
 /// and the count of every operation not finished yet.
 #[derive(Default)]
 pub(super) struct Ops {
@@ -99,10 +99,16 @@ pub(super) struct Ops {
 }
 
 impl Ops {
-    /// Queues `entry`; it counts as in flight from now on.
-    pub(super) fn push(&mut self, entry: squeue::Entry) {
+    /// Queues `entry`; it counts as in flight from now on. It goes
+    /// straight into the submission queue, which is submitted when full:
+    /// a burst (thousands of newcomers in one batch) piled up here would
+    /// keep its memory in the process after the burst.
+    pub(super) fn push(&mut self, ring: &mut IoUring, entry: squeue::Entry) {
         self.inflight += 1;
         self.backlog.push_back(entry);
+        if !self.flush(ring) && ring.submit().is_ok() {
+            self.flush(ring);
+        }
     }
 
     /// An operation's final completion came.

@@ -94,7 +94,7 @@ impl Ring {
 
     /// Queues `entry`; it counts as in flight until its final completion.
     pub(super) fn push(&mut self, entry: squeue::Entry) {
-        self.ops.push(entry);
+        self.ops.push(&mut self.uring, entry);
     }
 
     /// Submits what is queued and waits: for at least one completion, or,
@@ -126,10 +126,14 @@ impl Ring {
                 ) => {}
             Err(e) => return Err(e),
         }
+        // No more than `cqes` holds: the rest are reaped by the next wait,
+        // which does not sleep while there are any, and a burst leaves no
+        // larger vector behind.
         cqes.clear();
+        let room = cqes.capacity();
         cqes.extend(
-            self.uring
-                .completion()
+            (self.uring.completion())
+                .take(room)
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
         Ok(())
@@ -161,7 +165,7 @@ impl Ring {
         )
         .build()
         .user_data(ops::encode(Kind::Wake, ClientId::NONE));
-        self.ops.push(e);
+        self.push(e);
     }
 
     /// The eventfd's read completed: what woke the ring (a client, an
@@ -188,7 +192,7 @@ impl Ring {
             .flags(flags)
             .build()
             .user_data(ops::encode(Kind::Tick, ClientId::NONE));
-        self.ops.push(e);
+        self.push(e);
     }
 
     /// A tick fired: armed again if that was its last completion (before
@@ -214,7 +218,7 @@ impl Ring {
         let e = opcode::Timeout::new(&raw const self.fixed.backoff)
             .build()
             .user_data(ops::encode(Kind::Backoff, ClientId::NONE));
-        self.ops.push(e);
+        self.push(e);
     }
 
     /// Cancels the ring's own operations, for a ring that ends once their
@@ -225,13 +229,13 @@ impl Ring {
             let e = opcode::TimeoutRemove::new(ops::encode(Kind::Tick, ClientId::NONE))
                 .build()
                 .user_data(ctl);
-            self.ops.push(e);
+            self.push(e);
         }
         if self.wake_armed {
             let e = opcode::AsyncCancel::new(ops::encode(Kind::Wake, ClientId::NONE))
                 .build()
                 .user_data(ctl);
-            self.ops.push(e);
+            self.push(e);
         }
     }
 

@@ -9,7 +9,7 @@
 //! re-arm what ended. Every completion of a batch is reaped with one
 //! `io_uring_enter`, which also submits everything queued since the last.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, TryRecvError};
 
 use super::acceptor::Acceptor;
-use super::client::{Client, RecvEnd, Serving};
+use super::client::{Client, Recv, RecvEnd, Serving};
 use super::ops::{self, Completion, Kind};
 use super::ring::Ring;
 use super::{Shared, bump};
@@ -63,6 +63,9 @@ pub(super) struct RingLoop {
     spares: Spares,
     /// Clients whose receive ran out of buffers, to re-arm in turn.
     parked: VecDeque<ClientId>,
+    /// How each client being closed ended, by its place: kept here rather
+    /// than in every client.
+    ending: HashMap<u32, Outcome>,
     feed: Feed,
     offload: Option<Offloader>,
     cap: usize,
@@ -91,6 +94,7 @@ impl RingLoop {
             clients: Slots::default(),
             spares: Spares::default(),
             parked: VecDeque::new(),
+            ending: HashMap::new(),
             feed,
             offload,
             cap,
@@ -152,7 +156,7 @@ impl RingLoop {
     /// use is given up.
     fn fail(&mut self, e: io::Error) -> io::Error {
         for client in self.clients.drain() {
-            client.abandon(
+            client.end(
                 io::Error::new(e.kind(), e.to_string()).into(),
                 &mut self.spares,
             );
@@ -299,8 +303,11 @@ impl RingLoop {
     /// Starts closing a client; it ends once none of its operations is
     /// left.
     fn close(&mut self, id: ClientId, outcome: Outcome) {
-        if let Some(client) = self.clients.get_mut(id) {
-            client.close(id, outcome, &mut self.ring);
+        if let Some(client) = self.clients.get_mut(id)
+            && !client.is_closing()
+        {
+            self.ending.insert(id.slot, outcome);
+            client.close(id, &mut self.ring);
         }
         self.maybe_end(id);
     }
@@ -312,7 +319,8 @@ impl RingLoop {
             return;
         }
         if let Some(client) = self.clients.remove(id) {
-            client.end(&mut self.spares);
+            let outcome = self.ending.remove(&id.slot).unwrap_or(Outcome::Done);
+            client.end(outcome, &mut self.spares);
             self.place_freed();
         }
     }
@@ -335,9 +343,9 @@ impl RingLoop {
                 break;
             };
             if let Some(client) = self.clients.get_mut(id)
-                && client.recv.parked
+                && client.recv == Recv::Parked
             {
-                client.recv.parked = false;
+                client.recv = Recv::Off;
                 self.progress(id);
                 budget -= 1;
             }
@@ -349,24 +357,21 @@ impl RingLoop {
     /// cheap next to a timer each: ten thousand take microseconds.
     fn sweep(&mut self) {
         let closing = self.state.registry.is_closing();
-        for id in self.clients.ids() {
-            let Some(c) = self.clients.get(id) else {
-                continue;
-            };
-            if c.is_closing() {
-                continue;
-            }
-            // Once the drain is over, `shutdown(2)` on its socket ends a
-            // client through its receive or send; one with neither in
-            // flight would never see it.
-            let outcome = if closing && c.unreachable_by_shutdown() {
-                Some(Outcome::ClosedAtShutdown)
-            } else {
-                c.session.expired(self.now, &self.state.config)
-            };
-            if let Some(outcome) = outcome {
-                self.close(id, outcome);
-            }
+        let (now, config) = (self.now, &self.state.config);
+        let expired: Vec<_> = (self.clients.iter())
+            .filter(|(_, c)| !c.is_closing())
+            .filter_map(|(id, c)| {
+                // Once the drain is over, `shutdown(2)` on its socket ends
+                // a client through its receive or send; one with neither
+                // in flight would never see it.
+                if closing && c.unreachable_by_shutdown() {
+                    return Some((id, Outcome::ClosedAtShutdown));
+                }
+                c.session.expired(now, config).map(|outcome| (id, outcome))
+            })
+            .collect();
+        for (id, outcome) in expired {
+            self.close(id, outcome);
         }
     }
 
