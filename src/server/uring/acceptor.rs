@@ -124,10 +124,11 @@ impl Acceptor {
     fn cancel(&mut self, ring: &mut Ring) {
         if self.armed && !self.cancelling {
             self.cancelling = true;
-            let e = opcode::AsyncCancel::new(ops::encode(Kind::Accept, ClientId::NONE))
-                .build()
-                .user_data(ops::encode(Kind::Ctl, ClientId::NONE));
-            ring.push(e);
+            let none = ClientId::NONE;
+            ring.push(ops::cancel(
+                ops::encode(Kind::Accept, none),
+                ops::encode(Kind::Ctl, none),
+            ));
         }
     }
 

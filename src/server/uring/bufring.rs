@@ -17,10 +17,10 @@
 //! by keeping count of what the buffer's earlier completions took.
 //!
 //! Memory layout (`IORING_REGISTER_PBUF_RING`): `entries` 16-byte
-//! `io_uring_buf` slots `{addr, len, bid, resv}` in one page-aligned
-//! mapping. The ring's *tail* lives in the `resv` field of slot 0, so
-//! slot 0 is written field by field, never whole. The buffers themselves
-//! are a second mapping of `entries * size` bytes, buffer `bid` at
+//! `io_uring_buf` slots `{addr, len, bid, resv}` at the start of one
+//! page-aligned mapping. The ring's *tail* lives in the `resv` field of
+//! slot 0, so slot 0 is written field by field, never whole. The buffers
+//! follow from the next page on, `entries * size` bytes, buffer `bid` at
 //! `bid * size`; untouched, they cost address space, not resident memory.
 
 use std::io;
@@ -36,9 +36,9 @@ const IOU_PBUF_RING_INC: u16 = 2;
 
 pub(super) struct BufRing {
     ring: *mut BufRingEntry,
-    ring_bytes: usize,
     data: *mut u8,
-    data_bytes: usize,
+    /// The whole mapping, ring and buffers.
+    bytes: usize,
     entries: u16,
     size: u32,
     group: u16,
@@ -56,25 +56,6 @@ pub(super) struct BufRing {
 // owns it is the only one that touches them (the kernel aside).
 unsafe impl Send for BufRing {}
 
-fn map(len: usize) -> io::Result<*mut u8> {
-    // SAFETY: a fresh anonymous private mapping aliases nothing.
-    let p = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(p.cast())
-    }
-}
-
 impl BufRing {
     /// Maps `entries` buffers of `size` bytes (`entries` a power of two)
     /// for buffer group `group`, every one of them queued for the kernel
@@ -90,21 +71,26 @@ impl BufRing {
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
         let ring_bytes =
             (entries as usize * std::mem::size_of::<BufRingEntry>()).div_ceil(page) * page;
-        let data_bytes = entries as usize * size as usize;
-        let ring = map(ring_bytes)?.cast::<BufRingEntry>();
-        let data = match map(data_bytes) {
-            Ok(d) => d,
-            Err(e) => {
-                // SAFETY: mapped just above, with this length.
-                unsafe { libc::munmap(ring.cast(), ring_bytes) };
-                return Err(e);
-            }
+        let bytes = ring_bytes + entries as usize * size as usize;
+        // SAFETY: a fresh anonymous private mapping aliases nothing.
+        let ring = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
+        if ring == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
         let mut me = BufRing {
-            ring,
-            ring_bytes,
-            data,
-            data_bytes,
+            ring: ring.cast(),
+            // SAFETY: within the mapping.
+            data: unsafe { ring.cast::<u8>().add(ring_bytes) },
+            bytes,
             entries,
             size,
             group,
@@ -216,12 +202,9 @@ impl Drop for BufRing {
         if self.leak {
             return;
         }
-        // SAFETY: both mapped in `new` with these lengths; no op that could
-        // touch them is in flight (otherwise `leak` is set).
-        unsafe {
-            libc::munmap(self.ring.cast(), self.ring_bytes);
-            libc::munmap(self.data.cast(), self.data_bytes);
-        }
+        // SAFETY: mapped in `new` with this length; no op that could touch
+        // it is in flight (otherwise `leak` is set).
+        unsafe { libc::munmap(self.ring.cast(), self.bytes) };
     }
 }
 

@@ -179,9 +179,7 @@ impl Client {
             };
             self.ops += 1;
             bump(&with.events.paused);
-            let e = opcode::AsyncCancel::new(ops::encode(Kind::Recv, id))
-                .build()
-                .user_data(ops::encode(Kind::Cancel, id));
+            let e = ops::cancel(ops::encode(Kind::Recv, id), ops::encode(Kind::Cancel, id));
             with.ring.push(e);
         }
         if self.send_inflight {

@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 
-use io_uring::{IoUring, squeue};
+use io_uring::{IoUring, opcode, squeue};
 
 use crate::server::slots::{ClientId, GENERATION_BITS};
 
@@ -73,21 +73,18 @@ pub(super) fn encode(kind: Kind, id: ClientId) -> u64 {
 /// The kind and client of `user_data`; `None` for anything we did not
 /// make (zero included).
 pub(super) fn decode(user_data: u64) -> Option<(Kind, ClientId)> {
-    let kind = match (user_data >> 56) as u8 {
-        1 => Kind::Accept,
-        2 => Kind::Tick,
-        3 => Kind::Recv,
-        4 => Kind::Send,
-        5 => Kind::Cancel,
-        6 => Kind::Ctl,
-        7 => Kind::Handoff,
-        8 => Kind::MsgSent,
-        9 => Kind::Wake,
-        10 => Kind::Backoff,
-        _ => return None,
-    };
+    use Kind::*;
+    const KINDS: [Kind; 10] = [
+        Accept, Tick, Recv, Send, Cancel, Ctl, Handoff, MsgSent, Wake, Backoff,
+    ];
+    let kind = *KINDS.get(((user_data >> 56) as usize).checked_sub(1)?)?;
     const ID_BITS: u32 = 32 + GENERATION_BITS;
     Some((kind, ClientId::from_u64(user_data & ((1 << ID_BITS) - 1))))
+}
+
+/// A cancellation of the operation named `target`, itself named `name`.
+pub(super) fn cancel(target: u64, name: u64) -> squeue::Entry {
+    opcode::AsyncCancel::new(target).build().user_data(name)
 }
 
 /// Operations that found the submission queue full even after a submit,
@@ -154,7 +151,7 @@ pub(super) fn set_recv_limit(entry: &mut squeue::Entry, limit: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use io_uring::{opcode, types};
+    use io_uring::types;
 
     #[test]
     fn user_data_round_trips_and_names_a_generation() {

@@ -232,10 +232,7 @@ impl Ring {
             self.push(e);
         }
         if self.wake_armed {
-            let e = opcode::AsyncCancel::new(ops::encode(Kind::Wake, ClientId::NONE))
-                .build()
-                .user_data(ctl);
-            self.push(e);
+            self.push(ops::cancel(ops::encode(Kind::Wake, ClientId::NONE), ctl));
         }
     }
 
@@ -247,32 +244,20 @@ impl Ring {
 
 /// The ring's provided buffers: consumed incrementally where `tuning`
 /// asks for it and the kernel can (Linux 6.12+; before, it refuses the
-/// flag with `EINVAL`), else smaller ones taken whole. Whether
-/// incrementally.
+/// flag with `EINVAL`), else taken whole, in more and smaller buffers of
+/// the same space, so that a batch of many clients' small receives does
+/// not run the ring dry. Whether incrementally.
 fn provided_buffers(uring: &IoUring, tuning: &Tuning) -> io::Result<(BufRing, bool)> {
-    let no_buffer_rings = |e: io::Error| match e.raw_os_error() {
-        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "io_uring is unavailable here: this kernel has no provided buffer rings \
-                 (IORING_REGISTER_PBUF_RING, Linux 5.19): {e}"
-            ),
-        ),
-        _ => e,
-    };
+    let Pool { count, size } = tuning.buffers;
     if tuning.incremental {
-        let Pool { count, size } = tuning.buffers;
         let mut bufs = BufRing::new(count, size, GROUP)?;
         match bufs.register(&uring.submitter(), true) {
-            Ok(()) => return Ok((bufs, true)),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-            Err(e) => return Err(no_buffer_rings(e)),
+            registered => return registered.map(|()| (bufs, true)),
         }
     }
-    let Pool { count, size } = tuning.whole_buffers;
-    let mut bufs = BufRing::new(count, size, GROUP)?;
-    bufs.register(&uring.submitter(), false)
-        .map_err(no_buffer_rings)?;
+    let mut bufs = BufRing::new(count * 4, size / 4, GROUP)?;
+    bufs.register(&uring.submitter(), false)?;
     Ok((bufs, false))
 }
 

@@ -128,15 +128,14 @@ fn message(n: usize, seed: u8) -> (Vec<u8>, Vec<u8>) {
     (std::iter::once(b'^').chain(body).collect(), answer)
 }
 
-/// The size of the buffers the rings used: whole ones if the kernel
-/// refused incremental consumption.
+/// The size of the buffers the rings used: a quarter of it if they were
+/// taken whole.
 fn buffer_size(tuning: &Tuning, events: &RingEvents) -> usize {
-    let pool = if events.whole_buffers.load(Ordering::Relaxed) {
-        tuning.whole_buffers
-    } else {
-        tuning.buffers
-    };
-    pool.size as usize
+    let size = tuning.buffers.size as usize;
+    match events.whole_buffers.load(Ordering::Relaxed) {
+        true => size / 4,
+        false => size,
+    }
 }
 
 #[test]
@@ -144,11 +143,10 @@ fn a_dry_buffer_ring_parks_receives_and_loses_nothing() {
     if !runs_here() {
         return;
     }
-    // Two buffers of 64 bytes for eight clients sending 4 KiB each at once.
-    let two = Pool { count: 2, size: 64 };
+    // Two buffers of 64 bytes (or eight of 16) for eight clients sending
+    // 4 KiB each at once.
     let tuning = Tuning {
-        buffers: two,
-        whole_buffers: two,
+        buffers: Pool { count: 2, size: 64 },
         ..Tuning::default()
     };
     let server = serve(uring(1, 64 << 10), tuning);
@@ -236,15 +234,14 @@ fn stream(tuning: Tuning) -> Arc<RingEvents> {
     events
 }
 
-/// Four buffers of 4 KiB, consumed incrementally or not.
+/// Four buffers of 4 KiB consumed incrementally, or sixteen of 1 KiB
+/// taken whole.
 fn small_buffers(incremental: bool) -> Tuning {
-    let small = Pool {
-        count: 4,
-        size: 4096,
-    };
     Tuning {
-        buffers: small,
-        whole_buffers: small,
+        buffers: Pool {
+            count: 4,
+            size: 4096,
+        },
         incremental,
         ..Tuning::default()
     }
