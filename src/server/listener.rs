@@ -176,9 +176,8 @@ pub(crate) fn accept_loop(
             }
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    state.counters.accepted();
-                    let Some((stream, permit)) =
-                        admission.admit(stream, peer, waited, Instant::now())
+                    let arrival = state.registry.accepted();
+                    let Some((stream, permit)) = admission.admit(stream, peer, arrival, waited)
                     else {
                         continue;
                     };
@@ -186,7 +185,7 @@ pub(crate) fn accept_loop(
                     // other systems do: say what the model needs.
                     if let Err(e) = stream.set_nonblocking(io == Io::NonBlocking) {
                         warn!("cannot serve {peer}: {e}");
-                        state.counters.ended(Ended::Failed);
+                        state.registry.ended(arrival.client, Ended::Failed);
                         continue;
                     }
                     if on_client(&mut admission, stream, peer, permit).is_break() {

@@ -263,6 +263,7 @@ impl Session {
         cap: usize,
     ) -> io::Result<ToTest> {
         state.counters.bytes_in(data.len());
+        self.guard.heard();
         let now = stamp(now);
         self.last_heard = now;
         if self.pending() == 0 {
