@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use concur::bench::Scenario;
+use concur::http;
 use concur::server::{self, Model, OverLimit, Protocol, listener};
 
 #[derive(Parser)]
@@ -378,11 +379,15 @@ pub(crate) struct ServeArgs {
           allow_negative_numbers = true)]
     pub(crate) drain_timeout: Duration,
 
-    /// Serve Prometheus metrics (`GET /metrics`) on this address, such as
-    /// 127.0.0.1:9100; port 0 picks a free one, which the banner's second
-    /// line names.
+    /// Serve the operator's HTTP port on this address, such as
+    /// 127.0.0.1:9100: Prometheus metrics at /metrics. Port 0 picks a free
+    /// one, which the banner's second line names.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "metrics")]
+    pub(crate) http: Option<http::Addr>,
+
+    /// The older name of --http, which works the same.
     #[arg(long, value_name = "HOST:PORT")]
-    pub(crate) metrics: Option<String>,
+    pub(crate) metrics: Option<http::Addr>,
 
     /// Listen with SO_REUSEPORT, so that several `concur serve` processes
     /// (each given --reuseport) can serve one port; the kernel spreads new
@@ -393,6 +398,14 @@ pub(crate) struct ServeArgs {
     /// No per-connection log lines (warnings and the summary still show).
     #[arg(short, long)]
     pub(crate) quiet: bool,
+}
+
+impl ServeArgs {
+    /// The operator's HTTP port, if asked for, with the flag that asked.
+    pub(crate) fn http(&self) -> Option<(&'static str, &http::Addr)> {
+        let http = self.http.as_ref().map(|at| ("--http", at));
+        http.or_else(|| self.metrics.as_ref().map(|at| ("--metrics", at)))
+    }
 }
 
 /// CPUs as `taskset -c` lists them; a type of its own, since clap takes a

@@ -27,8 +27,10 @@
 //!     `thread`, `pool` (fixed or adaptive, bounded hand-off), `event`
 //!     (mio loops) and `asynchronous` (tokio tasks); `compute` is the pool
 //!     that tests large numbers for the two that must not block.
-//! - [`metrics`]: the Prometheus endpoint (`serve --metrics`), read from
-//!   the server's own counters at each scrape.
+//! - [`http`]: the operator's HTTP port (`serve --http`), on hyper and a
+//!   one-thread runtime of its own, with its limits in one place;
+//!   [`http::metrics`] is its Prometheus page, read from the server's own
+//!   counters at each scrape.
 //! - [`shutdown`]: the one signal every model obeys: stop accepting, drain,
 //!   close the rest.
 //! - [`client`]: the article's simulated client (N connections on a
@@ -79,7 +81,7 @@ pub mod client;
 #[cfg(target_os = "linux")]
 pub mod demo;
 #[cfg(target_os = "linux")]
-pub mod metrics;
+pub mod http;
 pub mod prime;
 pub mod protocol;
 #[cfg(target_os = "linux")]

@@ -308,33 +308,29 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let metrics = match args.metrics.as_deref().map(bind_metrics).transpose() {
-        Ok(m) => m,
-        Err(e) => {
+    let http = match args.http().map(|(flag, at)| concur::http::bind(flag, at)) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
     // Whoever reads the banner may be gone by the time the summary comes:
     // a closed stdout must not turn a clean shutdown into a panic.
-    let _ = writeln!(
-        std::io::stdout(),
-        "Serving on {addr} ({})",
-        config.describe()
-    );
+    let banner = format!("Serving on {addr} ({})", config.describe());
+    let _ = writeln!(std::io::stdout(), "{banner}");
 
     let shutdown = Shutdown::new();
     let counters = server::Counters::default();
-    if let Some(metrics) = metrics {
-        match metrics
-            .local_addr()
-            .and_then(|at| concur::metrics::serve(metrics, counters.clone()).map(|_| at))
-        {
-            Ok(at) => {
+    if let Some(http) = http {
+        match concur::http::serve(http, counters.clone()) {
+            Ok(port) => {
+                let at = port.local_addr();
                 let _ = writeln!(std::io::stdout(), "Metrics on http://{at}/metrics");
             }
             Err(e) => {
-                eprintln!("error: cannot serve the metrics: {e}");
+                eprintln!("error: cannot serve the HTTP port: {e}");
                 return ExitCode::FAILURE;
             }
         }
@@ -353,26 +349,6 @@ fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The listener of `--metrics HOST:PORT`: the first of the name's
-/// addresses that can be bound.
-fn bind_metrics(spec: &str) -> Result<std::net::TcpListener, String> {
-    use std::net::ToSocketAddrs;
-    let addrs = spec
-        .to_socket_addrs()
-        .map_err(|e| format!("--metrics {spec}: not a HOST:PORT this machine can resolve ({e})"))?;
-    let mut last = None;
-    for addr in addrs {
-        match std::net::TcpListener::bind(addr) {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(match last {
-        Some(e) => format!("--metrics {spec}: cannot listen there: {e}"),
-        None => format!("--metrics {spec}: the name has no address"),
-    })
 }
 
 /// Under an address-space limit (`ulimit -v`), caps glibc's malloc arenas
