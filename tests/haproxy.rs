@@ -10,22 +10,13 @@ mod common;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use concur::client::{self, Options, Script};
 
-struct Proxy(Child);
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_proxy(exe: &str, listen: SocketAddr, servers: &[&Process]) -> Proxy {
+fn start_proxy(exe: &str, listen: SocketAddr, servers: &[&Process]) -> Running {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg");
     let mut command = Command::new(exe);
     command
@@ -37,7 +28,7 @@ fn start_proxy(exe: &str, listen: SocketAddr, servers: &[&Process]) -> Proxy {
     for (i, s) in servers.iter().enumerate() {
         command.env(format!("CONCUR_{}", i + 1), s.addr.to_string());
     }
-    Proxy(command.spawn().expect("start haproxy"))
+    Running(command.spawn().expect("start haproxy"))
 }
 
 #[test]
