@@ -100,15 +100,7 @@ fn closed_by_server(s: &TcpStream) -> bool {
 }
 
 fn attacked(model: Model) {
-    let server = Process::serve(&[
-        "--model",
-        model.name(),
-        "--port",
-        "0",
-        "-q",
-        "--http",
-        "127.0.0.1:0",
-    ]);
+    let server = Process::serve_http(model);
     let http = http_addr(&server);
     let mut client = connect_served(server.addr);
     round_trip(&mut client);

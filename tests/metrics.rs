@@ -51,15 +51,7 @@ fn the_format_follows_the_accept_header() {
 #[test]
 fn a_scrape_after_a_known_run_matches_the_summary() {
     for model in common::models() {
-        let server = Process::serve(&[
-            "--model",
-            model.name(),
-            "--port",
-            "0",
-            "-q",
-            "--metrics",
-            "127.0.0.1:0",
-        ]);
+        let server = Process::serve_http(model);
         let url = server.metrics.clone().expect("a metrics address");
         // Five clients served to the end, one after another.
         for _ in 0..5 {

@@ -1,7 +1,8 @@
 //! A real Prometheus (Debian's `prometheus` package) scrapes a `concur
 //! serve --http` of every model, and its query API counts exactly the
-//! clients that were run; `promtool check metrics` passes on a scrape of
-//! each.
+//! clients that were run; every query of the Grafana dashboard runs there
+//! and finds its series, and the alerting rules load and evaluate;
+//! `promtool check metrics` passes on a scrape of each model.
 //!
 //! They need `prometheus` and `promtool` (`.ci/run` installs them); where
 //! they are missing each test says so on standard error and does nothing
@@ -24,11 +25,7 @@ const PROMETHEUS_PATIENCE: Duration = Duration::from_secs(60);
 fn serve_every_model() -> Vec<(Model, Process)> {
     models()
         .into_iter()
-        .map(|model| {
-            let args = ["--model", model.name(), "--port", "0", "-q"];
-            let server = Process::serve(&[&args[..], &["--http", "127.0.0.1:0"]].concat());
-            (model, server)
-        })
+        .map(|model| (model, Process::serve_http(model)))
         .collect()
 }
 
@@ -95,23 +92,30 @@ impl Prometheus {
         std::fs::read_to_string(self.dir.0.join("log")).unwrap_or_default()
     }
 
-    /// Each series `query` gives now, by its `model` label: its value.
-    /// Empty while Prometheus is not up yet.
-    fn query(&self, query: &str) -> HashMap<String, f64> {
-        let (status, body) = curl(
-            &["-G", "--data-urlencode", &format!("query={query}")],
-            &format!("{}/api/v1/query", self.api),
-        );
-        if status != 200 {
-            return HashMap::new();
+    /// What the API at `path` answers (its `data`), or `None` while
+    /// Prometheus is not up yet. A query it refuses fails the test.
+    fn api(&self, path: &str, args: &[&str]) -> Option<serde_json::Value> {
+        let (status, body) = curl(args, &format!("{}/api/v1/{path}", self.api));
+        match status {
+            200 => {}
+            400 | 422 => panic!("Prometheus refused {path} {args:?}: {body}"),
+            _ => return None,
         }
         let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON from Prometheus");
-        assert_eq!(answer["status"], "success", "{query}: {body}");
-        let series = answer["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        series
+        assert_eq!(answer["status"], "success", "{path}: {body}");
+        Some(answer["data"].clone())
+    }
+
+    /// The series `query` gives now.
+    fn series(&self, query: &str) -> Vec<serde_json::Value> {
+        let args = ["-G", "--data-urlencode", &format!("query={query}")];
+        let data = self.api("query", &args).unwrap_or_default();
+        data["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Each series `query` gives now, by its `model` label: its value.
+    fn query(&self, query: &str) -> HashMap<String, f64> {
+        self.series(query)
             .iter()
             .map(|s| {
                 let model = s["metric"]["model"].as_str().unwrap_or("").to_string();
@@ -124,19 +128,48 @@ impl Prometheus {
     /// Waits, bounded by [`PROMETHEUS_PATIENCE`], until `query` gives
     /// `expected` for every model; fails the test with what it gave last.
     fn wait_for(&self, query: &str, expected: &HashMap<String, f64>) {
+        self.wait_until(query, || {
+            let got = self.query(query);
+            match &got == expected {
+                true => Ok(()),
+                false => Err(format!("{got:?}, expected {expected:?}")),
+            }
+        });
+    }
+
+    /// Waits, bounded by [`PROMETHEUS_PATIENCE`], until `done` is `Ok`;
+    /// fails the test with its last error, `what` it was about, and the
+    /// log.
+    fn wait_until(&self, what: &str, mut done: impl FnMut() -> Result<(), String>) {
         let start = Instant::now();
         loop {
-            let got = self.query(query);
-            if &got == expected {
+            let Err(why) = done() else {
                 return;
-            }
+            };
             assert!(
                 start.elapsed() < PROMETHEUS_PATIENCE,
-                "{query}: Prometheus says {got:?}, expected {expected:?}; its log:\n{}",
+                "{what}: {why}; Prometheus's log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+/// A dashboard query as Prometheus can run it: Grafana's variables given
+/// values (every instance; a rate over 5 s of 1 s scrapes), and a
+/// variable's `label_values(SELECTOR, LABEL)` as the series it reads.
+fn runnable(query: &str) -> String {
+    let query = query
+        .replace("$__rate_interval", "5s")
+        .replace("$instance", ".*");
+    match query
+        .strip_prefix("label_values(")
+        .and_then(|q| q.strip_suffix(')'))
+        .and_then(|q| q.rsplit_once(','))
+    {
+        Some((selector, label)) => format!("count by ({}) ({selector})", label.trim()),
+        None => query,
     }
 }
 
@@ -147,7 +180,8 @@ fn a_real_prometheus_counts_exactly_the_clients_run_against_every_model() {
         return;
     };
     let servers = serve_every_model();
-    let prometheus = Prometheus::start(&exe, &servers, &[]);
+    let rules = repo_file("deploy/prometheus/alerts.yml");
+    let prometheus = Prometheus::start(&exe, &servers, &[&rules.to_string_lossy()]);
 
     // A different number of clients for each model, so that no target's
     // figures can pass for another's.
@@ -169,6 +203,33 @@ fn a_real_prometheus_counts_exactly_the_clients_run_against_every_model() {
     prometheus.wait_for("up{job=\"concur\"}", &up);
     prometheus.wait_for("concur_clients_accepted_total", &expected);
     prometheus.wait_for("concur_clients_served_total", &expected);
+
+    // Every query of the dashboard runs and finds its series.
+    for query in dashboard_queries() {
+        let query = runnable(&query);
+        prometheus.wait_until(&query, || match prometheus.series(&query).len() {
+            0 => Err("no series".into()),
+            _ => Ok(()),
+        });
+    }
+    // The alerts load, and each has been evaluated without an error.
+    prometheus.wait_until("the alerting rules", || {
+        let data = prometheus.api("rules", &[]).ok_or("not up")?;
+        let rules: Vec<&serde_json::Value> = data["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+            .collect();
+        let healthy = rules.iter().filter(|r| r["health"] == "ok").count();
+        match (rules.len(), healthy) {
+            (5, 5) => Ok(()),
+            _ => Err(format!(
+                "{healthy} of {} rules healthy: {data}",
+                rules.len()
+            )),
+        }
+    });
 }
 
 #[test]

@@ -260,6 +260,20 @@ impl Process {
         Process::start(command, http)
     }
 
+    /// `concur serve --model MODEL` on a free port, quiet, with its HTTP
+    /// port on another.
+    pub fn serve_http(model: Model) -> Process {
+        Process::serve(&[
+            "--model",
+            model.name(),
+            "--port",
+            "0",
+            "-q",
+            "--http",
+            "127.0.0.1:0",
+        ])
+    }
+
     /// Starts `command`, which runs `concur serve` (through a shell, say),
     /// with its standard output piped and read up to its banner; its
     /// standard error is as `command` sets it.
@@ -434,4 +448,37 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A file of the repository, by its path from the top.
+pub fn repo_file(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The Grafana dashboard, `deploy/grafana/concur.json`, parsed.
+pub fn dashboard() -> serde_json::Value {
+    let text = std::fs::read_to_string(repo_file("deploy/grafana/concur.json")).unwrap();
+    serde_json::from_str(&text).expect("the dashboard is JSON")
+}
+
+/// Every PromQL query of the dashboard: its panels' targets' `expr`s, and
+/// its variables' queries.
+pub fn dashboard_queries() -> Vec<String> {
+    fn walk(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v.as_str()) {
+                        ("expr" | "definition", Some(query)) => out.push(query.to_string()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut queries = Vec::new();
+    walk(&dashboard(), &mut queries);
+    queries
 }
