@@ -31,6 +31,7 @@
 //!   one-thread runtime of its own, with its limits in one place;
 //!   [`http::metrics`] is its Prometheus page, read from the server's own
 //!   counters at each scrape.
+//! - [`systemd`]: the listening socket systemd passes, and `sd_notify`.
 //! - [`shutdown`]: the one signal every model obeys: stop accepting, drain,
 //!   close the rest.
 //! - [`client`]: the article's simulated client (N connections on a
@@ -88,5 +89,7 @@ pub mod protocol;
 pub mod server;
 #[cfg(target_os = "linux")]
 pub mod shutdown;
+#[cfg(target_os = "linux")]
+pub mod systemd;
 #[cfg(target_os = "linux")]
 pub mod threads;

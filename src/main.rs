@@ -294,7 +294,13 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     fewer_arenas_under_a_limit();
     let port = args.port_arg.unwrap_or(args.port);
-    let listener = match listener::bind_host(&args.host, port, args.backlog, args.reuseport) {
+    let listener = match concur::systemd::listener() {
+        Ok(Some(passed)) => Ok(passed),
+        Ok(None) => listener::bind_host(&args.host, port, args.backlog, args.reuseport)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("socket activation: {e}")),
+    };
+    let listener = match listener {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
@@ -339,6 +345,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("error: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
+    // The listener is listening: clients wait in its backlog from now on.
+    concur::systemd::ready(&banner);
     match server::run_counted(listener, config, shutdown, counters) {
         Ok(summary) => {
             let _ = writeln!(std::io::stdout(), "{summary}");
@@ -385,6 +393,7 @@ fn on_signals(shutdown: Shutdown, counters: server::Counters) -> std::io::Result
                 seen += 1;
                 if seen == 1 {
                     tracing::info!("signal {signal}: shutting down (again to exit at once)");
+                    concur::systemd::stopping();
                     shutdown.trigger();
                 } else {
                     let summary = counters.summary();
