@@ -259,7 +259,11 @@ pub(crate) struct ThreadsArgs {
 
 #[derive(Args)]
 #[command(
-    after_help = "Exit status: 0 after a drain (the summary on standard output); \
+    after_help = "Under systemd (socket activation: LISTEN_FDS, LISTEN_PID) it serves the \
+                        listening socket systemd passes, and --host, --port, --backlog and \
+                        --reuseport are not used; it tells systemd READY=1 once it takes clients \
+                        and STOPPING=1 when the drain starts (deploy/systemd/ has the units).\n\n\
+                        Exit status: 0 after a drain (the summary on standard output); \
                         1 if it cannot listen or set itself up; 2 for a bad flag; \
                         128 + the signal's number (130 for SIGINT, 143 for SIGTERM) when a \
                         second signal cuts the drain short, after one line of the counters so far."
