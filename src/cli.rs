@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use concur::bench::Scenario;
+use concur::http;
 use concur::server::{self, Model, OverLimit, Protocol, Setting, listener};
 
 #[derive(Parser)]
@@ -258,7 +259,11 @@ pub(crate) struct ThreadsArgs {
 
 #[derive(Args)]
 #[command(
-    after_help = "Exit status: 0 after a drain (the summary on standard output); \
+    after_help = "Under systemd (socket activation: LISTEN_FDS, LISTEN_PID) it serves the \
+                        listening socket systemd passes, and --host, --port, --backlog and \
+                        --reuseport are not used; it tells systemd READY=1 once it takes clients \
+                        and STOPPING=1 when the drain starts (deploy/systemd/ has the units).\n\n\
+                        Exit status: 0 after a drain (the summary on standard output); \
                         1 if it cannot listen or set itself up; 2 for a bad flag; \
                         128 + the signal's number (130 for SIGINT, 143 for SIGTERM) when a \
                         second signal cuts the drain short, after one line of the counters so far."
@@ -332,11 +337,15 @@ pub(crate) struct ServeArgs {
           allow_negative_numbers = true)]
     pub(crate) drain_timeout: Duration,
 
-    /// Serve Prometheus metrics (`GET /metrics`) on this address, such as
-    /// 127.0.0.1:9100; port 0 picks a free one, which the banner's second
-    /// line names.
+    /// Serve the operator's HTTP port on this address, such as
+    /// 127.0.0.1:9100: Prometheus metrics at /metrics. Port 0 picks a free
+    /// one, which the banner's second line names.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "metrics")]
+    pub(crate) http: Option<http::Addr>,
+
+    /// The older name of --http, which works the same.
     #[arg(long, value_name = "HOST:PORT")]
-    pub(crate) metrics: Option<String>,
+    pub(crate) metrics: Option<http::Addr>,
 
     /// Listen with SO_REUSEPORT, so that several `concur serve` processes
     /// (each given --reuseport) can serve one port; the kernel spreads new
@@ -424,6 +433,14 @@ impl ModelFlags {
         .into_iter()
         .flatten()
         .collect()
+    }
+}
+
+impl ServeArgs {
+    /// The operator's HTTP port, if asked for, with the flag that asked.
+    pub(crate) fn http(&self) -> Option<(&'static str, &http::Addr)> {
+        let http = self.http.as_ref().map(|at| ("--http", at));
+        http.or_else(|| self.metrics.as_ref().map(|at| ("--metrics", at)))
     }
 }
 

@@ -32,8 +32,11 @@
 //!     `thread`, `pool` (fixed or adaptive, bounded hand-off), `event`
 //!     (mio loops), `asynchronous` (tokio tasks) and `uring` (io_uring
 //!     rings).
-//! - [`metrics`]: the Prometheus endpoint (`serve --metrics`), read from
-//!   the server's own counters at each scrape.
+//! - [`http`]: the operator's HTTP port (`serve --http`), on hyper and a
+//!   one-thread runtime of its own, with its limits in one place;
+//!   [`http::metrics`] is its Prometheus page, read from the server's own
+//!   counters at each scrape.
+//! - [`systemd`]: the listening socket systemd passes, and `sd_notify`.
 //! - [`shutdown`]: the one signal every model obeys: stop accepting, drain,
 //!   close the rest.
 //! - [`client`]: the article's simulated client (N connections on a
@@ -85,12 +88,14 @@ pub mod client;
 #[cfg(target_os = "linux")]
 pub mod demo;
 #[cfg(target_os = "linux")]
-pub mod metrics;
+pub mod http;
 pub mod prime;
 pub mod protocol;
 #[cfg(target_os = "linux")]
 pub mod server;
 #[cfg(target_os = "linux")]
 pub mod shutdown;
+#[cfg(target_os = "linux")]
+pub mod systemd;
 #[cfg(target_os = "linux")]
 pub mod threads;

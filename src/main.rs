@@ -228,7 +228,13 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     fewer_arenas_under_a_limit();
     let port = args.port_arg.unwrap_or(args.port);
-    let listener = match listener::bind_host(&args.host, port, args.backlog, args.reuseport) {
+    let listener = match concur::systemd::listener() {
+        Ok(Some(passed)) => Ok(passed),
+        Ok(None) => listener::bind_host(&args.host, port, args.backlog, args.reuseport)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("socket activation: {e}")),
+    };
+    let listener = match listener {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
@@ -242,33 +248,29 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let metrics = match args.metrics.as_deref().map(bind_metrics).transpose() {
-        Ok(m) => m,
-        Err(e) => {
+    let http = match args.http().map(|(flag, at)| concur::http::bind(flag, at)) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
     // Whoever reads the banner may be gone by the time the summary comes:
     // a closed stdout must not turn a clean shutdown into a panic.
-    let _ = writeln!(
-        std::io::stdout(),
-        "Serving on {addr} ({})",
-        config.describe()
-    );
+    let banner = format!("Serving on {addr} ({})", config.describe());
+    let _ = writeln!(std::io::stdout(), "{banner}");
 
     let shutdown = Shutdown::new();
     let counters = Arc::<Counters>::default();
-    if let Some(metrics) = metrics {
-        match metrics
-            .local_addr()
-            .and_then(|at| concur::metrics::serve(metrics, Arc::clone(&counters)).map(|_| at))
-        {
-            Ok(at) => {
+    if let Some(http) = http {
+        match concur::http::serve(http, Arc::clone(&counters)) {
+            Ok(port) => {
+                let at = port.local_addr();
                 let _ = writeln!(std::io::stdout(), "Metrics on http://{at}/metrics");
             }
             Err(e) => {
-                eprintln!("error: cannot serve the metrics: {e}");
+                eprintln!("error: cannot serve the HTTP port: {e}");
                 return ExitCode::FAILURE;
             }
         }
@@ -277,6 +279,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("error: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
+    // The listener is listening: clients wait in its backlog from now on.
+    concur::systemd::ready(&banner);
     match server::run_counted(listener, config, shutdown, counters) {
         Ok(summary) => {
             let _ = writeln!(std::io::stdout(), "{summary}");
@@ -287,26 +291,6 @@ fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The listener of `--metrics HOST:PORT`: the first of the name's
-/// addresses that can be bound.
-fn bind_metrics(spec: &str) -> Result<std::net::TcpListener, String> {
-    use std::net::ToSocketAddrs;
-    let addrs = spec
-        .to_socket_addrs()
-        .map_err(|e| format!("--metrics {spec}: not a HOST:PORT this machine can resolve ({e})"))?;
-    let mut last = None;
-    for addr in addrs {
-        match std::net::TcpListener::bind(addr) {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(match last {
-        Some(e) => format!("--metrics {spec}: cannot listen there: {e}"),
-        None => format!("--metrics {spec}: the name has no address"),
-    })
 }
 
 /// Under an address-space limit (`ulimit -v`), caps glibc's malloc arenas
@@ -343,6 +327,7 @@ fn on_signals(shutdown: Shutdown, counters: Arc<Counters>) -> std::io::Result<()
                 seen += 1;
                 if seen == 1 {
                     tracing::info!("signal {signal}: shutting down (again to exit at once)");
+                    concur::systemd::stopping();
                     shutdown.trigger();
                 } else {
                     let summary = counters.summary();

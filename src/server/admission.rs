@@ -39,7 +39,7 @@ use super::state::ServerState;
 
 /// How long an accept loop waits before trying again after an error that
 /// is not one connection's.
-pub(crate) const BACKOFF: Duration = Duration::from_millis(100);
+pub const BACKOFF: Duration = Duration::from_millis(100);
 
 /// Why a newcomer is turned away.
 pub(crate) enum Refusal {
@@ -161,6 +161,13 @@ impl Admission {
         }
         true
     }
+}
+
+/// Whether a failed `accept` was one pending connection's (skip it and
+/// accept the next), rather than the process's or the kernel's (back off
+/// for [`BACKOFF`]).
+pub(crate) fn one_connection(e: &io::Error) -> bool {
+    classify(e) == AcceptFailure::Connection
 }
 
 /// How an accept loop treats a failed `accept`.
