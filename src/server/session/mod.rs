@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 
 use std::net::TcpStream;
 
+use crossbeam_channel::{Receiver, TryRecvError};
+
 use super::config::Config;
 use super::memory::BUF_SIZE;
 use super::registry::{ClientGuard, Outcome};
@@ -57,6 +59,38 @@ pub(crate) type NewClient = (ClientGuard, TcpStream);
 /// New clients a loop (or ring) may have waiting to be taken before the
 /// acceptor waits for it or serves them elsewhere.
 pub(crate) const HANDOFF: usize = 1024;
+
+/// The clients an acceptor has handed over so far, in order, taken from
+/// its channel until none is left; [`closed`](Handed::closed) once the
+/// acceptor has let go of it, and none will come again.
+pub(crate) struct Handed<'a> {
+    incoming: &'a Receiver<NewClient>,
+    pub(crate) closed: bool,
+}
+
+impl<'a> Handed<'a> {
+    pub(crate) fn from(incoming: &'a Receiver<NewClient>) -> Self {
+        Handed {
+            incoming,
+            closed: false,
+        }
+    }
+}
+
+impl Iterator for Handed<'_> {
+    type Item = NewClient;
+
+    fn next(&mut self) -> Option<NewClient> {
+        match self.incoming.try_recv() {
+            Ok(client) => Some(client),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => {
+                self.closed = true;
+                None
+            }
+        }
+    }
+}
 
 /// Microseconds since the first look: half the size of an `Instant`,
 /// which ten thousand idle clients notice.

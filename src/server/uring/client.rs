@@ -43,7 +43,7 @@ impl Serving<'_> {
     /// Hands a number the session asks about to the compute pool.
     fn offload(&self, test: ToTest, id: ClientId) {
         if let (Some(n), Some(offloader)) = (test, self.offload) {
-            offloader.send(id.to_u64(), n);
+            offloader.send(id, n);
         }
     }
 }
