@@ -12,7 +12,8 @@
 //!   rather than a second accept loop written in async.
 //! - A task reads into its worker thread's 64 KiB buffer, so an idle
 //!   client holds no read buffer; its answer buffers are its own (a task
-//!   may run on any worker thread), kept small while it is idle.
+//!   may run on any worker thread), and it keeps at most 16 KiB of each
+//!   while it is idle.
 //! - Backpressure: a task writes all of one read's answers before it reads
 //!   again, so a client that does not read stalls only its own task, and at
 //!   most one read's answers (64 KiB) are held for it.
@@ -45,6 +46,11 @@ use super::state::ServerState;
 
 /// The answers a task holds before it writes them: one read's.
 const CAP: usize = BUF_SIZE;
+
+/// The most capacity an idle task keeps in each of its buffers: a loop's
+/// spares serve many clients, a task's only its own, and ten thousand idle
+/// tasks must not each hold a read's worth.
+const TASK_SPARE_CAPACITY: usize = BUF_SIZE / 4;
 
 thread_local! {
     // Each runtime thread's read buffer. A task borrows it only between
@@ -90,7 +96,7 @@ pub(crate) fn run(
                 }
                 Err(e) => {
                     warn!("cannot serve {peer}: {e}");
-                    state.counters.ended(Ended::Failed);
+                    state.registry.ended(permit.client(), Ended::Failed);
                 }
             }
             ControlFlow::Continue(())
@@ -121,7 +127,7 @@ async fn serve(
     let mut stream = stream;
     let mut task = Task {
         session: Session::new(guard, &state, Instant::now()),
-        spares: Spares::keeping(1),
+        spares: Spares::keeping(1, TASK_SPARE_CAPACITY),
     };
     let outcome = match serve_steps(&mut stream, &mut task, &state, compute.as_ref()).await {
         Ok(outcome) | Err(outcome) => outcome,
@@ -151,7 +157,7 @@ async fn serve_steps(
         if task.session.has_unread() {
             // Left by a number being tested, or answers at their limit.
             let test = task.session.answer_unread(state, &mut task.spares, CAP)?;
-            test_elsewhere(test, task, state, compute).await?;
+            test_elsewhere(test, stream, task, state, compute).await?;
             continue;
         }
         match state.config.idle_timeout {
@@ -171,7 +177,7 @@ async fn serve_steps(
             Err(e) => Err(e),
         });
         match read {
-            Ok(test) => test_elsewhere(test, task, state, compute).await?,
+            Ok(test) => test_elsewhere(test, stream, task, state, compute).await?,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
@@ -180,14 +186,17 @@ async fn serve_steps(
 }
 
 /// Has a number tested on the compute pool and gives the session its
-/// answer, while the runtime serves everyone else.
+/// answer, while the runtime serves everyone else. The answers before it
+/// go out first: a long computation must not hold them back.
 async fn test_elsewhere(
     test: ToTest,
+    stream: &mut TcpStream,
     task: &mut Task,
     state: &ServerState,
     compute: Option<&Compute>,
 ) -> Result<(), Outcome> {
     let Some(n) = test else { return Ok(()) };
+    send_all(stream, task, state).await?;
     // Offloading is only asked for with a pool (`--protocol prime`).
     let answer = match compute {
         Some(compute) => compute.test(n).await,

@@ -276,7 +276,7 @@ pub(crate) fn run(
                 Ok(()) => return ControlFlow::Continue(()),
                 Err(TrySendError::Disconnected(_)) => {
                     // Every worker is gone; nobody can serve this client.
-                    state.counters.ended(Ended::Failed);
+                    state.registry.ended(client, Ended::Failed);
                     return ControlFlow::Break(());
                 }
                 Err(TrySendError::Full(job)) => job,
@@ -307,12 +307,12 @@ pub(crate) fn run(
                 send(jobs, job) -> sent => match sent {
                     Ok(()) => ControlFlow::Continue(()),
                     Err(_) => {
-                        state.counters.ended(Ended::Failed);
+                        state.registry.ended(client, Ended::Failed);
                         ControlFlow::Break(())
                     }
                 },
                 recv(stop) -> _ => {
-                    state.counters.ended(Ended::ClosedAtShutdown);
+                    state.registry.ended(client, Ended::ClosedAtShutdown);
                     ControlFlow::Break(())
                 }
             }

@@ -310,12 +310,14 @@ impl EventLoop {
         // be added to the loop as they are taken.
         let incoming = self.incoming.clone();
         let mut handed = Handed::from(&incoming);
-        for (guard, stream) in &mut handed {
-            // Once the server stops, its guard counts it as closed at
-            // shutdown.
-            if !self.state.shutdown.is_triggered() {
-                self.add(guard, stream);
+        for client in &mut handed {
+            if self.state.shutdown.is_triggered() {
+                // Its guard, dropped first, counts it as closed at shutdown.
+                drop(client);
+                continue;
             }
+            let (guard, stream) = client;
+            self.add(guard, stream);
         }
         self.incoming_closed |= handed.closed;
     }

@@ -130,7 +130,11 @@ impl Buffers {
 /// sessions hold them: one moves between a session and here without
 /// being copied or allocated.
 #[allow(clippy::vec_box)]
-pub(crate) struct Spares(Vec<Box<Buffers>>);
+pub(crate) struct Spares {
+    spares: Vec<Box<Buffers>>,
+    /// The most capacity a spare buffer keeps.
+    capacity: usize,
+}
 
 /// Spares a loop or ring keeps, and the most capacity a spare buffer
 /// keeps: one read's answers, so that a client streaming read after read
@@ -142,19 +146,23 @@ const SPARE_CAPACITY: usize = BUF_SIZE;
 
 impl Default for Spares {
     fn default() -> Self {
-        Spares::keeping(SPARES)
+        Spares::keeping(SPARES, SPARE_CAPACITY)
     }
 }
 
 impl Spares {
-    /// Spares that keep at most `n` buffers: a loop's many clients share
-    /// its spares; a task that may run on any thread keeps its own one.
-    pub(crate) fn keeping(n: usize) -> Self {
-        Spares(Vec::with_capacity(n))
+    /// Spares that keep at most `n` sets of buffers, each buffer with at
+    /// most `capacity`: a loop's many clients share its spares; a task
+    /// that may run on any thread keeps its own one, smaller.
+    pub(crate) fn keeping(n: usize, capacity: usize) -> Self {
+        Spares {
+            spares: Vec::with_capacity(n),
+            capacity,
+        }
     }
 
     fn take(&mut self, state: &ServerState) -> io::Result<Box<Buffers>> {
-        if let Some(spare) = self.0.pop() {
+        if let Some(spare) = self.spares.pop() {
             return Ok(spare);
         }
         state.budget.check(std::mem::size_of::<Buffers>() as u64)?;
@@ -162,7 +170,7 @@ impl Spares {
     }
 
     fn give(&mut self, mut buffers: Box<Buffers>) {
-        if self.0.len() == self.0.capacity() {
+        if self.spares.len() == self.spares.capacity() {
             return;
         }
         for buf in [
@@ -170,7 +178,7 @@ impl Spares {
             &mut buffers.queued,
             &mut buffers.unread,
         ] {
-            if buf.capacity() > SPARE_CAPACITY {
+            if buf.capacity() > self.capacity {
                 *buf = Vec::new();
             } else {
                 buf.clear();
@@ -178,7 +186,7 @@ impl Spares {
         }
         buffers.sent = 0;
         buffers.read = 0;
-        self.0.push(buffers);
+        self.spares.push(buffers);
     }
 }
 

@@ -12,6 +12,7 @@
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
+use std::panic::{self, AssertUnwindSafe};
 use std::time::Instant;
 
 use io_uring::{opcode, types};
@@ -196,14 +197,21 @@ impl Client {
             self.recv.cancelling = false;
         }
         let len = res.max(0) as usize;
-        let mut taken = Ok(None);
+        let mut taken: Result<ToTest, Outcome> = Ok(None);
         if let Some((_, data)) = with.ring.data(flags, len) {
             if self.is_closing() {
                 with.state.counters.bytes_in(len);
             } else {
-                taken = self
-                    .session
-                    .receive(data, with.now, with.state, with.spares, with.cap);
+                // Caught here, not only around the whole step: a panic must
+                // not skip the buffer's recycling, or the ring loses it.
+                let session = &mut self.session;
+                let (now, state, spares, cap) = (with.now, with.state, &mut *with.spares, with.cap);
+                taken = match panic::catch_unwind(AssertUnwindSafe(|| {
+                    session.receive(data, now, state, spares, cap)
+                })) {
+                    Ok(taken) => taken.map_err(Outcome::from),
+                    Err(panic) => Err(Outcome::panicked(&*panic)),
+                };
             }
         }
         with.ring.recycle(flags);

@@ -377,11 +377,14 @@ impl RingLoop {
         // be added to the ring as they are taken.
         let incoming = incoming.clone();
         let mut handed = Handed::from(&incoming);
-        for (guard, stream) in &mut handed {
-            // Once stopping, its guard counts it as closed at shutdown.
-            if self.phase == Phase::Serving {
-                self.add(guard, stream);
+        for client in &mut handed {
+            if self.phase != Phase::Serving {
+                // Its guard, dropped first, counts it as closed at shutdown.
+                drop(client);
+                continue;
             }
+            let (guard, stream) = client;
+            self.add(guard, stream);
         }
         if handed.closed {
             self.feed = Feed::Incoming(None);
