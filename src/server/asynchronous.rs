@@ -9,6 +9,9 @@
 //!   rather than a second accept loop written in async.
 //! - A task waits for readability, then reads into its worker thread's
 //!   64 KiB buffer, so an idle client holds no read buffer of its own.
+//! - The runtime takes I/O events in batches its workers' local queues
+//!   can hold, so that with many busy clients none waits in the global
+//!   queue while others go round (see `run`).
 //! - Backpressure is `write_all(..).await`: a client that does not read
 //!   stalls only its own task, which stops reading it; at most one read's
 //!   answers (64 KiB) are buffered per client.
@@ -36,6 +39,11 @@ use super::listener::{self, Io};
 use super::responder::{Responder, Stop};
 use super::{AsyncSettings, ClientGuard, Protocol, ServerState};
 
+/// Tasks a runtime thread runs between two looks at the I/O driver while
+/// it has tasks to run: tokio's default, named because the busy poll's
+/// batch below must stay under it.
+const EVENT_INTERVAL: u32 = 61;
+
 thread_local! {
     // Each runtime thread's read buffer. A task borrows it only between
     // awaits, so tasks on one thread never see each other's bytes.
@@ -59,6 +67,21 @@ pub(crate) fn run(
         // server, rather than by whichever client comes first: near an
         // address-space limit that could be the allocation that fails.
         .on_thread_start(|| READ_BUF.with(|_| ()))
+        // Fairness with many busy clients: every task a poll of the I/O
+        // driver wakes goes to that worker's local queue, which holds 256;
+        // the rest overflow to the global queue, which a busy worker takes
+        // one task from only every few dozen polls. By default a poll takes
+        // up to 1,024 events, and a busy worker polls every 61 tasks: with
+        // 1,000 clients pinned to one core, about 770 of the tasks sat in
+        // the global queue at any moment while the others went round, and
+        // p99 was about a hundred times p50. Taking no more events than the
+        // local queue has room for (128 when the worker waits; 32, fewer
+        // than it runs between two polls, when it is busy) leaves the rest
+        // ready in the kernel, whose ready list hands them out in the order
+        // they came.
+        .event_interval(EVENT_INTERVAL)
+        .max_io_events_per_tick(128)
+        .max_io_events_per_busy_tick(32)
         .enable_io()
         .enable_time()
         .build()?;
