@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use cli::{BenchArgs, BenchWhat, Cli, ClientArgs, Command, EchoArgs, ServeArgs};
+use cli::{BenchArgs, BenchWhat, Cli, ClientArgs, Command, ReferenceArgs, ServeArgs};
 use concur::bench::Scenario;
 use concur::server::{self, Config, Model, Settings, listener};
 use concur::shutdown::Shutdown;
@@ -39,7 +39,8 @@ fn main() -> ExitCode {
             }))
         }
         Command::Bench(args) => bench(args),
-        Command::Echo(args) => echo(args),
+        Command::Echo(args) => reference(args, "echo", concur::bench::serve_echo),
+        Command::Floor(args) => reference(args, "floor", concur::bench::serve_floor),
     }
 }
 
@@ -57,7 +58,13 @@ fn usage_error(subcommand: &str, message: impl std::fmt::Display) -> ! {
         .exit()
 }
 
-fn echo(args: EchoArgs) -> ExitCode {
+/// `concur echo`, `concur floor`: a reference of `concur bench` as a
+/// process of its own, on 127.0.0.1, announced as the servers are.
+fn reference(
+    args: ReferenceArgs,
+    name: &str,
+    serve: fn(std::net::TcpListener) -> std::io::Result<()>,
+) -> ExitCode {
     let listener = match listener::bind(([127, 0, 0, 1], args.port).into(), 4096) {
         Ok(l) => l,
         Err(e) => {
@@ -66,7 +73,7 @@ fn echo(args: EchoArgs) -> ExitCode {
         }
     };
     match listener.local_addr() {
-        Ok(addr) => println!("Serving on {addr} (echo reference)"),
+        Ok(addr) => println!("Serving on {addr} ({name} reference)"),
         Err(e) => {
             eprintln!("error: cannot read the listening address: {e}");
             return ExitCode::FAILURE;
@@ -75,7 +82,7 @@ fn echo(args: EchoArgs) -> ExitCode {
     if let Err(e) = server::raise_fd_limit() {
         eprintln!("warning: cannot raise the descriptor limit: {e}");
     }
-    match concur::bench::serve_echo(listener) {
+    match serve(listener) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -127,6 +134,7 @@ fn bench(args: BenchArgs) -> ExitCode {
     }
     options.addr = args.addr;
     options.reference = !args.no_reference;
+    options.count_syscalls = !args.no_syscalls;
     options.repeat = args.repeat;
     if let Some(size) = args.size {
         options.params.size = size;

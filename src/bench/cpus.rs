@@ -119,15 +119,8 @@ pub fn listener_pid(port: u16) -> Option<u32> {
         return None;
     }
     let mut found = None;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+    for pid in numbered("/proc").ok()? {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
         let holds = fds.flatten().any(|fd| {
@@ -144,6 +137,14 @@ pub fn listener_pid(port: u16) -> Option<u32> {
         }
     }
     found
+}
+
+/// The entries of `dir` named by a number: the processes in `/proc`, the
+/// threads in `/proc/PID/task`.
+pub(crate) fn numbered(dir: &str) -> io::Result<impl Iterator<Item = u32> + use<>> {
+    Ok(std::fs::read_dir(dir)?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok()))
 }
 
 #[cfg(test)]

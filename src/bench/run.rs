@@ -48,8 +48,12 @@ pub struct Options {
     pub models: Vec<Model>,
     /// A server started elsewhere, on this machine.
     pub addr: Option<SocketAddr>,
-    /// Whether to run the echo reference beside them.
+    /// Whether to run the references beside them: the echo and the floor
+    /// (in the scenarios they speak).
     pub reference: bool,
+    /// Whether to count the servers' system calls (where the kernel
+    /// allows it; see [`super::syscalls`]).
+    pub count_syscalls: bool,
     /// The load's knobs.
     pub params: Params,
     /// Repeats of every run.
@@ -88,6 +92,7 @@ impl Options {
                 .collect(),
             addr: None,
             reference: true,
+            count_syscalls: true,
             params: Params::new(scenario, secs),
             repeat: 3,
             pool_threads: None,
@@ -178,11 +183,50 @@ impl Options {
 /// The most load-generator threads: a few are the point.
 pub const MAX_CLIENT_THREADS: usize = 64;
 
+/// A server run beside the models to measure them against, each a hidden
+/// subcommand of `concur` of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reference {
+    /// Throughput's yardstick: the same system calls as the thread models,
+    /// no protocol work ([`super::start_echo`]).
+    Echo,
+    /// CPU's and system calls' yardstick: the least server that answers
+    /// the protocol ([`super::floor`]).
+    Floor,
+}
+
+impl Reference {
+    /// Both, in the order their rows come.
+    pub const ALL: [Reference; 2] = [Reference::Echo, Reference::Floor];
+
+    /// Its row's name, and its subcommand.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reference::Echo => "echo",
+            Reference::Floor => "floor",
+        }
+    }
+
+    /// How it answers.
+    pub fn peer(self) -> Peer {
+        match self {
+            Reference::Echo => Peer::Echo,
+            Reference::Floor => Peer::Concur,
+        }
+    }
+
+    /// Whether it runs in `scenario`: neither speaks the primality
+    /// protocol, and idle measures the models' memory.
+    pub fn runs_in(scenario: Scenario) -> bool {
+        !matches!(scenario, Scenario::Cpu | Scenario::Idle)
+    }
+}
+
 /// One server under test.
 enum Contender {
-    /// A process this run started: a model, or the echo (`model` `None`).
+    /// A process this run started.
     Child {
-        model: Option<Model>,
+        serves: Serves,
         process: ServerProcess,
     },
     /// Started anew for every `idle` run, to read its memory fresh.
@@ -190,11 +234,25 @@ enum Contender {
     External(SocketAddr),
 }
 
+/// What a child process serves.
+#[derive(Clone, Copy)]
+enum Serves {
+    Model(Model),
+    Reference(Reference),
+}
+
 impl Contender {
     fn name(&self) -> String {
         match self {
-            Contender::Child { model: None, .. } => "echo".into(),
-            Contender::Child { model: Some(m), .. } | Contender::Idle(m) => m.name().into(),
+            Contender::Child {
+                serves: Serves::Reference(r),
+                ..
+            } => r.name().into(),
+            Contender::Child {
+                serves: Serves::Model(m),
+                ..
+            }
+            | Contender::Idle(m) => m.name().into(),
             Contender::External(a) => a.to_string(),
         }
     }
@@ -233,14 +291,14 @@ fn contenders(options: &Options, exe: &Path) -> io::Result<Vec<Contender>> {
     let most = options.counts().into_iter().max().unwrap_or(1);
     let cpus = options.server_cpus.as_deref();
     let mut all = Vec::new();
-    // The echo does not speak the primality protocol, and idle measures
-    // the models' memory, which the echo is not about.
-    if options.reference && !matches!(scenario, Scenario::Cpu | Scenario::Idle) {
-        let args = ["echo", "--port", "0"].map(String::from);
-        all.push(Contender::Child {
-            model: None,
-            process: ServerProcess::spawn(exe, &args, cpus)?,
-        });
+    if options.reference && Reference::runs_in(scenario) {
+        for reference in Reference::ALL {
+            let args = [reference.name(), "--port", "0"].map(String::from);
+            all.push(Contender::Child {
+                serves: Serves::Reference(reference),
+                process: ServerProcess::spawn(exe, &args, cpus)?,
+            });
+        }
     }
     for &model in &options.models {
         if scenario == Scenario::Idle {
@@ -249,7 +307,7 @@ fn contenders(options: &Options, exe: &Path) -> io::Result<Vec<Contender>> {
         }
         let process = ServerProcess::spawn(exe, &serve_args(model, options, most), cpus)?;
         all.push(Contender::Child {
-            model: Some(model),
+            serves: Serves::Model(model),
             process,
         });
     }
@@ -281,6 +339,7 @@ pub fn run(options: &Options) -> io::Result<Results> {
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let usage_before = Usage::read(&contenders);
     let mut runs = Vec::new();
+    let mut syscalls_not_counted = None;
     for &count in &counts {
         for repeat in 1..=options.repeat {
             let mut round: Vec<Run> = Vec::new();
@@ -293,7 +352,9 @@ pub fn run(options: &Options) -> io::Result<Results> {
                         options.repeat
                     ));
                 }
-                round.push(run_one(c, options, count, repeat, &exe)?);
+                let (run, refused) = run_one(c, options, count, repeat, &exe)?;
+                syscalls_not_counted = syscalls_not_counted.or(refused);
+                round.push(run);
                 if let Some(bar) = &progress {
                     bar.inc(1);
                 }
@@ -302,7 +363,7 @@ pub fn run(options: &Options) -> io::Result<Results> {
             // repeats then cancels out.
             let reference = round
                 .iter()
-                .find(|r| r.server == "echo" && r.errors == 0 && r.throughput > 0.0)
+                .find(|r| r.server == Reference::Echo.name() && r.errors == 0 && r.throughput > 0.0)
                 .map(|r| r.throughput);
             for r in &mut round {
                 r.vs_reference = reference.map(|t| r.throughput / t);
@@ -331,49 +392,32 @@ pub fn run(options: &Options) -> io::Result<Results> {
         counts,
         repeat: options.repeat,
         params: options.params,
-        reference: (options.reference && !matches!(scenario, Scenario::Cpu | Scenario::Idle))
-            .then(|| "echo".to_string()),
+        reference: (options.reference && Reference::runs_in(scenario))
+            .then(|| Reference::Echo.name().to_string()),
         unit: scenario.unit(),
+        work_unit: scenario.work_unit(),
+        syscalls_source: runs
+            .iter()
+            .any(|r| r.server_syscalls.is_some())
+            .then(|| super::syscalls::SOURCE.to_string()),
+        syscalls_not_counted,
         other_cpu_share,
         runs,
         rows,
     })
 }
 
+/// One run, and why the server's system calls were not counted if they
+/// were asked for and refused.
 fn run_one(
     c: &Contender,
     options: &Options,
     count: usize,
     repeat: usize,
     exe: &Path,
-) -> io::Result<Run> {
+) -> io::Result<(Run, Option<String>)> {
     let scenario = options.scenario;
-    let mut run = Run {
-        server: c.name(),
-        count,
-        repeat,
-        elapsed_s: 0.0,
-        ops: 0,
-        throughput: 0.0,
-        vs_reference: None,
-        latency_us: None,
-        latency_spectrum: None,
-        uncorrected_us: None,
-        uncorrected_spectrum: None,
-        probe_us: None,
-        probe_spectrum: None,
-        unsent: 0,
-        served_at_once: 0,
-        server_cpu_s: None,
-        client_cpu_s: None,
-        cpu_window_s: 0.0,
-        client_threads: options.client_threads,
-        kernel: Default::default(),
-        idle: None,
-        errors: 0,
-        error_samples: Vec::new(),
-        histograms: Histograms::default(),
-    };
+    let mut run = Run::new(c.name(), count, repeat, options.client_threads);
     let counters = Counters::read();
     if let Contender::Idle(model) = c {
         let extra: Vec<String> = match (model, options.pool_threads) {
@@ -403,13 +447,13 @@ fn run_one(
             .cloned()
             .collect();
         run.idle = Some(figures);
-        return Ok(run);
+        return Ok((run, None));
     }
     let (addr, speaks) = match c {
         Contender::Child {
-            model: None,
+            serves: Serves::Reference(r),
             process,
-        } => (process.addr(), Speaks::Bytes(Peer::Echo)),
+        } => (process.addr(), Speaks::Bytes(r.peer())),
         Contender::Child { process, .. } => (process.addr(), speaks(scenario)),
         Contender::External(a) => (*a, speaks(scenario)),
         Contender::Idle(_) => unreachable!("handled above"),
@@ -419,6 +463,7 @@ fn run_one(
     plan.threads = options.client_threads;
     plan.cpus = options.client_cpus.clone();
     plan.server_pid = c.pid();
+    plan.count_syscalls = options.count_syscalls;
     let outcome = engine::run(&plan)?;
     run.kernel = Counters::read().since(&counters);
     run.elapsed_s = outcome.elapsed.as_secs_f64();
@@ -436,6 +481,7 @@ fn run_one(
     run.served_at_once = outcome.served_at_once;
     run.server_cpu_s = outcome.server_cpu.map(|d| d.as_secs_f64());
     run.client_cpu_s = Some(outcome.client_cpu.as_secs_f64());
+    run.server_syscalls = outcome.server_syscalls;
     run.cpu_window_s = outcome.window.as_secs_f64();
     run.client_threads = outcome.threads;
     run.errors = outcome.errors;
@@ -449,7 +495,7 @@ fn run_one(
         uncorrected: outcome.uncorrected,
         probe: outcome.probe,
     };
-    Ok(run)
+    Ok((run, outcome.syscalls_refused))
 }
 
 fn speaks(scenario: Scenario) -> Speaks {
