@@ -227,6 +227,14 @@ fn the_floor_answers_beside_the_models_and_every_row_has_its_costs() {
         assert!(r["throughput"].as_f64().unwrap() > 0.0, "{r}");
         assert_cost(r);
     }
+    // The kernel's share of each server's CPU, from ticks of about 10 ms:
+    // a share where any were counted.
+    let shares: Vec<f64> = rows(&json)
+        .iter()
+        .filter_map(|r| r["server_kernel_share"].as_f64())
+        .collect();
+    assert!(!shares.is_empty(), "{json:#}");
+    assert!(shares.iter().all(|s| (0.0..=1.0).contains(s)), "{shares:?}");
     let Some(calls) = counted_calls(&json) else {
         return;
     };

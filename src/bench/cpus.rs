@@ -83,9 +83,15 @@ pub fn machine_ticks() -> Option<(u64, u64)> {
 /// CPU ticks (user + system) of process `pid`, its exited threads
 /// included; `None` once it is gone.
 pub fn process_ticks(pid: u32) -> Option<u64> {
+    let (user, system) = user_system_ticks(pid)?;
+    Some(user + system)
+}
+
+/// CPU ticks of process `pid` in user mode and in the kernel, apart.
+pub fn user_system_ticks(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    Some((fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?))
 }
 
 /// The process listening on TCP `port` of this machine, found through its

@@ -64,6 +64,9 @@ pub struct Run {
     /// thread, every kind: see [`crate::bench::syscalls`]); `None` where
     /// they were not counted.
     pub server_syscalls: Option<u64>,
+    /// The share of the server's CPU time spent in the kernel (from
+    /// `/proc/PID/stat`, whose ticks are about 10 ms).
+    pub server_kernel_share: Option<f64>,
     /// The wall-clock seconds both CPU figures are over: from the start of
     /// the clock until every connection had finished.
     pub cpu_window_s: f64,
@@ -105,6 +108,7 @@ impl Run {
             server_cpu_s: None,
             client_cpu_s: None,
             server_syscalls: None,
+            server_kernel_share: None,
             cpu_window_s: 0.0,
             client_threads,
             kernel: BTreeMap::new(),
@@ -186,6 +190,8 @@ pub struct Row {
     pub server_cpu_us_per_unit: Option<f64>,
     /// Median system calls of the server per unit of work.
     pub syscalls_per_unit: Option<f64>,
+    /// Median share of the server's CPU time spent in the kernel.
+    pub server_kernel_share: Option<f64>,
     /// The kernel's counters, summed over the repeats.
     pub kernel: BTreeMap<String, u64>,
     /// Median resident bytes per idle client.
@@ -333,6 +339,7 @@ impl Results {
                     per_server_cpu_s: median_of(&|r| r.per_server_cpu_s(scenario)),
                     server_cpu_us_per_unit: median_of(&|r| r.server_cpu_us_per_unit(scenario)),
                     syscalls_per_unit: median_of(&|r| r.syscalls_per_unit(scenario)),
+                    server_kernel_share: median_of(&|r| r.server_kernel_share),
                     kernel,
                     idle_bytes_per_client: (!idle.is_empty())
                         .then(|| median(idle.iter().map(|i| i.bytes_per_client).collect())),

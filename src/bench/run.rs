@@ -482,6 +482,7 @@ fn run_one(
     run.server_cpu_s = outcome.server_cpu.map(|d| d.as_secs_f64());
     run.client_cpu_s = Some(outcome.client_cpu.as_secs_f64());
     run.server_syscalls = outcome.server_syscalls;
+    run.server_kernel_share = outcome.server_kernel_share;
     run.cpu_window_s = outcome.window.as_secs_f64();
     run.client_threads = outcome.threads;
     run.errors = outcome.errors;

@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use mio::Token;
 
+use super::cpus::user_system_ticks;
 use super::scenario::{Params, Scenario};
 use super::{IO_TIMEOUT, Peer, syscalls};
 
@@ -185,6 +186,9 @@ pub struct Outcome {
     pub server_syscalls: Option<u64>,
     /// Why they were asked for and not counted.
     pub syscalls_refused: Option<String>,
+    /// The share of the server's CPU time spent in the kernel during the
+    /// run (from `/proc/PID/stat`, in ticks of 10 ms or so).
+    pub server_kernel_share: Option<f64>,
     /// From the start of the clock until every connection had finished:
     /// the window both CPU times and the system calls are over.
     pub window: Duration,
@@ -233,6 +237,7 @@ pub fn run(plan: &Plan) -> io::Result<Outcome> {
     let server = plan.server_pid.map(ProcessClock::of);
     let counter = syscalls.as_ref().and_then(|s| s.as_ref().ok());
     let calls_before = counter.and_then(syscalls::Counter::now);
+    let ticks_before = plan.server_pid.and_then(user_system_ticks);
     let server_before = server.as_ref().and_then(|c| c.now());
     let start = Instant::now();
     let tallies = crew.go(start)?;
@@ -243,6 +248,13 @@ pub fn run(plan: &Plan) -> io::Result<Outcome> {
     };
     let server_syscalls = match (counter.and_then(syscalls::Counter::now), calls_before) {
         (Some(after), Some(before)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
+    let server_kernel_share = match (plan.server_pid.and_then(user_system_ticks), ticks_before) {
+        (Some((u1, s1)), Some((u0, s0))) => {
+            let (user, system) = (u1.saturating_sub(u0), s1.saturating_sub(s0));
+            (user + system > 0).then(|| system as f64 / (user + system) as f64)
+        }
         _ => None,
     };
     let mut total = Tally::new();
@@ -267,6 +279,7 @@ pub fn run(plan: &Plan) -> io::Result<Outcome> {
         server_cpu,
         server_syscalls,
         syscalls_refused: syscalls.and_then(Result::err),
+        server_kernel_share,
         window: end.duration_since(start),
         threads,
     })
