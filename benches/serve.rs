@@ -1,8 +1,8 @@
-//! Every model against the echo reference, end to end over loopback TCP,
-//! with the load engine of `concur bench`: streaming one and four
-//! connections, and 16-byte pingpong on 64. The servers run as child
+//! Every model against the echo and floor references, end to end over
+//! loopback TCP, with the load engine of `concur bench`: streaming one and
+//! four connections, and 16-byte pingpong on 64. The servers run as child
 //! processes of the `concur` binary, so each table shows the server's CPU
-//! beside the load generator's.
+//! beside the load generator's, and what a unit of work cost it.
 //!
 //! Run with `cargo bench --bench serve`. Environment, all optional:
 //!
