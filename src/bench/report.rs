@@ -535,14 +535,16 @@ impl Results {
             "(throughput: median of the repeats; latency: every request of every repeat; \
              CPU: share of one core, median)"
         );
-        match (&self.syscalls_source, &self.syscalls_not_counted) {
-            (Some(source), _) => {
-                let _ = writeln!(out, "system calls: {source}");
-            }
-            (None, Some(why)) => {
-                let _ = writeln!(out, "system calls not counted: {why}");
-            }
-            (None, None) => {}
+        if let Some(source) = &self.syscalls_source {
+            let _ = writeln!(out, "system calls: {source}");
+        }
+        if let Some(why) = &self.syscalls_not_counted {
+            let which = if self.syscalls_source.is_some() {
+                " for some servers"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "system calls not counted{which}: {why}");
         }
         if self.scenario == Scenario::Rate {
             let _ = writeln!(

@@ -1,14 +1,17 @@
 //! `concur bench`: one scenario, several servers, interleaved repeats.
 //!
 //! Every server under test runs as a child process (`concur serve`, and
-//! `concur echo` for the reference) on a free port of 127.0.0.1, so that
-//! the CPU time it uses is its own, measured beside the load generator's
-//! (whose threads time themselves); `--addr` adds a server started
-//! elsewhere, whose CPU time is read too when its process can be found
-//! by its listening socket. The echo reference moves the
-//! same bytes with the same system calls and no protocol work: a
-//! server's figure over the reference's, measured in the same repeat, is
-//! what the server costs.
+//! `concur echo` and `concur floor` for the references) on a free port of
+//! 127.0.0.1, so that the CPU time it uses and the system calls it makes
+//! are its own, measured beside the load generator's CPU (whose threads
+//! time themselves); `--addr` adds a server started elsewhere, whose CPU
+//! time and calls are read too when its process can be found by its
+//! listening socket. The echo reference moves the same bytes with the
+//! same system calls as the thread models and no protocol work: a
+//! server's throughput over the echo's, measured in the same repeat, is
+//! `vs ref`. The floor answers the protocol with the least there is: what
+//! a unit of work costs a model beside what it costs the floor is what
+//! the model adds.
 //!
 //! Runs are interleaved (for each count, for each repeat: every server in
 //! turn), so a slow spell of the machine falls on all of them alike
