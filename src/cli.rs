@@ -99,7 +99,11 @@ impl clap::ValueEnum for BenchWhat {
 #[derive(Args)]
 #[command(
     after_help = "Every received byte is checked; a wrong one is an error, counted and \
-                        shown, and the exit code is 1. Only servers on this machine are measured."
+                        shown, and the exit code is 1. Only servers on this machine are measured.\n\n\
+                        'srv µs/req' and 'calls/req' (per MB when streaming, per conn for churn, \
+                        per answer for cpu) are what a unit of work cost each server: its CPU time \
+                        and its system calls, all of them, counted by the kernel where this user may \
+                        (root or CAP_PERFMON; otherwise the table says why they are missing)."
 )]
 pub(crate) struct BenchArgs {
     /// What to run.
