@@ -471,6 +471,37 @@ fn a_wrong_server_is_reported_in_every_scenario() {
 }
 
 #[test]
+fn a_server_that_serves_nothing_has_no_cost_per_unit() {
+    // It greets, then closes: whatever its process spends, no request is
+    // served to divide it by.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = s.write_all(b"*");
+        }
+    });
+    let mut o = options(Scenario::Pingpong, 2);
+    o.models.clear();
+    o.reference = false;
+    o.addr = Some(addr);
+    let results = bench::run::run(&o).unwrap();
+    assert_eq!(results.runs[0].ops, 0);
+    assert_eq!(results.errors(), 2);
+    let r = &results.rows[0];
+    assert_eq!(r.server_cpu_us_per_unit, None, "{r:?}");
+    assert_eq!(r.syscalls_per_unit, None, "{r:?}");
+    let table = results.table();
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&addr.to_string()))
+        .unwrap_or_else(|| panic!("{table}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // srv µs/req and calls/req, before the errors.
+    assert_eq!(fields[fields.len() - 3..], ["-", "-", "2"], "{line}");
+}
+
+#[test]
 fn a_wrong_server_makes_the_command_fail() {
     let addr = wrong_server().to_string();
     let dir = scratch("wrong");
