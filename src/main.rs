@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use cli::{BenchArgs, BenchWhat, Cli, ClientArgs, Command, ReferenceArgs, ServeArgs};
-use concur::bench::Scenario;
+use concur::bench::{Reference, Scenario};
 use concur::server::{self, Config, Model, Settings, listener};
 use concur::shutdown::Shutdown;
 use concur::threads;
@@ -39,8 +39,8 @@ fn main() -> ExitCode {
             }))
         }
         Command::Bench(args) => bench(args),
-        Command::Echo(args) => reference(args, "echo", concur::bench::serve_echo),
-        Command::Floor(args) => reference(args, "floor", concur::bench::serve_floor),
+        Command::Echo(args) => reference(args, Reference::Echo),
+        Command::Floor(args) => reference(args, Reference::Floor),
     }
 }
 
@@ -60,11 +60,7 @@ fn usage_error(subcommand: &str, message: impl std::fmt::Display) -> ! {
 
 /// `concur echo`, `concur floor`: a reference of `concur bench` as a
 /// process of its own, on 127.0.0.1, announced as the servers are.
-fn reference(
-    args: ReferenceArgs,
-    name: &str,
-    serve: fn(std::net::TcpListener) -> std::io::Result<()>,
-) -> ExitCode {
+fn reference(args: ReferenceArgs, which: Reference) -> ExitCode {
     let listener = match listener::bind(([127, 0, 0, 1], args.port).into(), 4096) {
         Ok(l) => l,
         Err(e) => {
@@ -73,7 +69,7 @@ fn reference(
         }
     };
     match listener.local_addr() {
-        Ok(addr) => println!("Serving on {addr} ({name} reference)"),
+        Ok(addr) => println!("Serving on {addr} ({} reference)", which.name()),
         Err(e) => {
             eprintln!("error: cannot read the listening address: {e}");
             return ExitCode::FAILURE;
@@ -82,7 +78,7 @@ fn reference(
     if let Err(e) = server::raise_fd_limit() {
         eprintln!("warning: cannot raise the descriptor limit: {e}");
     }
-    match serve(listener) {
+    match which.serve(listener) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

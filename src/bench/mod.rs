@@ -75,7 +75,7 @@ pub mod syscalls;
 
 pub use floor::serve_floor;
 pub use report::{Percentiles, Results, Row, Run};
-pub use run::{Options, command};
+pub use run::{Options, Reference, command};
 pub use scenario::{Params, Scenario};
 
 /// The echo server's read size: the same as the concur servers', so that

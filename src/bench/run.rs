@@ -223,6 +223,15 @@ impl Reference {
     pub fn runs_in(scenario: Scenario) -> bool {
         !matches!(scenario, Scenario::Cpu | Scenario::Idle)
     }
+
+    /// Serves on `listener`, on the calling thread, for as long as the
+    /// process lives: `concur echo`, `concur floor`.
+    pub fn serve(self, listener: std::net::TcpListener) -> io::Result<()> {
+        match self {
+            Reference::Echo => super::serve_echo(listener),
+            Reference::Floor => super::serve_floor(listener),
+        }
+    }
 }
 
 /// One server under test.
