@@ -41,18 +41,24 @@ pub(crate) enum Command {
     /// The footnote's experiment: start N idle threads and measure what
     /// they cost the process.
     Threads(ThreadsArgs),
-    /// Benchmark models side by side against the echo reference: a table,
-    /// and with --out, results.json and SVG plots.
+    /// Benchmark models side by side against the echo and floor references:
+    /// a table, and with --out, results.json and SVG plots.
     Bench(BenchArgs),
     /// The echo reference that `concur bench` measures the models against
     /// (a thread per client, every byte sent back unchanged), as a process
     /// of its own; it runs until killed.
     #[command(hide = true)]
-    Echo(EchoArgs),
+    Echo(ReferenceArgs),
+    /// The floor reference that `concur bench` runs beside the models: the
+    /// least server that answers the protocol (one thread, one epoll loop,
+    /// one pass of the protocol core and one write per read, no limits);
+    /// it runs until killed.
+    #[command(hide = true)]
+    Floor(ReferenceArgs),
 }
 
 #[derive(Args)]
-pub(crate) struct EchoArgs {
+pub(crate) struct ReferenceArgs {
     /// Port to listen on, on 127.0.0.1; 0 picks a free one.
     #[arg(long, default_value_t = 0)]
     pub(crate) port: u16,
@@ -94,7 +100,11 @@ impl clap::ValueEnum for BenchWhat {
 #[derive(Args)]
 #[command(
     after_help = "Every received byte is checked; a wrong one is an error, counted and \
-                        shown, and the exit code is 1. Only servers on this machine are measured."
+                        shown, and the exit code is 1. Only servers on this machine are measured.\n\n\
+                        'srv µs/req' and 'calls/req' (per MB when streaming, per conn for churn, \
+                        per answer for cpu) are what a unit of work cost each server: its CPU time \
+                        and its system calls, all of them, counted by the kernel where this user may \
+                        (root or CAP_PERFMON; otherwise the table says why they are missing)."
 )]
 pub(crate) struct BenchArgs {
     /// What to run.
@@ -126,9 +136,17 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "IP:PORT")]
     pub(crate) addr: Option<std::net::SocketAddr>,
 
-    /// Leave out the echo reference.
+    /// Leave out the two references run beside the models: the echo
+    /// (throughput's yardstick, `vs ref`) and the floor (the least server
+    /// that answers the protocol: CPU's and system calls' yardstick).
     #[arg(long)]
     pub(crate) no_reference: bool,
+
+    /// Do not count the servers' system calls. They are counted by the
+    /// kernel (a perf tracepoint, where this user may use it), which makes
+    /// every system call on the machine a little slower while it runs.
+    #[arg(long)]
+    pub(crate) no_syscalls: bool,
 
     /// Seconds per run (fractions allowed).
     #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_duration,

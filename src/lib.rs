@@ -48,9 +48,10 @@
 //! - [`bench`](mod@bench): `concur bench`: one load engine (a few epoll
 //!   threads driving every connection, every byte checked) for every
 //!   scenario (stream, pingpong, rate, churn, idle, cpu, sweep); the
-//!   servers as child processes beside an echo reference, with the CPU
-//!   time of each side and the kernel's TCP counters; a table,
-//!   `results.json`, latency spectra and SVG plots.
+//!   servers as child processes beside two references (an echo, and the
+//!   floor: the least server that answers the protocol), with the CPU
+//!   time of each side, the server's system calls and the kernel's TCP
+//!   counters; a table, `results.json`, latency spectra and SVG plots.
 //!
 //! # Example
 //!

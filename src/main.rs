@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{CommandFactory, Parser};
-use cli::{BenchArgs, BenchWhat, Cli, ClientArgs, Command, EchoArgs, ServeArgs};
-use concur::bench::Scenario;
+use cli::{BenchArgs, BenchWhat, Cli, ClientArgs, Command, ReferenceArgs, ServeArgs};
+use concur::bench::{Reference, Scenario};
 use concur::server::{self, Config, ConfigError, Counters, Model, ValidConfig, listener};
 use concur::shutdown::Shutdown;
 use concur::threads;
@@ -40,7 +40,8 @@ fn main() -> ExitCode {
             }))
         }
         Command::Bench(args) => bench(args),
-        Command::Echo(args) => echo(args),
+        Command::Echo(args) => reference(args, Reference::Echo),
+        Command::Floor(args) => reference(args, Reference::Floor),
     }
 }
 
@@ -58,7 +59,9 @@ fn usage_error(subcommand: &str, message: impl std::fmt::Display) -> ! {
         .exit()
 }
 
-fn echo(args: EchoArgs) -> ExitCode {
+/// `concur echo`, `concur floor`: a reference of `concur bench` as a
+/// process of its own, on 127.0.0.1, announced as the servers are.
+fn reference(args: ReferenceArgs, which: Reference) -> ExitCode {
     let listener = match listener::bind(([127, 0, 0, 1], args.port).into(), 4096) {
         Ok(l) => l,
         Err(e) => {
@@ -67,7 +70,7 @@ fn echo(args: EchoArgs) -> ExitCode {
         }
     };
     match listener.local_addr() {
-        Ok(addr) => println!("Serving on {addr} (echo reference)"),
+        Ok(addr) => println!("Serving on {addr} ({} reference)", which.name()),
         Err(e) => {
             eprintln!("error: cannot read the listening address: {e}");
             return ExitCode::FAILURE;
@@ -76,7 +79,7 @@ fn echo(args: EchoArgs) -> ExitCode {
     if let Err(e) = server::raise_fd_limit() {
         eprintln!("warning: cannot raise the descriptor limit: {e}");
     }
-    match concur::bench::serve_echo(listener) {
+    match which.serve(listener) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -128,6 +131,7 @@ fn bench(args: BenchArgs) -> ExitCode {
     }
     options.addr = args.addr;
     options.reference = !args.no_reference;
+    options.count_syscalls = !args.no_syscalls;
     options.repeat = args.repeat;
     if let Some(size) = args.size {
         options.params.size = size;
@@ -147,10 +151,10 @@ fn bench(args: BenchArgs) -> ExitCode {
     options.out = args.out;
     options.progress = !args.quiet;
     options.command = std::env::args().collect::<Vec<_>>().join(" ");
-    if let Err(e) = options.check() {
-        usage_error("bench", e);
+    match options.check() {
+        Ok(options) => ExitCode::from(concur::bench::command(&options)),
+        Err(e) => usage_error("bench", e),
     }
-    ExitCode::from(concur::bench::command(&options))
 }
 
 fn client(args: ClientArgs) -> ExitCode {

@@ -14,6 +14,9 @@
 //!   client holds no read buffer; its answer buffers are its own (a task
 //!   may run on any worker thread), and it keeps at most 16 KiB of each
 //!   while it is idle.
+//! - The runtime takes I/O events in batches its workers' local queues
+//!   can hold, so that with many busy clients none waits in the global
+//!   queue while others go round (see `run`).
 //! - Backpressure: a task writes all of one read's answers before it reads
 //!   again, so a client that does not read stalls only its own task, and at
 //!   most one read's answers (64 KiB) are held for it.
@@ -52,6 +55,11 @@ const CAP: usize = BUF_SIZE;
 /// tasks must not each hold a read's worth.
 const TASK_SPARE_CAPACITY: usize = BUF_SIZE / 4;
 
+/// Tasks a runtime thread runs between two looks at the I/O driver while
+/// it has tasks to run: tokio's default, named because the busy poll's
+/// batch below must stay under it.
+const EVENT_INTERVAL: u32 = 61;
+
 thread_local! {
     // Each runtime thread's read buffer. A task borrows it only between
     // awaits, so tasks on one thread never see each other's bytes.
@@ -78,6 +86,21 @@ pub(crate) fn run(
         // server, rather than by whichever client comes first: near an
         // address-space limit that could be the allocation that fails.
         .on_thread_start(|| READ_BUF.with(|_| ()))
+        // Fairness with many busy clients: every task a poll of the I/O
+        // driver wakes goes to that worker's local queue, which holds 256;
+        // the rest overflow to the global queue, which a busy worker takes
+        // one task from only every few dozen polls. By default a poll takes
+        // up to 1,024 events, and a busy worker polls every 61 tasks: with
+        // 1,000 clients pinned to one core, about 770 of the tasks sat in
+        // the global queue at any moment while the others went round, and
+        // p99 was about a hundred times p50. Taking no more events than the
+        // local queue has room for (128 when the worker waits; 32, fewer
+        // than it runs between two polls, when it is busy) leaves the rest
+        // ready in the kernel, whose ready list hands them out in the order
+        // they came.
+        .event_interval(EVENT_INTERVAL)
+        .max_io_events_per_tick(128)
+        .max_io_events_per_busy_tick(32)
         .enable_io()
         .enable_time()
         .build()?;
