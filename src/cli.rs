@@ -239,6 +239,12 @@ pub(crate) struct DemoArgs {
     /// Directory for the charts and timelines (created if missing).
     #[arg(long, value_name = "DIR", default_value = "demo")]
     pub(crate) out: std::path::PathBuf,
+
+    /// Serve the experiment live on one page at this address, such as
+    /// 127.0.0.1:8080, instead of writing charts: a round starts once the
+    /// page is open, and again while it stays open, until Ctrl-C.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "out")]
+    pub(crate) live: Option<http::Addr>,
 }
 
 #[derive(Args)]
