@@ -18,7 +18,7 @@
 //! given the six servers' counters.
 
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -197,7 +197,11 @@ pub fn live(addr: &http::Addr) -> u8 {
             return 1;
         }
     };
-    println!(
+    // Whoever reads this may be gone by the next round: a closed standard
+    // output must not end the page.
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
         "The article's experiment, live: open http://{}/\n\
          A round ({CLIENTS} clients on its schedule against each server) starts once a page is \
          open, and again {} s after the last while one is; Ctrl-C to stop.",
@@ -208,10 +212,10 @@ pub fn live(addr: &http::Addr) -> u8 {
         while port.viewers() == 0 {
             std::thread::sleep(Duration::from_millis(100));
         }
-        println!("\nround {round}:");
+        let _ = writeln!(out, "\nround {round}:");
         let reports = run_clients(&servers);
         let rows: Vec<_> = servers.iter().map(|(c, _)| c).zip(&reports).collect();
-        print!("{}", Table(&rows));
+        let _ = write!(out, "{}", Table(&rows));
         for (config, report) in &rows {
             for f in report.failures() {
                 eprintln!("error: {}: {f}", config.describe());

@@ -102,11 +102,17 @@ fn dechunk(mut rest: &str) -> String {
 impl Browser {
     /// chromedriver on a free port, and a headless Chromium with a profile
     /// of its own (without one, or with its background networking, it
-    /// hangs on a machine with no way out).
-    fn start(chromium: &str, chromedriver: &str) -> Browser {
+    /// hangs on a machine with no way out) and a window of `window` pixels;
+    /// `None`, after saying so, where either is not installed.
+    fn start(test: &str, window: (u32, u32)) -> Option<Browser> {
+        let (Some(chromium), Some(chromedriver)) =
+            (installed("chromium", test), installed("chromedriver", test))
+        else {
+            return None;
+        };
         let driver_port = free_port();
         let driver = Running(
-            Command::new(chromedriver)
+            Command::new(&chromedriver)
                 .arg(format!("--port={driver_port}"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -132,7 +138,7 @@ impl Browser {
             "--disable-component-update",
             "--disable-sync",
             "--no-first-run",
-            "--window-size=1000,330",
+            &format!("--window-size={},{}", window.0, window.1),
             &format!("--user-data-dir={}", profile.0.display()),
         ];
         let session = webdriver(
@@ -141,7 +147,7 @@ impl Browser {
             "/session",
             &json!({"capabilities": {"alwaysMatch": {
                 "browserName": "chrome",
-                "goog:chromeOptions": {"binary": chromium, "args": args},
+                "goog:chromeOptions": {"binary": &chromium, "args": args},
                 "goog:loggingPrefs": {"browser": "ALL"},
             }}}),
         );
@@ -149,12 +155,12 @@ impl Browser {
             .as_str()
             .expect("a session id")
             .to_string();
-        Browser {
+        Some(Browser {
             driver_port,
             session,
             _driver: driver,
             _profile: profile,
-        }
+        })
     }
 
     fn call(&self, method: &str, what: &str, body: &Value) -> Value {
@@ -169,10 +175,15 @@ impl Browser {
     /// Runs `script` (a function body) in the page and returns what it
     /// returns.
     fn run(&self, script: &str) -> Value {
+        self.run_with(script, &[])
+    }
+
+    /// [`run`](Browser::run), with `args` as `arguments`.
+    fn run_with(&self, script: &str, args: &[Value]) -> Value {
         self.call(
             "POST",
             "execute/sync",
-            &json!({"script": script, "args": []}),
+            &json!({"script": script, "args": args}),
         )
     }
 
@@ -182,11 +193,25 @@ impl Browser {
         log.as_array().cloned().unwrap_or_default()
     }
 
-    fn screenshot(&self) -> Vec<u8> {
+    fn no_console_errors(&self) {
+        let errors: Vec<_> = self
+            .console()
+            .into_iter()
+            .filter(|m| m["level"] == "SEVERE")
+            .collect();
+        assert!(errors.is_empty(), "console errors: {errors:?}");
+    }
+
+    /// A screenshot, kept as `name` in Cargo's directory for tests' files.
+    fn keep_screenshot(&self, name: &str) {
         let png = self.call("GET", "screenshot", &Value::Null);
-        base64::engine::general_purpose::STANDARD
+        let png = base64::engine::general_purpose::STANDARD
             .decode(png.as_str().expect("base64"))
-            .expect("a PNG in base64")
+            .expect("a PNG in base64");
+        assert!(png.starts_with(b"\x89PNG"), "a screenshot that is no PNG");
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+        std::fs::write(&path, png).unwrap();
+        eprintln!("screenshot: {}", path.display());
     }
 }
 
@@ -199,10 +224,10 @@ impl Drop for Browser {
     }
 }
 
-/// What the page draws for server 0, row by row: what the test reads of
-/// the DOM and the SVG.
+/// What the page draws for server `arguments[0]`, row by row: what the
+/// test reads of the DOM and the SVG.
 const ROWS: &str = r#"
-const section = document.querySelector('section.server[data-server="0"]');
+const section = document.querySelector(`section.server[data-server="${arguments[0]}"]`);
 if (!section) return null;
 const num = (v) => v === undefined ? null : Number(v);
 return [...section.querySelectorAll('g.client')].map((g) => {
@@ -227,10 +252,7 @@ fn row(rows: &Value, client: u64) -> &Value {
 
 #[test]
 fn the_live_page_shows_a_pool_of_two_making_the_third_client_wait() {
-    let test = "the live page in Chromium";
-    let (Some(chromium), Some(chromedriver)) =
-        (installed("chromium", test), installed("chromedriver", test))
-    else {
+    let Some(browser) = Browser::start("the live page in Chromium", (1000, 430)) else {
         return;
     };
     let server = Process::serve(&[
@@ -250,7 +272,6 @@ fn the_live_page_shows_a_pool_of_two_making_the_third_client_wait() {
         .expect("an HTTP port")
         .trim_end_matches("/metrics")
         .to_string();
-    let browser = Browser::start(&chromium, &chromedriver);
     // Eight seconds of axis: the article's run fills the width.
     browser.open(&format!("{base}/?window=8"));
     // The stream's hello has named the server.
@@ -281,7 +302,7 @@ fn the_live_page_shows_a_pool_of_two_making_the_third_client_wait() {
     let mut seen_waiting = None;
     let deadline = Instant::now() + Duration::from_secs(30);
     let rows = loop {
-        let rows = browser.run(ROWS);
+        let rows = browser.run_with(ROWS, &[json!(0)]);
         if let Some(all) = rows.as_array() {
             let third = all.iter().find(|r| r["client"] == 3);
             if let Some(third) = third.filter(|r| r["state"] == "waiting") {
@@ -362,16 +383,103 @@ fn the_live_page_shows_a_pool_of_two_making_the_third_client_wait() {
         browser.run("return document.querySelector('[data-counter=\"served\"] b').textContent");
     assert_eq!(served_counter, "3");
 
-    let errors: Vec<_> = browser
-        .console()
-        .into_iter()
-        .filter(|m| m["level"] == "SEVERE")
-        .collect();
-    assert!(errors.is_empty(), "console errors: {errors:?}");
+    browser.no_console_errors();
+    browser.keep_screenshot("live-pool.png");
+}
 
-    let png = browser.screenshot();
-    assert!(png.starts_with(b"\x89PNG"), "a screenshot that is no PNG");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-pool.png");
-    std::fs::write(&path, png).unwrap();
-    eprintln!("screenshot: {}", path.display());
+#[test]
+fn demo_live_shows_the_six_models_side_by_side_as_they_serve() {
+    let Some(browser) = Browser::start("demo --live in Chromium", (1000, 1400)) else {
+        return;
+    };
+    let mut demo = Running(
+        Command::new(env!("CARGO_BIN_EXE_concur"))
+            .args(["demo", "--live", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start concur demo --live"),
+    );
+    // Kept open: the demo prints each round's table.
+    let mut out = std::io::BufReader::new(demo.0.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("The article's experiment, live: open ")
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    // The page opening starts the round; twelve seconds of axis hold it.
+    browser.open(&format!("{url}?window=12"));
+
+    let names: Vec<&str> = models().iter().map(|m| m.name()).collect();
+    // A round's rows: clients 1 to 3 of every server, once each ended
+    // (the next round's, 4 to 6, are left out).
+    let round = |server: usize| -> Vec<Value> {
+        let rows = browser.run_with(ROWS, &[json!(server)]);
+        rows.as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter(|r| r["client"].as_u64().is_some_and(|c| c <= 3))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let rows: Vec<Vec<Value>> = loop {
+        let rows: Vec<_> = (0..names.len()).map(round).collect();
+        if rows
+            .iter()
+            .all(|r| r.len() == 3 && r.iter().all(|r| r["state"] == "ended"))
+        {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the round never ended on the page: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let shown = browser
+        .run("return [...document.querySelectorAll('section.server')].map((s) => s.dataset.model)");
+    assert_eq!(
+        shown,
+        json!(names),
+        "one chart per model, in the article's order"
+    );
+
+    let micros = |r: &Value, k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k}: {r}"));
+    let waited = |r: &Value| micros(r, "admitted") - micros(r, "accepted");
+    for (model, rows) in names.iter().zip(&rows) {
+        assert!(
+            rows.iter().all(|r| r["end"] == "served"),
+            "{model}: {rows:?}"
+        );
+        let mut waits: Vec<f64> = rows.iter().map(waited).collect();
+        waits.sort_by(f64::total_cmp);
+        match *model {
+            // Each waits for the one before (the sequential server takes
+            // the next only when it is free, so it waited in the backlog,
+            // unseen, and its row starts at its accept: the bars follow
+            // one another instead).
+            "sequential" => {
+                let mut rows = rows.clone();
+                rows.sort_by(|a, b| micros(a, "admitted").total_cmp(&micros(b, "admitted")));
+                for pair in rows.windows(2) {
+                    assert!(
+                        micros(&pair[1], "admitted") >= micros(&pair[0], "ended"),
+                        "sequential: {rows:?}"
+                    );
+                }
+            }
+            "pool" => {
+                assert!(waits[1] < 0.5e6 && waits[2] >= 2.0e6, "pool: {rows:?}");
+            }
+            _ => assert!(waits[2] < 0.5e6, "{model}: all at once: {rows:?}"),
+        }
+    }
+    browser.no_console_errors();
+    browser.keep_screenshot("live-demo.png");
 }

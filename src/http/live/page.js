@@ -190,15 +190,11 @@ function draw(server) {
   });
 }
 
-let lastDraw = 0;
-function frame(t) {
-  // About fifteen times a second: smooth, and cheap with many rows.
-  if (t - lastDraw >= 66) {
-    lastDraw = t;
-    servers.forEach(draw);
-  }
-  requestAnimationFrame(frame);
-}
+// Five times a second: the axis moves a few pixels a step, and a browser
+// on the server's own machine takes little from it (a timer rather than
+// animation frames, which would wake it sixty times a second for nothing).
+const DRAW_EVERY_MS = 200;
+
 
 function connect() {
   const source = new EventSource("events");
@@ -221,4 +217,4 @@ function connect() {
 }
 
 connect();
-requestAnimationFrame(frame);
+setInterval(() => servers.forEach(draw), DRAW_EVERY_MS);
