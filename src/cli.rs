@@ -36,7 +36,7 @@ pub(crate) enum Command {
     Client(ClientArgs),
     /// The article's experiment: sequential, thread and pool -n 2 servers
     /// (and event, async, uring), three clients against each, a table and a time
-    /// chart per server.
+    /// chart per server; with --live, on one page in a browser as it happens.
     Demo(DemoArgs),
     /// The footnote's experiment: start N idle threads and measure what
     /// they cost the process.
@@ -257,6 +257,12 @@ pub(crate) struct DemoArgs {
     /// Directory for the charts and timelines (created if missing).
     #[arg(long, value_name = "DIR", default_value = "demo")]
     pub(crate) out: std::path::PathBuf,
+
+    /// Serve the experiment live on one page at this address, such as
+    /// 127.0.0.1:8080, instead of writing charts: a round starts once the
+    /// page is open, and again while it stays open, until Ctrl-C.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "out")]
+    pub(crate) live: Option<http::Addr>,
 }
 
 #[derive(Args)]
@@ -356,8 +362,10 @@ pub(crate) struct ServeArgs {
     pub(crate) drain_timeout: Duration,
 
     /// Serve the operator's HTTP port on this address, such as
-    /// 127.0.0.1:9100: Prometheus metrics at /metrics. Port 0 picks a free
-    /// one, which the banner's second line names.
+    /// 127.0.0.1:9100: Prometheus metrics at /metrics, and the live page
+    /// (the article's time chart as clients come and go) at /, with its
+    /// event stream at /events and a snapshot at /clients. Port 0 picks a
+    /// free one, which the banner's second line names.
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "metrics")]
     pub(crate) http: Option<http::Addr>,
 

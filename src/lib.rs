@@ -35,7 +35,9 @@
 //! - [`http`]: the operator's HTTP port (`serve --http`), on hyper and a
 //!   one-thread runtime of its own, with its limits in one place;
 //!   [`http::metrics`] is its Prometheus page, read from the server's own
-//!   counters at each scrape.
+//!   counters at each scrape; [`http::live`] the live time chart, its
+//!   stream of client events (`/events`) and their snapshot (`/clients`),
+//!   read from the server's timeline.
 //! - [`systemd`]: the listening socket systemd passes, and `sd_notify`.
 //! - [`shutdown`]: the one signal every model obeys: stop accepting, drain,
 //!   close the rest.
@@ -43,7 +45,7 @@
 //!   schedule, every reply checked), its timelines and the time chart.
 //! - [`demo`]: the article's experiment in one call: its three servers and
 //!   the three non-blocking ones, the client against each, a table and a
-//!   chart per model.
+//!   chart per model; or, live, the six on one page as they serve.
 //! - [`threads`]: the footnote's experiment: what idle threads cost.
 //! - [`bench`](mod@bench): `concur bench`: one load engine (a few epoll
 //!   threads driving every connection, every byte checked) for every

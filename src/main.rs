@@ -19,7 +19,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Client(args) => client(args),
-        Command::Demo(args) => ExitCode::from(concur::demo::command(&args.out)),
+        Command::Demo(args) => ExitCode::from(match &args.live {
+            Some(at) => concur::demo::live(at),
+            None => concur::demo::command(&args.out),
+        }),
         Command::Threads(args) => {
             if let Some(bytes) = args.stack.filter(|b| !server::limits::STACK.contains(b)) {
                 usage_error(
@@ -268,10 +271,12 @@ fn serve(args: ServeArgs) -> ExitCode {
     let shutdown = Shutdown::new();
     let counters = Arc::<Counters>::default();
     if let Some(http) = http {
-        match concur::http::serve(http, Arc::clone(&counters)) {
+        let watched = concur::http::Watched::new(&config, Arc::clone(&counters));
+        match concur::http::serve(http, vec![watched]) {
             Ok(port) => {
                 let at = port.local_addr();
                 let _ = writeln!(std::io::stdout(), "Metrics on http://{at}/metrics");
+                let _ = writeln!(std::io::stdout(), "Watch it live at http://{at}/");
             }
             Err(e) => {
                 eprintln!("error: cannot serve the HTTP port: {e}");

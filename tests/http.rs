@@ -23,15 +23,6 @@ const DRIP_EVERY: Duration = Duration::from_millis(1500);
 const IDLE: usize = 500;
 const ANSWERED_WITHIN: Duration = Duration::from_secs(1);
 
-/// The address of a serving `Process`'s HTTP port.
-fn http_addr(server: &Process) -> SocketAddr {
-    let url = server.metrics.as_deref().expect("an HTTP port");
-    url.trim_start_matches("http://")
-        .trim_end_matches("/metrics")
-        .parse()
-        .expect("the banner's address")
-}
-
 /// `GET /metrics` on a connection of its own: how long it took from the
 /// connect to the last byte, and the whole response.
 fn timed_scrape(addr: SocketAddr) -> (Duration, String) {
@@ -101,7 +92,7 @@ fn closed_by_server(s: &TcpStream) -> bool {
 
 fn attacked(model: Model) {
     let server = Process::serve_http(model);
-    let http = http_addr(&server);
+    let http = server.http_addr();
     let mut client = connect_served(server.addr);
     round_trip(&mut client);
 
@@ -185,7 +176,7 @@ fn content_length(head: &str) -> usize {
 #[test]
 fn head_carries_get_s_length_and_no_body_on_a_kept_alive_connection() {
     let server = Process::serve(&["--port", "0", "-q", "--http", "127.0.0.1:0"]);
-    let mut s = connect(http_addr(&server));
+    let mut s = connect(server.http_addr());
     // Both at once: the second answer must start right where the first
     // head ends, so the HEAD sent no body.
     s.write_all(
@@ -213,10 +204,13 @@ fn bad_requests_get_a_4xx_and_the_port_goes_on() {
     let server = Process::serve(&["--port", "0", "-q", "--metrics", "127.0.0.1:0"]);
     let url = server.metrics.clone().expect("an HTTP port");
     let base = url.trim_end_matches("/metrics").to_string();
-    let (status, body) = curl(&[], &format!("{base}/"));
+    let (status, body) = curl(&[], &format!("{base}/nope"));
     assert_eq!(
         (status, body.as_str()),
-        (404, "not found; this port serves /metrics\n")
+        (
+            404,
+            "not found; this port serves /metrics, /, /events, /clients\n"
+        )
     );
     assert_eq!(curl(&[], &format!("{base}/metrics/x")).0, 404);
     assert_eq!(curl(&["-X", "POST"], &url).0, 405);
@@ -234,7 +228,7 @@ fn bad_requests_get_a_4xx_and_the_port_goes_on() {
             "431",
         ),
     ] {
-        let mut s = connect(http_addr(&server));
+        let mut s = connect(server.http_addr());
         let _ = s.write_all(&request);
         let mut answer = String::new();
         let _ = s.read_to_string(&mut answer);
@@ -244,7 +238,7 @@ fn bad_requests_get_a_4xx_and_the_port_goes_on() {
         );
     }
     // A scraper that connects and says nothing does not hold up the next.
-    let _silent = connect(http_addr(&server));
+    let _silent = connect(server.http_addr());
     let (status, text) = curl(&[], &url);
     assert_eq!(status, 200);
     assert!(text.contains("concur_clients_accepted_total 0"), "{text}");

@@ -1,6 +1,8 @@
 //! The operator's HTTP port: `serve --http HOST:PORT` (`--metrics` is its
-//! older name). It answers `GET /metrics` ([`metrics`]); every page it
-//! serves is one line of `ROUTES`.
+//! older name). It answers `GET /metrics` ([`metrics`]) and the live page,
+//! `GET /` with its stream `/events` and snapshot `/clients` ([`live`]);
+//! every page it serves is one line of `ROUTES`. `demo --live` serves the
+//! live page of several servers at once.
 //!
 //! HTTP is hyper's (HTTP/1.1, keep-alive, `HEAD`), on a tokio runtime of
 //! its own with one thread, `http`: answering the operator never takes a
@@ -22,8 +24,13 @@
 //!   scraper comes. Only when every connection is being answered is the
 //!   newcomer closed instead;
 //! - **a cap on the request head's size**: over it, a 431; a head that is
-//!   not HTTP gets a 400 (both hyper's).
+//!   not HTTP gets a 400 (both hyper's);
+//! - **a cap on streams** (`/events`): a stream is an answer that never
+//!   ends, so it can never be evicted; there are at most a few, fewer than
+//!   the connections, and one whose connection takes nothing of it for a
+//!   while is closed rather than buffered for.
 
+pub mod live;
 pub mod metrics;
 
 use std::collections::HashMap;
@@ -32,6 +39,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, ToSocketAddrs};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -46,8 +54,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::oneshot;
 
-use crate::server::Counters;
 use crate::server::listener;
+pub use live::Watched;
 
 /// What the port's clients may hold (see the module's docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +66,22 @@ pub struct Limits {
     pub max_connections: usize,
     /// The longest request head, in bytes (at least 8 KiB, hyper's least).
     pub max_head: usize,
+    /// The most `/events` streams open at once; fewer than
+    /// `max_connections`, since a stream is never evicted.
+    pub max_streams: usize,
+    /// How long a stream's connection may take nothing of it (its socket
+    /// does not drain) before it is closed.
+    pub stream_stall: Duration,
+    /// How often a stream sends what happened since its last frame.
+    pub stream_every: Duration,
+    /// The most events of one server a stream's frame carries (and the most
+    /// read from the ring at one time): a viewer further behind catches up
+    /// over the next frames.
+    pub events_per_frame: usize,
+    /// The kernel's send buffer of each connection (`SO_SNDBUF`): with
+    /// hyper's own, what a viewer that reads nothing can hold unsent
+    /// before its stream stalls.
+    pub send_buffer: usize,
 }
 
 impl Default for Limits {
@@ -69,6 +93,19 @@ impl Default for Limits {
             // A few scrapers and browsers; each costs a task and buffers.
             max_connections: 64,
             max_head: 8 * 1024,
+            // A few browsers; each costs a task, a frame's buffer and the
+            // HTTP thread's time ten times a second.
+            max_streams: 8,
+            // Generous for a browser tab in the background, which still
+            // reads its stream.
+            stream_stall: Duration::from_secs(10),
+            // Smooth enough for the eye, rare enough to cost nothing.
+            stream_every: Duration::from_millis(100),
+            // About 100 KiB of JSON: a whole ring in under a second.
+            events_per_frame: 2048,
+            // A page (12 KiB) or a scrape (4 KiB) at once, and a second or
+            // two of a busy server's events; Linux doubles it.
+            send_buffer: 128 * 1024,
         }
     }
 }
@@ -79,15 +116,31 @@ const BACKLOG: i32 = 1024;
 
 /// What the pages are made from.
 struct State {
-    counters: Arc<Counters>,
+    servers: Vec<Watched>,
+    limits: Limits,
+    /// `/events` streams open now.
+    streams: AtomicUsize,
+}
+
+/// A request, with what its page may need.
+struct Ask<'a> {
+    request: &'a Request<Incoming>,
+    state: &'a Arc<State>,
+    /// Its connection's, for a stream to say when it last took a frame.
+    progress: &'a Arc<live::Progress>,
 }
 
 /// What answers a GET of a page (a HEAD is answered as its GET, without
 /// the body).
-type Page = fn(&Request<Incoming>, &State) -> Response<Body>;
+type Page = fn(&Ask) -> Response<Body>;
 
 /// Every page of the port.
-const ROUTES: &[(&str, Page)] = &[("/metrics", metrics_page)];
+const ROUTES: &[(&str, Page)] = &[
+    ("/metrics", metrics_page),
+    ("/", live::page),
+    ("/events", live::events),
+    ("/clients", live::clients),
+];
 
 /// The body of an answer: boxed, so that a page can be a stream as well
 /// as bytes.
@@ -165,6 +218,7 @@ pub fn bind(flag: &str, addr: &Addr) -> Result<TcpListener, String> {
 /// the process.
 pub struct Port {
     addr: SocketAddr,
+    state: Arc<State>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -173,6 +227,11 @@ impl Port {
     /// Where it listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many `/events` streams (live pages, mostly) are open now.
+    pub fn viewers(&self) -> usize {
+        self.state.streams.load(Ordering::Acquire)
     }
 
     /// Closes it, its connections too, and waits for its thread.
@@ -187,24 +246,31 @@ impl Port {
 }
 
 /// Serves the port on `listener` with the default [`Limits`], its pages
-/// made from `counters`, on a thread and runtime of its own.
-pub fn serve(listener: TcpListener, counters: Arc<Counters>) -> io::Result<Port> {
-    serve_with(listener, counters, Limits::default())
+/// made from `servers` (`/metrics` only when there is one), on a thread
+/// and runtime of its own.
+pub fn serve(listener: TcpListener, servers: Vec<Watched>) -> io::Result<Port> {
+    serve_with(listener, servers, Limits::default())
 }
 
 /// [`serve`] within `limits`.
 pub fn serve_with(
     listener: TcpListener,
-    counters: Arc<Counters>,
+    servers: Vec<Watched>,
     limits: Limits,
 ) -> io::Result<Port> {
+    live::check(&limits).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let (stop, stopped) = oneshot::channel();
-    let state = Arc::new(State { counters });
+    let state = Arc::new(State {
+        servers,
+        limits,
+        streams: AtomicUsize::new(0),
+    });
+    let port_state = Arc::clone(&state);
     let thread = std::thread::Builder::new()
         .name("http".into())
         .spawn(move || {
@@ -224,7 +290,7 @@ pub fn serve_with(
                     }
                 };
                 tokio::select! {
-                    () = accept(listener, state, limits) => {}
+                    () = accept(listener, state) => {}
                     () = stop => {}
                 }
             });
@@ -232,13 +298,15 @@ pub fn serve_with(
         })?;
     Ok(Port {
         addr,
+        state: port_state,
         stop: Some(stop),
         thread: Some(thread),
     })
 }
 
 /// Takes connections for ever, within the cap.
-async fn accept(listener: tokio::net::TcpListener, state: Arc<State>, limits: Limits) {
+async fn accept(listener: tokio::net::TcpListener, state: Arc<State>) {
+    let limits = state.limits;
     let connections = Connections::default();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -265,6 +333,7 @@ async fn accept(listener: tokio::net::TcpListener, state: Arc<State>, limits: Li
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(limits.send_buffer);
         tokio::spawn(serve_connection(
             stream,
             connection,
@@ -279,7 +348,8 @@ async fn accept(listener: tokio::net::TcpListener, state: Arc<State>, limits: Li
     }
 }
 
-/// One connection, until it closes, fails its deadline or is evicted.
+/// One connection, until it closes, fails its deadline, is evicted, or
+/// its stream stalls.
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     connection: Connection,
@@ -287,26 +357,34 @@ async fn serve_connection(
     state: Arc<State>,
     http: Arc<http1::Builder>,
 ) {
+    let progress = Arc::new(live::Progress::default());
     let service = service_fn(|request: Request<Incoming>| {
         let busy = connection.busy();
-        std::future::ready(Ok::<_, Infallible>(answer(&request, &state, busy)))
+        let ask = Ask {
+            request: &request,
+            state: &state,
+            progress: &progress,
+        };
+        std::future::ready(Ok::<_, Infallible>(answer(&ask, busy)))
     });
     let serving = http.serve_connection(TokioIo::new(stream), service);
     // A client's failure (a deadline, a reset) is its own: nothing to do.
     tokio::select! {
         _ = serving => {}
         _ = evicted => {}
+        () = progress.stalled(state.limits.stream_stall) => {}
     }
 }
 
-/// The answer to `request`, holding `busy` until its body is sent.
-fn answer(request: &Request<Incoming>, state: &State, busy: Busy) -> Response<Body> {
+/// The answer to `ask`, holding `busy` until its body is sent.
+fn answer(ask: &Ask, busy: Busy) -> Response<Body> {
+    let request = ask.request;
     let path = request.uri().path();
     let response = match ROUTES.iter().find(|(at, _)| *at == path) {
         Some((_, page)) if matches!(*request.method(), Method::GET | Method::HEAD) => {
             // hyper sends no body for a HEAD, and the Content-Length of the
             // body it is given: GET's, as RFC 9110 §9.3.2 asks.
-            page(request, state)
+            page(ask)
         }
         Some(_) => {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
@@ -354,13 +432,22 @@ impl hyper::body::Body for Answering {
     }
 }
 
-fn metrics_page(request: &Request<Incoming>, state: &State) -> Response<Body> {
-    let accept = request
+fn metrics_page(ask: &Ask) -> Response<Body> {
+    let [server] = ask.state.servers.as_slice() else {
+        let body = format!(
+            "this port shows {} servers (concur demo --live), and /metrics is one server's: \
+             serve --http has it\n",
+            ask.state.servers.len()
+        );
+        return text(StatusCode::NOT_FOUND, &body);
+    };
+    let accept = ask
+        .request
         .headers()
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok());
     let format = metrics::Format::negotiate(accept);
-    let mut response = Response::new(full(metrics::render(&state.counters, format)));
+    let mut response = Response::new(full(metrics::render(server.counters(), format)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(format.content_type()),

@@ -305,6 +305,15 @@ impl Process {
         }
     }
 
+    /// The address of its HTTP port (`--http` or `--metrics`).
+    pub fn http_addr(&self) -> SocketAddr {
+        let url = self.metrics.as_deref().expect("an HTTP port");
+        url.trim_start_matches("http://")
+            .trim_end_matches("/metrics")
+            .parse()
+            .expect("the banner's address")
+    }
+
     /// SIGTERM, the drain, and the summary line it prints.
     pub fn stop(self) -> String {
         self.stop_with_status().1
