@@ -21,6 +21,6 @@ fn main() {
     options.counts = vec![clients];
     options.repeat = 1;
     options.server_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_concur")));
-    let results = run::run(&options).expect("the benchmark runs");
+    let results = run::run(&options.check().expect("valid options")).expect("the benchmark runs");
     println!("{results}");
 }

@@ -1,8 +1,8 @@
-//! Every model against the echo reference, end to end over loopback TCP,
-//! with the load engine of `concur bench`: streaming one and four
-//! connections, and 16-byte pingpong on 64. The servers run as child
+//! Every model against the echo and floor references, end to end over
+//! loopback TCP, with the load engine of `concur bench`: streaming one and
+//! four connections, and 16-byte pingpong on 64. The servers run as child
 //! processes of the `concur` binary, so each table shows the server's CPU
-//! beside the load generator's.
+//! beside the load generator's, and what a unit of work cost it.
 //!
 //! Run with `cargo bench --bench serve`. Environment, all optional:
 //!
@@ -57,7 +57,8 @@ fn main() {
         options.models = models.clone();
         options.repeat = repeat;
         options.server_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_concur")));
-        let results = run::run(&options).expect("the benchmark runs");
+        let results =
+            run::run(&options.check().expect("valid options")).expect("the benchmark runs");
         println!("{results}");
         assert_eq!(results.errors(), 0, "wrong answers: the figures are void");
     }

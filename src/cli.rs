@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use concur::bench::Scenario;
+use concur::http;
 use concur::server::{self, Model, OverLimit, Protocol, Setting, listener};
 
 #[derive(Parser)]
@@ -35,23 +36,29 @@ pub(crate) enum Command {
     Client(ClientArgs),
     /// The article's experiment: sequential, thread and pool -n 2 servers
     /// (and event, async, uring), three clients against each, a table and a time
-    /// chart per server.
+    /// chart per server; with --live, on one page in a browser as it happens.
     Demo(DemoArgs),
     /// The footnote's experiment: start N idle threads and measure what
     /// they cost the process.
     Threads(ThreadsArgs),
-    /// Benchmark models side by side against the echo reference: a table,
-    /// and with --out, results.json and SVG plots.
+    /// Benchmark models side by side against the echo and floor references:
+    /// a table, and with --out, results.json and SVG plots.
     Bench(BenchArgs),
     /// The echo reference that `concur bench` measures the models against
     /// (a thread per client, every byte sent back unchanged), as a process
     /// of its own; it runs until killed.
     #[command(hide = true)]
-    Echo(EchoArgs),
+    Echo(ReferenceArgs),
+    /// The floor reference that `concur bench` runs beside the models: the
+    /// least server that answers the protocol (one thread, one epoll loop,
+    /// one pass of the protocol core and one write per read, no limits);
+    /// it runs until killed.
+    #[command(hide = true)]
+    Floor(ReferenceArgs),
 }
 
 #[derive(Args)]
-pub(crate) struct EchoArgs {
+pub(crate) struct ReferenceArgs {
     /// Port to listen on, on 127.0.0.1; 0 picks a free one.
     #[arg(long, default_value_t = 0)]
     pub(crate) port: u16,
@@ -93,7 +100,11 @@ impl clap::ValueEnum for BenchWhat {
 #[derive(Args)]
 #[command(
     after_help = "Every received byte is checked; a wrong one is an error, counted and \
-                        shown, and the exit code is 1. Only servers on this machine are measured."
+                        shown, and the exit code is 1. Only servers on this machine are measured.\n\n\
+                        'srv µs/req' and 'calls/req' (per MB when streaming, per conn for churn, \
+                        per answer for cpu) are what a unit of work cost each server: its CPU time \
+                        and its system calls, all of them, counted by the kernel where this user may \
+                        (root or CAP_PERFMON; otherwise the table says why they are missing)."
 )]
 pub(crate) struct BenchArgs {
     /// What to run.
@@ -125,9 +136,17 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "IP:PORT")]
     pub(crate) addr: Option<std::net::SocketAddr>,
 
-    /// Leave out the echo reference.
+    /// Leave out the two references run beside the models: the echo
+    /// (throughput's yardstick, `vs ref`) and the floor (the least server
+    /// that answers the protocol: CPU's and system calls' yardstick).
     #[arg(long)]
     pub(crate) no_reference: bool,
+
+    /// Do not count the servers' system calls. They are counted by the
+    /// kernel (a perf tracepoint, where this user may use it), which makes
+    /// every system call on the machine a little slower while it runs.
+    #[arg(long)]
+    pub(crate) no_syscalls: bool,
 
     /// Seconds per run (fractions allowed).
     #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_duration,
@@ -238,6 +257,12 @@ pub(crate) struct DemoArgs {
     /// Directory for the charts and timelines (created if missing).
     #[arg(long, value_name = "DIR", default_value = "demo")]
     pub(crate) out: std::path::PathBuf,
+
+    /// Serve the experiment live on one page at this address, such as
+    /// 127.0.0.1:8080, instead of writing charts: a round starts once the
+    /// page is open, and again while it stays open, until Ctrl-C.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "out")]
+    pub(crate) live: Option<http::Addr>,
 }
 
 #[derive(Args)]
@@ -258,7 +283,11 @@ pub(crate) struct ThreadsArgs {
 
 #[derive(Args)]
 #[command(
-    after_help = "Exit status: 0 after a drain (the summary on standard output); \
+    after_help = "Under systemd (socket activation: LISTEN_FDS, LISTEN_PID) it serves the \
+                        listening socket systemd passes, and --host, --port, --backlog and \
+                        --reuseport are not used; it tells systemd READY=1 once it takes clients \
+                        and STOPPING=1 when the drain starts (deploy/systemd/ has the units).\n\n\
+                        Exit status: 0 after a drain (the summary on standard output); \
                         1 if it cannot listen or set itself up; 2 for a bad flag; \
                         128 + the signal's number (130 for SIGINT, 143 for SIGTERM) when a \
                         second signal cuts the drain short, after one line of the counters so far."
@@ -332,11 +361,17 @@ pub(crate) struct ServeArgs {
           allow_negative_numbers = true)]
     pub(crate) drain_timeout: Duration,
 
-    /// Serve Prometheus metrics (`GET /metrics`) on this address, such as
-    /// 127.0.0.1:9100; port 0 picks a free one, which the banner's second
-    /// line names.
+    /// Serve the operator's HTTP port on this address, such as
+    /// 127.0.0.1:9100: Prometheus metrics at /metrics, and the live page
+    /// (the article's time chart as clients come and go) at /, with its
+    /// event stream at /events and a snapshot at /clients. Port 0 picks a
+    /// free one, which the banner's second line names.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "metrics")]
+    pub(crate) http: Option<http::Addr>,
+
+    /// The older name of --http, which works the same.
     #[arg(long, value_name = "HOST:PORT")]
-    pub(crate) metrics: Option<String>,
+    pub(crate) metrics: Option<http::Addr>,
 
     /// Listen with SO_REUSEPORT, so that several `concur serve` processes
     /// (each given --reuseport) can serve one port; the kernel spreads new
@@ -424,6 +459,14 @@ impl ModelFlags {
         .into_iter()
         .flatten()
         .collect()
+    }
+}
+
+impl ServeArgs {
+    /// The operator's HTTP port, if asked for, with the flag that asked.
+    pub(crate) fn http(&self) -> Option<(&'static str, &http::Addr)> {
+        let http = self.http.as_ref().map(|at| ("--http", at));
+        http.or_else(|| self.metrics.as_ref().map(|at| ("--metrics", at)))
     }
 }
 

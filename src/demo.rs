@@ -9,13 +9,22 @@
 //! The runs go at the same time: the clients spend nearly all of their
 //! time asleep between sends, so they do not disturb each other, and the
 //! demo takes as long as its slowest run rather than the sum.
+//!
+//! With `--live` ([`live`]) the same servers are shown on one live page
+//! as it happens, one time chart per server stacked in the article's
+//! order, so that the models are compared at a glance as the article's
+//! figures compare them (a selector would show one at a time and hide
+//! exactly that). The page is the operator's port's ([`crate::http`]),
+//! given the six servers' counters.
 
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::client::{self, Options, chart};
-use crate::server::{self, Config, Model, ValidConfig, listener};
+use crate::http;
+use crate::server::{self, Config, Model, Server, ValidConfig, listener};
 
 /// Clients per run, as in the article's `-n 3`.
 pub const CLIENTS: usize = 3;
@@ -76,11 +85,11 @@ impl Demo {
     }
 }
 
-/// Runs the experiment, writing `demo-MODEL.svg` and `demo-MODEL.json` for
-/// each server into `out` (created if missing).
-pub fn run(out: &Path) -> io::Result<Demo> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", out.display())))?;
+/// A server of every model this machine runs, each on a free port of
+/// 127.0.0.1, and the models it cannot run, each with why.
+type Servers = (Vec<(ValidConfig, Server)>, Vec<(Model, String)>);
+
+fn start_servers() -> io::Result<Servers> {
     let mut servers = Vec::new();
     let mut skipped = Vec::new();
     for config in configs() {
@@ -96,8 +105,12 @@ pub fn run(out: &Path) -> io::Result<Demo> {
         let listener = listener::bind("127.0.0.1:0".parse().expect("an address"), 64)?;
         servers.push((config.clone(), server::start(listener, config)?));
     }
+    Ok((servers, skipped))
+}
 
-    let reports: Vec<client::Report> = std::thread::scope(|scope| {
+/// The article's client, three connections, against every server at once.
+fn run_clients(servers: &[(ValidConfig, Server)]) -> Vec<client::Report> {
+    std::thread::scope(|scope| {
         let handles: Vec<_> = servers
             .iter()
             .map(|(config, server)| {
@@ -110,7 +123,16 @@ pub fn run(out: &Path) -> io::Result<Demo> {
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
-    });
+    })
+}
+
+/// Runs the experiment, writing `demo-MODEL.svg` and `demo-MODEL.json` for
+/// each server into `out` (created if missing).
+pub fn run(out: &Path) -> io::Result<Demo> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", out.display())))?;
+    let (servers, skipped) = start_servers()?;
+    let reports = run_clients(&servers);
     let mut served = Vec::new();
     for (config, server) in servers {
         server.stop();
@@ -138,12 +160,81 @@ pub fn run(out: &Path) -> io::Result<Demo> {
     Ok(Demo { runs, skipped })
 }
 
-impl fmt::Display for Demo {
+/// How long `--live` waits after a round before the next, so that a
+/// reader sees the last one end.
+pub const LIVE_PAUSE: Duration = Duration::from_secs(5);
+
+/// `concur demo --live ADDR`: the servers stay up and their live page is
+/// served at `addr`; a round of the experiment starts whenever a page is
+/// watching (and the last round ended [`LIVE_PAUSE`] ago), for as long as
+/// the process runs. Returns the exit status if it cannot start.
+pub fn live(addr: &http::Addr) -> u8 {
+    let listener = match http::bind("--live", addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let (servers, skipped) = match start_servers() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    for (model, why) in &skipped {
+        eprintln!("skipped: model {model}: {why}");
+    }
+    let watched = servers
+        .iter()
+        .map(|(config, server)| http::Watched::new(config, server.counters()))
+        .collect();
+    let port = match http::serve(listener, watched) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot serve the page: {e}");
+            return 1;
+        }
+    };
+    // Whoever reads this may be gone by the next round: a closed standard
+    // output must not end the page.
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "The article's experiment, live: open http://{}/\n\
+         A round ({CLIENTS} clients on its schedule against each server) starts once a page is \
+         open, and again {} s after the last while one is; Ctrl-C to stop.",
+        port.local_addr(),
+        LIVE_PAUSE.as_secs()
+    );
+    for round in 1.. {
+        while port.viewers() == 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = writeln!(out, "\nround {round}:");
+        let reports = run_clients(&servers);
+        let rows: Vec<_> = servers.iter().map(|(c, _)| c).zip(&reports).collect();
+        let _ = write!(out, "{}", Table(&rows));
+        for (config, report) in &rows {
+            for f in report.failures() {
+                eprintln!("error: {}: {f}", config.describe());
+            }
+        }
+        std::thread::sleep(LIVE_PAUSE);
+    }
+    unreachable!("the rounds go on until the process is stopped")
+}
+
+/// The table of who was admitted when, a row per server.
+struct Table<'a>(&'a [(&'a ValidConfig, &'a client::Report)]);
+
+impl fmt::Display for Table<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let width = self
-            .runs
+            .0
             .iter()
-            .map(|r| r.config.describe().len())
+            .map(|(config, _)| config.describe().len())
             .max()
             .unwrap_or(6)
             .max(6);
@@ -152,9 +243,8 @@ impl fmt::Display for Demo {
             "{:width$}  {:>8}  admitted (seconds after the clients started)",
             "server", "elapsed"
         )?;
-        for run in &self.runs {
-            let mut admitted: Vec<_> = run
-                .report
+        for (config, report) in self.0 {
+            let mut admitted: Vec<_> = report
                 .connections
                 .iter()
                 .map(|c| (c.admitted, c.name.as_str()))
@@ -174,12 +264,19 @@ impl fmt::Display for Demo {
             writeln!(
                 f,
                 "{:width$}  {:>6.2} s  {}",
-                run.config.describe(),
-                run.report.elapsed,
+                config.describe(),
+                report.elapsed,
                 admitted.join("  ")
             )?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for Demo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rows: Vec<_> = self.runs.iter().map(|r| (&r.config, &r.report)).collect();
+        Table(&rows).fmt(f)
     }
 }
 

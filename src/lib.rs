@@ -32,22 +32,28 @@
 //!     `thread`, `pool` (fixed or adaptive, bounded hand-off), `event`
 //!     (mio loops), `asynchronous` (tokio tasks) and `uring` (io_uring
 //!     rings).
-//! - [`metrics`]: the Prometheus endpoint (`serve --metrics`), read from
-//!   the server's own counters at each scrape.
+//! - [`http`]: the operator's HTTP port (`serve --http`), on hyper and a
+//!   one-thread runtime of its own, with its limits in one place;
+//!   [`http::metrics`] is its Prometheus page, read from the server's own
+//!   counters at each scrape; [`http::live`] the live time chart, its
+//!   stream of client events (`/events`) and their snapshot (`/clients`),
+//!   read from the server's timeline.
+//! - [`systemd`]: the listening socket systemd passes, and `sd_notify`.
 //! - [`shutdown`]: the one signal every model obeys: stop accepting, drain,
 //!   close the rest.
 //! - [`client`]: the article's simulated client (N connections on a
 //!   schedule, every reply checked), its timelines and the time chart.
 //! - [`demo`]: the article's experiment in one call: its three servers and
 //!   the three non-blocking ones, the client against each, a table and a
-//!   chart per model.
+//!   chart per model; or, live, the six on one page as they serve.
 //! - [`threads`]: the footnote's experiment: what idle threads cost.
 //! - [`bench`](mod@bench): `concur bench`: one load engine (a few epoll
 //!   threads driving every connection, every byte checked) for every
 //!   scenario (stream, pingpong, rate, churn, idle, cpu, sweep); the
-//!   servers as child processes beside an echo reference, with the CPU
-//!   time of each side and the kernel's TCP counters; a table,
-//!   `results.json`, latency spectra and SVG plots.
+//!   servers as child processes beside two references (an echo, and the
+//!   floor: the least server that answers the protocol), with the CPU
+//!   time of each side, the server's system calls and the kernel's TCP
+//!   counters; a table, `results.json`, latency spectra and SVG plots.
 //!
 //! # Example
 //!
@@ -85,12 +91,14 @@ pub mod client;
 #[cfg(target_os = "linux")]
 pub mod demo;
 #[cfg(target_os = "linux")]
-pub mod metrics;
+pub mod http;
 pub mod prime;
 pub mod protocol;
 #[cfg(target_os = "linux")]
 pub mod server;
 #[cfg(target_os = "linux")]
 pub mod shutdown;
+#[cfg(target_os = "linux")]
+pub mod systemd;
 #[cfg(target_os = "linux")]
 pub mod threads;

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{CommandFactory, Parser};
-use cli::{BenchArgs, BenchWhat, Cli, ClientArgs, Command, EchoArgs, ServeArgs};
-use concur::bench::Scenario;
+use cli::{BenchArgs, BenchWhat, Cli, ClientArgs, Command, ReferenceArgs, ServeArgs};
+use concur::bench::{Reference, Scenario};
 use concur::server::{self, Config, ConfigError, Counters, Model, ValidConfig, listener};
 use concur::shutdown::Shutdown;
 use concur::threads;
@@ -19,7 +19,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Client(args) => client(args),
-        Command::Demo(args) => ExitCode::from(concur::demo::command(&args.out)),
+        Command::Demo(args) => ExitCode::from(match &args.live {
+            Some(at) => concur::demo::live(at),
+            None => concur::demo::command(&args.out),
+        }),
         Command::Threads(args) => {
             if let Some(bytes) = args.stack.filter(|b| !server::limits::STACK.contains(b)) {
                 usage_error(
@@ -40,7 +43,8 @@ fn main() -> ExitCode {
             }))
         }
         Command::Bench(args) => bench(args),
-        Command::Echo(args) => echo(args),
+        Command::Echo(args) => reference(args, Reference::Echo),
+        Command::Floor(args) => reference(args, Reference::Floor),
     }
 }
 
@@ -58,7 +62,9 @@ fn usage_error(subcommand: &str, message: impl std::fmt::Display) -> ! {
         .exit()
 }
 
-fn echo(args: EchoArgs) -> ExitCode {
+/// `concur echo`, `concur floor`: a reference of `concur bench` as a
+/// process of its own, on 127.0.0.1, announced as the servers are.
+fn reference(args: ReferenceArgs, which: Reference) -> ExitCode {
     let listener = match listener::bind(([127, 0, 0, 1], args.port).into(), 4096) {
         Ok(l) => l,
         Err(e) => {
@@ -67,7 +73,7 @@ fn echo(args: EchoArgs) -> ExitCode {
         }
     };
     match listener.local_addr() {
-        Ok(addr) => println!("Serving on {addr} (echo reference)"),
+        Ok(addr) => println!("Serving on {addr} ({} reference)", which.name()),
         Err(e) => {
             eprintln!("error: cannot read the listening address: {e}");
             return ExitCode::FAILURE;
@@ -76,7 +82,7 @@ fn echo(args: EchoArgs) -> ExitCode {
     if let Err(e) = server::raise_fd_limit() {
         eprintln!("warning: cannot raise the descriptor limit: {e}");
     }
-    match concur::bench::serve_echo(listener) {
+    match which.serve(listener) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -128,6 +134,7 @@ fn bench(args: BenchArgs) -> ExitCode {
     }
     options.addr = args.addr;
     options.reference = !args.no_reference;
+    options.count_syscalls = !args.no_syscalls;
     options.repeat = args.repeat;
     if let Some(size) = args.size {
         options.params.size = size;
@@ -147,10 +154,10 @@ fn bench(args: BenchArgs) -> ExitCode {
     options.out = args.out;
     options.progress = !args.quiet;
     options.command = std::env::args().collect::<Vec<_>>().join(" ");
-    if let Err(e) = options.check() {
-        usage_error("bench", e);
+    match options.check() {
+        Ok(options) => ExitCode::from(concur::bench::command(&options)),
+        Err(e) => usage_error("bench", e),
     }
-    ExitCode::from(concur::bench::command(&options))
 }
 
 fn client(args: ClientArgs) -> ExitCode {
@@ -228,7 +235,13 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     fewer_arenas_under_a_limit();
     let port = args.port_arg.unwrap_or(args.port);
-    let listener = match listener::bind_host(&args.host, port, args.backlog, args.reuseport) {
+    let listener = match concur::systemd::listener() {
+        Ok(Some(passed)) => Ok(passed),
+        Ok(None) => listener::bind_host(&args.host, port, args.backlog, args.reuseport)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("socket activation: {e}")),
+    };
+    let listener = match listener {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
@@ -242,33 +255,31 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let metrics = match args.metrics.as_deref().map(bind_metrics).transpose() {
-        Ok(m) => m,
-        Err(e) => {
+    let http = match args.http().map(|(flag, at)| concur::http::bind(flag, at)) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
     // Whoever reads the banner may be gone by the time the summary comes:
     // a closed stdout must not turn a clean shutdown into a panic.
-    let _ = writeln!(
-        std::io::stdout(),
-        "Serving on {addr} ({})",
-        config.describe()
-    );
+    let banner = format!("Serving on {addr} ({})", config.describe());
+    let _ = writeln!(std::io::stdout(), "{banner}");
 
     let shutdown = Shutdown::new();
     let counters = Arc::<Counters>::default();
-    if let Some(metrics) = metrics {
-        match metrics
-            .local_addr()
-            .and_then(|at| concur::metrics::serve(metrics, Arc::clone(&counters)).map(|_| at))
-        {
-            Ok(at) => {
+    if let Some(http) = http {
+        let watched = concur::http::Watched::new(&config, Arc::clone(&counters));
+        match concur::http::serve(http, vec![watched]) {
+            Ok(port) => {
+                let at = port.local_addr();
                 let _ = writeln!(std::io::stdout(), "Metrics on http://{at}/metrics");
+                let _ = writeln!(std::io::stdout(), "Watch it live at http://{at}/");
             }
             Err(e) => {
-                eprintln!("error: cannot serve the metrics: {e}");
+                eprintln!("error: cannot serve the HTTP port: {e}");
                 return ExitCode::FAILURE;
             }
         }
@@ -277,6 +288,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("error: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
+    // The listener is listening: clients wait in its backlog from now on.
+    concur::systemd::ready(&banner);
     match server::run_counted(listener, config, shutdown, counters) {
         Ok(summary) => {
             let _ = writeln!(std::io::stdout(), "{summary}");
@@ -287,26 +300,6 @@ fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The listener of `--metrics HOST:PORT`: the first of the name's
-/// addresses that can be bound.
-fn bind_metrics(spec: &str) -> Result<std::net::TcpListener, String> {
-    use std::net::ToSocketAddrs;
-    let addrs = spec
-        .to_socket_addrs()
-        .map_err(|e| format!("--metrics {spec}: not a HOST:PORT this machine can resolve ({e})"))?;
-    let mut last = None;
-    for addr in addrs {
-        match std::net::TcpListener::bind(addr) {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(match last {
-        Some(e) => format!("--metrics {spec}: cannot listen there: {e}"),
-        None => format!("--metrics {spec}: the name has no address"),
-    })
 }
 
 /// Under an address-space limit (`ulimit -v`), caps glibc's malloc arenas
@@ -343,6 +336,7 @@ fn on_signals(shutdown: Shutdown, counters: Arc<Counters>) -> std::io::Result<()
                 seen += 1;
                 if seen == 1 {
                     tracing::info!("signal {signal}: shutting down (again to exit at once)");
+                    concur::systemd::stopping();
                     shutdown.trigger();
                 } else {
                     let summary = counters.summary();

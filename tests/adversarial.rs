@@ -214,12 +214,14 @@ fn a_client_that_never_reads_is_closed_by_the_write_timeout() {
 }
 
 /// Floods `model`, takes every answer owed so far once, then never reads
-/// again, and returns how long after taking them the server closed it. A
-/// server whose write timeout is a deadline from the last answer taken
-/// closes it no sooner than the timeout after that read (the server had
-/// room to write again from then on) and not much later than the timeout
-/// after its buffers filled again, which takes milliseconds.
-fn closed_after_last_answer(model: Model, timeout: Duration) -> Duration {
+/// again, and returns how long after it started and after it finished
+/// taking them the server closed it. A server whose write timeout is a
+/// deadline from the last answer taken closes it no sooner than the
+/// timeout after the taking started (the server had room to write again
+/// from then on, and may have written its last bytes while they were
+/// being taken) and not much later than the timeout after it finished and
+/// the buffers filled again, which takes milliseconds.
+fn closed_after_last_answer(model: Model, timeout: Duration) -> (Duration, Duration) {
     use std::time::Instant;
 
     let mut config = Config::new(model);
@@ -249,6 +251,7 @@ fn closed_after_last_answer(model: Model, timeout: Duration) -> Duration {
         }
     }
     // Everything owed so far, taken at once; then nothing ever again.
+    let taking = Instant::now();
     loop {
         match hog.read(&mut answers) {
             Ok(n) if n > 0 => {}
@@ -267,7 +270,7 @@ fn closed_after_last_answer(model: Model, timeout: Duration) -> Duration {
     };
     let summary = server.stop();
     assert_eq!(summary.timed_out, 1, "{model}: {summary:?}");
-    closed_at - last_taken
+    (closed_at - taking, closed_at - last_taken)
 }
 
 #[test]
@@ -283,10 +286,11 @@ fn the_write_timeout_runs_from_the_last_answer_taken() {
         .map(|model| thread::spawn(move || (model, closed_after_last_answer(model, TIMEOUT))))
         .collect();
     for run in runs {
-        let (model, after) = run.join().unwrap();
+        let (model, (after_start, after)) = run.join().unwrap();
         assert!(
-            after >= TIMEOUT,
-            "{model}: closed {after:?} after it last took answers, before the timeout"
+            after_start >= TIMEOUT,
+            "{model}: closed {after_start:?} after it started taking its last answers, before \
+             the timeout"
         );
         assert!(
             after <= TIMEOUT + MARGIN,

@@ -44,7 +44,7 @@ fn options(scenario: Scenario, count: usize) -> Options {
 fn run_and_read(o: &mut Options, name: &str) -> Value {
     let dir = scratch(name);
     o.out = Some(dir.clone());
-    let results = bench::run::run(o).expect("bench runs");
+    let results = bench::run::run(&o.clone().check().expect("valid options")).expect("bench runs");
     bench::run::write(&results, &dir).expect("outputs written");
     read_json(&dir)
 }
@@ -131,22 +131,127 @@ fn assert_latency(p: &Value) {
     assert!(figures.windows(2).all(|w| w[0] <= w[1]), "{p}");
 }
 
+/// What each row's unit of work costs its server: CPU per unit, the
+/// reciprocal of the work per CPU-second (one repeat, so no medians
+/// between them), and a real number.
+fn assert_cost(r: &Value) {
+    let us = r["server_cpu_us_per_unit"].as_f64().expect("CPU per unit");
+    assert!(us > 0.0 && us.is_finite(), "{r}");
+    let per_s = r["per_server_cpu_s"].as_f64().unwrap();
+    assert!((us * per_s / 1e6 - 1.0).abs() < 1e-9, "{r}");
+}
+
+/// The system calls of each run, `(server, calls, work done)`, where the
+/// kernel counted them; where it did not, the reason is said and no row
+/// shows a figure.
+fn counted_calls(json: &Value) -> Option<Vec<(String, f64, f64)>> {
+    if json["syscalls_source"].is_null() {
+        let why = json["syscalls_not_counted"].as_str().expect("the reason");
+        assert!(!why.is_empty());
+        for r in rows(json) {
+            assert!(r["syscalls_per_unit"].is_null(), "{r}");
+        }
+        eprintln!("skipped: system calls are not counted here: {why}");
+        return None;
+    }
+    let per_unit = if json["scenario"] == "stream" {
+        1e6
+    } else {
+        1.0
+    };
+    let runs = json["runs"].as_array().unwrap();
+    Some(
+        runs.iter()
+            .map(|r| {
+                let calls = r["server_syscalls"].as_u64().expect("counted") as f64;
+                let work = r["ops"].as_u64().unwrap() as f64 / per_unit;
+                // One repeat: the row's figure is the run's.
+                let row = row(json, r["server"].as_str().unwrap());
+                let figure = row["syscalls_per_unit"].as_f64().unwrap();
+                assert!((figure - calls / work).abs() < 1e-9 * figure, "{row}");
+                (r["server"].as_str().unwrap().to_string(), calls, work)
+            })
+            .collect(),
+    )
+}
+
 #[test]
 fn stream_measures_megabytes_against_the_reference() {
     let json = run_and_read(&mut options(Scenario::Stream, 2), "stream");
     assert_common(&json, "stream");
     assert_eq!(json["unit"], "MB/s");
-    for server in ["echo", "event"] {
+    assert_eq!(json["work_unit"], "MB");
+    for server in ["echo", "floor", "event"] {
         let r = row(&json, server);
         assert!(r["throughput"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["vs_reference"].as_f64().unwrap() > 0.0, "{r}");
-        assert!(r["per_server_cpu_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert_cost(r);
     }
     for run in json["runs"].as_array().unwrap() {
         assert_cpu(run);
     }
+    // Every server reads at most 64 KiB a call and sends what it read with
+    // at least one more: at least 2 * 10^6 / 65,536 calls a megabyte.
+    for (server, calls, mb) in counted_calls(&json).unwrap_or_default() {
+        assert!(
+            calls / mb >= 2e6 / 65536.0,
+            "{server}: {calls} calls, {mb} MB"
+        );
+    }
     let dir = scratch("stream");
     assert_svg(&dir.join("stream-throughput.svg"));
+}
+
+#[test]
+fn the_floor_answers_beside_the_models_and_every_row_has_its_costs() {
+    let conns = 3;
+    let o = options(Scenario::Pingpong, conns);
+    let results = bench::run::run(&o.check().expect("valid options")).expect("bench runs");
+    let table = results.table();
+    assert!(
+        table.contains("srv µs/req") && table.contains("calls/req"),
+        "{table}"
+    );
+    let dir = scratch("floor");
+    bench::run::write(&results, &dir).expect("outputs written");
+    let json = read_json(&dir);
+    // Every byte every server sent back was checked: no errors.
+    assert_common(&json, "pingpong");
+    assert_eq!(json["work_unit"], "req");
+    let names: Vec<&str> = rows(&json)
+        .iter()
+        .map(|r| r["server"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["echo", "floor", "event"]);
+    for r in rows(&json) {
+        assert!(r["throughput"].as_f64().unwrap() > 0.0, "{r}");
+        assert_cost(r);
+    }
+    // The kernel's share of each server's CPU, from ticks of about 10 ms:
+    // a share where any were counted.
+    let shares: Vec<f64> = rows(&json)
+        .iter()
+        .filter_map(|r| r["server_kernel_share"].as_f64())
+        .collect();
+    assert!(!shares.is_empty(), "{json:#}");
+    assert!(shares.iter().all(|s| (0.0..=1.0).contains(s)), "{shares:?}");
+    let Some(calls) = counted_calls(&json) else {
+        return;
+    };
+    // Per connection, its end: a read of nothing, a close, a thread's end.
+    let ending = 20.0 * conns as f64;
+    for (server, calls, requests) in calls {
+        // A request is a receive and a send, whatever else a server does.
+        assert!(calls >= 2.0 * requests, "{server}: {calls} for {requests}");
+        match server.as_str() {
+            // A blocking thread per client: exactly those two.
+            "echo" => assert!(calls <= 2.0 * requests + ending, "{calls} for {requests}"),
+            // One read per request (a short read emptied the socket), one
+            // write, and at most one epoll_wait.
+            "floor" => assert!(calls <= 3.0 * requests + ending, "{calls} for {requests}"),
+            _ => {}
+        }
+    }
 }
 
 #[test]
@@ -227,7 +332,7 @@ fn rate_counts_the_requests_a_stall_kept_from_being_sent() {
     o.models.clear();
     o.reference = false;
     o.addr = Some(stalling_server(Duration::from_millis(400)));
-    let results = bench::run::run(&o).unwrap();
+    let results = bench::run::run(&o.check().unwrap()).unwrap();
     let run = &results.runs[0];
     assert_eq!(run.errors, 0, "{:?}", run.error_samples);
     assert_eq!(run.ops, 2, "two answered");
@@ -356,13 +461,44 @@ fn a_wrong_server_is_reported_in_every_scenario() {
         o.models.clear();
         o.reference = false;
         o.addr = Some(addr);
-        let results = bench::run::run(&o).unwrap();
+        let results = bench::run::run(&o.check().unwrap()).unwrap();
         assert_eq!(results.runs.len(), 1);
         // Both connections (or workers) saw a wrong byte.
         assert_eq!(results.errors(), 2, "{scenario}: {:?}", results.runs);
         let sample = &results.runs[0].error_samples[0];
         assert!(sample.contains("wrong byte"), "{scenario}: {sample}");
     }
+}
+
+#[test]
+fn a_server_that_serves_nothing_has_no_cost_per_unit() {
+    // It greets, then closes: whatever its process spends, no request is
+    // served to divide it by.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = s.write_all(b"*");
+        }
+    });
+    let mut o = options(Scenario::Pingpong, 2);
+    o.models.clear();
+    o.reference = false;
+    o.addr = Some(addr);
+    let results = bench::run::run(&o.check().unwrap()).unwrap();
+    assert_eq!(results.runs[0].ops, 0);
+    assert_eq!(results.errors(), 2);
+    let r = &results.rows[0];
+    assert_eq!(r.server_cpu_us_per_unit, None, "{r:?}");
+    assert_eq!(r.syscalls_per_unit, None, "{r:?}");
+    let table = results.table();
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&addr.to_string()))
+        .unwrap_or_else(|| panic!("{table}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // srv µs/req and calls/req, before the errors.
+    assert_eq!(fields[fields.len() - 3..], ["-", "-", "2"], "{line}");
 }
 
 #[test]

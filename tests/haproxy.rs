@@ -9,42 +9,14 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use concur::client::{self, Options, Script};
 
-fn haproxy() -> Option<String> {
-    let found = Command::new("sh")
-        .args(["-c", "command -v haproxy"])
-        .output()
-        .ok()?;
-    let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
-    (found.status.success() && !path.is_empty()).then_some(path)
-}
-
-struct Proxy(Child);
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A port nobody listens on now, for HAProxy's frontend (it cannot be
-/// asked which port it took).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_proxy(exe: &str, listen: SocketAddr, servers: &[&Process]) -> Proxy {
+fn start_proxy(exe: &str, listen: SocketAddr, servers: &[&Process]) -> Running {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg");
     let mut command = Command::new(exe);
     command
@@ -56,13 +28,15 @@ fn start_proxy(exe: &str, listen: SocketAddr, servers: &[&Process]) -> Proxy {
     for (i, s) in servers.iter().enumerate() {
         command.env(format!("CONCUR_{}", i + 1), s.addr.to_string());
     }
-    Proxy(command.spawn().expect("start haproxy"))
+    Running(command.spawn().expect("start haproxy"))
 }
 
 #[test]
 fn haproxy_spreads_clients_and_survives_a_server_s_death() {
-    let Some(exe) = haproxy() else {
-        eprintln!("skipped: haproxy is not installed (.ci/run installs it)");
+    let Some(exe) = installed(
+        "haproxy",
+        "haproxy_spreads_clients_and_survives_a_server_s_death",
+    ) else {
         return;
     };
     let servers: Vec<Process> = (0..3)

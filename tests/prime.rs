@@ -180,6 +180,29 @@ fn the_drain_timeout_bounds_a_long_computation() {
 }
 
 #[test]
+fn answers_before_a_long_computation_are_not_held_back_by_it() {
+    // One write: a small number, then one whose test takes seconds. The
+    // small one's answer must go out at once, not wait for the other's;
+    // the stop then cuts the long test short, so nothing else comes.
+    for model in models() {
+        let mut config = prime_config(model);
+        config.drain_timeout = Duration::from_millis(100);
+        let server = start_with(config);
+        let mut c = connect(server.local_addr());
+        c.write_all(format!("7\n{HEAVIEST}").as_bytes()).unwrap();
+        assert_eq!(line(&mut c), "prime\n", "{model}");
+        let summary = server.stop();
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut c, &mut rest);
+        assert_eq!(
+            rest, b"",
+            "{model}: the first answer waited for the long test"
+        );
+        assert_eq!(summary.closed_at_shutdown, 1, "{model}");
+    }
+}
+
+#[test]
 fn error_lines_cannot_balloon_a_non_reader() {
     // One byte in, a 33-byte error line out: a client sending empty lines
     // and reading nothing must not make the server hold its answers.

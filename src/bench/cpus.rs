@@ -83,9 +83,15 @@ pub fn machine_ticks() -> Option<(u64, u64)> {
 /// CPU ticks (user + system) of process `pid`, its exited threads
 /// included; `None` once it is gone.
 pub fn process_ticks(pid: u32) -> Option<u64> {
+    let (user, system) = user_system_ticks(pid)?;
+    Some(user + system)
+}
+
+/// CPU ticks of process `pid` in user mode and in the kernel, apart.
+pub fn user_system_ticks(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    Some((fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?))
 }
 
 /// The process listening on TCP `port` of this machine, found through its
@@ -119,15 +125,8 @@ pub fn listener_pid(port: u16) -> Option<u32> {
         return None;
     }
     let mut found = None;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+    for pid in numbered("/proc").ok()? {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
         let holds = fds.flatten().any(|fd| {
@@ -144,6 +143,14 @@ pub fn listener_pid(port: u16) -> Option<u32> {
         }
     }
     found
+}
+
+/// The entries of `dir` named by a number: the processes in `/proc`, the
+/// threads in `/proc/PID/task`.
+pub(crate) fn numbered(dir: &str) -> io::Result<impl Iterator<Item = u32> + use<>> {
+    Ok(std::fs::read_dir(dir)?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok()))
 }
 
 #[cfg(test)]

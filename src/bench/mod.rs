@@ -13,15 +13,22 @@
 //! - [`plot`]: throughput and latency pictures (SVG).
 //! - [`run`](mod@run): the servers as child processes, the interleaved
 //!   repeats, the kernel's counters, the progress bar.
-//! - [`cpus`], [`kernel`]: pinning and CPU accounting; the TCP counters.
+//! - [`cpus`], [`kernel`], [`syscalls`]: pinning and CPU accounting; the
+//!   TCP counters; the server's system calls, counted by the kernel.
+//! - [`floor`]: the floor reference, the least server that answers the
+//!   protocol.
 //!
 //! What a concur server costs is only meaningful next to what the machine
-//! and its TCP stack cost anyway, so [`start_echo`] runs a plain echo server
-//! that moves bytes the way the thread models do (one thread per client,
-//! 64 KiB reads, one `write_all` per read, `TCP_NODELAY`) but does no
-//! protocol work. A [`Peer`] says which of the two is listening, since
-//! they answer differently: a concur server greets with `*` and answers
-//! each byte of a message plus one; the echo sends back exactly what came.
+//! and its TCP stack cost anyway, so two references run beside the models.
+//! [`start_echo`] is a plain echo server that moves bytes the way the
+//! thread models do (one thread per client, 64 KiB reads, one `write_all`
+//! per read, `TCP_NODELAY`) but does no protocol work: the yardstick of
+//! throughput. [`serve_floor`] answers the protocol with the least there
+//! is (one thread, one epoll loop, one pass of the core and one write per
+//! read): the yardstick of CPU and system calls per request. A [`Peer`]
+//! says what is listening, since they answer differently: a concur server
+//! (and the floor) greets with `*` and answers each byte of a message plus
+//! one; the echo sends back exactly what came.
 //!
 //! ```
 //! use std::time::Duration;
@@ -57,6 +64,7 @@ use crate::protocol::MSG_END;
 pub mod child;
 pub mod cpus;
 pub mod engine;
+pub mod floor;
 pub mod idle;
 pub mod kernel;
 pub mod latency;
@@ -64,9 +72,11 @@ pub mod plot;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod syscalls;
 
+pub use floor::serve_floor;
 pub use report::{Percentiles, Results, Row, Run};
-pub use run::{Options, command};
+pub use run::{Options, Reference, ValidOptions, command};
 pub use scenario::{Params, Scenario};
 
 /// The echo server's read size: the same as the concur servers', so that

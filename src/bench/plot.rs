@@ -23,6 +23,7 @@ type DrawResult = Result<(), Box<dyn std::error::Error>>;
 fn color(server: &str) -> RGBColor {
     match server {
         "echo" => RGBColor(0x77, 0x77, 0x77),
+        "floor" => RGBColor(0x00, 0x00, 0x00),
         "sequential" => RGBColor(0x8C, 0x56, 0x4B),
         "thread" => RGBColor(0xD6, 0x27, 0x28),
         "pool" => RGBColor(0xFF, 0x7F, 0x0E),

@@ -60,6 +60,13 @@ pub struct Run {
     pub server_cpu_s: Option<f64>,
     /// CPU seconds the load generator's threads used during the run.
     pub client_cpu_s: Option<f64>,
+    /// System calls the server's process made during the run (every
+    /// thread, every kind: see [`crate::bench::syscalls`]); `None` where
+    /// they were not counted.
+    pub server_syscalls: Option<u64>,
+    /// The share of the server's CPU time spent in the kernel (from
+    /// `/proc/PID/stat`, whose ticks are about 10 ms).
+    pub server_kernel_share: Option<f64>,
     /// The wall-clock seconds both CPU figures are over: from the start of
     /// the clock until every connection had finished.
     pub cpu_window_s: f64,
@@ -80,16 +87,67 @@ pub struct Run {
 }
 
 impl Run {
+    /// A run of `server` with nothing measured yet.
+    pub fn new(server: String, count: usize, repeat: usize, client_threads: usize) -> Self {
+        Run {
+            server,
+            count,
+            repeat,
+            elapsed_s: 0.0,
+            ops: 0,
+            throughput: 0.0,
+            vs_reference: None,
+            latency_us: None,
+            latency_spectrum: None,
+            uncorrected_us: None,
+            uncorrected_spectrum: None,
+            probe_us: None,
+            probe_spectrum: None,
+            unsent: 0,
+            served_at_once: 0,
+            server_cpu_s: None,
+            client_cpu_s: None,
+            server_syscalls: None,
+            server_kernel_share: None,
+            cpu_window_s: 0.0,
+            client_threads,
+            kernel: BTreeMap::new(),
+            idle: None,
+            errors: 0,
+            error_samples: Vec::new(),
+            histograms: Histograms::default(),
+        }
+    }
+
+    /// The units of work done, in [`Scenario::work_unit`]s: requests,
+    /// connections, answers, or megabytes for `stream`.
+    fn work(&self, scenario: Scenario) -> f64 {
+        if scenario == Scenario::Stream {
+            self.ops as f64 / 1e6
+        } else {
+            self.ops as f64
+        }
+    }
+
     /// Operations per CPU second of the server (MB for `stream`): what a
     /// request costs it, whatever the load generator took.
     pub fn per_server_cpu_s(&self, scenario: Scenario) -> Option<f64> {
         let cpu = self.server_cpu_s.filter(|&c| c > 0.0)?;
-        let ops = if scenario == Scenario::Stream {
-            self.ops as f64 / 1e6
-        } else {
-            self.ops as f64
-        };
-        Some(ops / cpu)
+        Some(self.work(scenario) / cpu)
+    }
+
+    /// Microseconds of the server's CPU per unit of work
+    /// ([`Scenario::work_unit`]); `None` when nothing was done.
+    pub fn server_cpu_us_per_unit(&self, scenario: Scenario) -> Option<f64> {
+        let work = self.work(scenario);
+        (work > 0.0).then_some(self.server_cpu_s? * 1e6 / work)
+    }
+
+    /// The server's system calls per unit of work; `None` when nothing
+    /// was done or the calls were not counted.
+    pub fn syscalls_per_unit(&self, scenario: Scenario) -> Option<f64> {
+        let work = self.work(scenario);
+        (work > 0.0).then_some(self.server_syscalls? as f64 / work)
     }
 }
 
@@ -127,6 +185,13 @@ pub struct Row {
     pub client_cpu: Option<f64>,
     /// Median operations per server CPU second (MB for `stream`).
     pub per_server_cpu_s: Option<f64>,
+    /// Median microseconds of server CPU per unit of work
+    /// ([`Results::work_unit`]).
+    pub server_cpu_us_per_unit: Option<f64>,
+    /// Median system calls of the server per unit of work.
+    pub syscalls_per_unit: Option<f64>,
+    /// Median share of the server's CPU time spent in the kernel.
+    pub server_kernel_share: Option<f64>,
     /// The kernel's counters, summed over the repeats.
     pub kernel: BTreeMap<String, u64>,
     /// Median resident bytes per idle client.
@@ -183,6 +248,13 @@ pub struct Results {
     pub reference: Option<String>,
     /// The headline figure's unit.
     pub unit: &'static str,
+    /// What the server's CPU time and system calls are counted per:
+    /// `req`, `MB`, `conn` or `answer`.
+    pub work_unit: &'static str,
+    /// How the servers' system calls were counted, when they were.
+    pub syscalls_source: Option<String>,
+    /// Why they were not, when they were asked for.
+    pub syscalls_not_counted: Option<String>,
     /// Share of the machine's CPU time used by processes other than this
     /// one and the servers it started, while it ran.
     pub other_cpu_share: Option<f64>,
@@ -242,10 +314,10 @@ impl Results {
                         .collect();
                     (!shares.is_empty()).then(|| median(shares))
                 };
-                let per_cpu: Vec<f64> = mine
-                    .iter()
-                    .filter_map(|r| r.per_server_cpu_s(scenario))
-                    .collect();
+                let median_of = |per: &dyn Fn(&Run) -> Option<f64>| {
+                    let all: Vec<f64> = mine.iter().filter_map(|r| per(r)).collect();
+                    (!all.is_empty()).then(|| median(all))
+                };
                 let mut kernel = BTreeMap::new();
                 for r in &mine {
                     for (k, v) in &r.kernel {
@@ -264,7 +336,10 @@ impl Results {
                     served_at_once: mine.iter().map(|r| r.served_at_once).min().unwrap_or(0),
                     server_cpu: share(|r| r.server_cpu_s),
                     client_cpu: share(|r| r.client_cpu_s),
-                    per_server_cpu_s: (!per_cpu.is_empty()).then(|| median(per_cpu)),
+                    per_server_cpu_s: median_of(&|r| r.per_server_cpu_s(scenario)),
+                    server_cpu_us_per_unit: median_of(&|r| r.server_cpu_us_per_unit(scenario)),
+                    syscalls_per_unit: median_of(&|r| r.syscalls_per_unit(scenario)),
+                    server_kernel_share: median_of(&|r| r.server_kernel_share),
                     kernel,
                     idle_bytes_per_client: (!idle.is_empty())
                         .then(|| median(idle.iter().map(|i| i.bytes_per_client).collect())),
@@ -398,10 +473,13 @@ impl Results {
     fn timed_table(&self, out: &mut String) {
         let cpu_scenario = self.scenario == Scenario::Cpu;
         let unit = self.unit;
-        let per_cpu = format!("{}/CPU-s", unit.split('/').next().unwrap_or(unit));
+        // What one unit of work costs the server: its CPU, its calls.
+        let cost = format!("srv µs/{}", self.work_unit);
+        let calls = format!("calls/{}", self.work_unit);
+        let (cw, sw) = (cost.chars().count().max(10), calls.chars().count().max(9));
         let _ = writeln!(
             out,
-            "{:<12} {:>6} {:>11} {:>13} {:>7} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>12} {:>6}",
+            "{:<12} {:>6} {:>11} {:>13} {:>7} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>cw$} {:>sw$} {:>6}",
             "server",
             "conns",
             unit,
@@ -413,7 +491,8 @@ impl Results {
             "max µs",
             "srv CPU",
             "load CPU",
-            per_cpu,
+            cost,
+            calls,
             "errors"
         );
         let us = |p: Option<Percentiles>, f: fn(&Percentiles) -> u64| {
@@ -429,7 +508,7 @@ impl Results {
             };
             let _ = writeln!(
                 out,
-                "{:<12} {:>6} {:>11} {:>13} {:>7} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>12} {:>6}",
+                "{:<12} {:>6} {:>11} {:>13} {:>7} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>cw$} {:>sw$} {:>6}",
                 r.server,
                 r.count,
                 figure(r.throughput),
@@ -446,7 +525,8 @@ impl Results {
                 us(p, |p| p.max),
                 pct(r.server_cpu),
                 pct(r.client_cpu),
-                r.per_server_cpu_s.map_or("-".to_string(), figure),
+                r.server_cpu_us_per_unit.map_or("-".to_string(), small),
+                r.syscalls_per_unit.map_or("-".to_string(), small),
                 r.errors
             );
         }
@@ -455,6 +535,17 @@ impl Results {
             "(throughput: median of the repeats; latency: every request of every repeat; \
              CPU: share of one core, median)"
         );
+        if let Some(source) = &self.syscalls_source {
+            let _ = writeln!(out, "system calls: {source}");
+        }
+        if let Some(why) = &self.syscalls_not_counted {
+            let which = if self.syscalls_source.is_some() {
+                " for some servers"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "system calls not counted{which}: {why}");
+        }
         if self.scenario == Scenario::Rate {
             let _ = writeln!(
                 out,
@@ -575,6 +666,17 @@ fn figure(v: f64) -> String {
     }
 }
 
+/// A cost per unit of work (µs, system calls), to three figures or so.
+fn small(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 /// The median; zero for nothing.
 pub fn median(mut xs: Vec<f64>) -> f64 {
     if xs.is_empty() {
@@ -586,5 +688,44 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
         xs[n / 2]
     } else {
         (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(ops: u64, cpu_s: Option<f64>, syscalls: Option<u64>) -> Run {
+        let mut run = Run::new("s".into(), 1, 1, 1);
+        run.ops = ops;
+        run.server_cpu_s = cpu_s;
+        run.server_syscalls = syscalls;
+        run
+    }
+
+    #[test]
+    fn costs_are_per_unit_of_work_and_absent_without_work() {
+        let served = run(2_000, Some(0.01), Some(5_000));
+        assert_eq!(served.server_cpu_us_per_unit(Scenario::Pingpong), Some(5.0));
+        assert_eq!(served.syscalls_per_unit(Scenario::Pingpong), Some(2.5));
+        // Streaming counts per megabyte of answer.
+        let streamed = run(4_000_000, Some(0.01), Some(100));
+        assert_eq!(
+            streamed.server_cpu_us_per_unit(Scenario::Stream),
+            Some(2_500.0)
+        );
+        assert_eq!(streamed.syscalls_per_unit(Scenario::Stream), Some(25.0));
+        // Nothing served: no cost per unit, whatever was spent.
+        let idle = run(0, Some(0.01), Some(40));
+        assert_eq!(idle.server_cpu_us_per_unit(Scenario::Pingpong), None);
+        assert_eq!(idle.syscalls_per_unit(Scenario::Pingpong), None);
+        // Not counted: no figure.
+        let uncounted = run(2_000, None, None);
+        assert_eq!(uncounted.server_cpu_us_per_unit(Scenario::Pingpong), None);
+        assert_eq!(uncounted.syscalls_per_unit(Scenario::Pingpong), None);
+        let rows = Results::summarise(Scenario::Pingpong, &[served, idle]);
+        assert_eq!(rows.len(), 1);
+        // The run with nothing served has no figure to take a median of.
+        assert_eq!(rows[0].syscalls_per_unit, Some(2.5));
     }
 }

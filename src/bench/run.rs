@@ -1,14 +1,17 @@
 //! `concur bench`: one scenario, several servers, interleaved repeats.
 //!
 //! Every server under test runs as a child process (`concur serve`, and
-//! `concur echo` for the reference) on a free port of 127.0.0.1, so that
-//! the CPU time it uses is its own, measured beside the load generator's
-//! (whose threads time themselves); `--addr` adds a server started
-//! elsewhere, whose CPU time is read too when its process can be found
-//! by its listening socket. The echo reference moves the
-//! same bytes with the same system calls and no protocol work: a
-//! server's figure over the reference's, measured in the same repeat, is
-//! what the server costs.
+//! `concur echo` and `concur floor` for the references) on a free port of
+//! 127.0.0.1, so that the CPU time it uses and the system calls it makes
+//! are its own, measured beside the load generator's CPU (whose threads
+//! time themselves); `--addr` adds a server started elsewhere, whose CPU
+//! time and calls are read too when its process can be found by its
+//! listening socket. The echo reference moves the same bytes with the
+//! same system calls as the thread models and no protocol work: a
+//! server's throughput over the echo's, measured in the same repeat, is
+//! `vs ref`. The floor answers the protocol with the least there is: what
+//! a unit of work costs a model beside what it costs the floor is what
+//! the model adds.
 //!
 //! Runs are interleaved (for each count, for each repeat: every server in
 //! turn), so a slow spell of the machine falls on all of them alike
@@ -48,8 +51,12 @@ pub struct Options {
     pub models: Vec<Model>,
     /// A server started elsewhere, on this machine.
     pub addr: Option<SocketAddr>,
-    /// Whether to run the echo reference beside them.
+    /// Whether to run the references beside them: the echo and the floor
+    /// (in the scenarios they speak).
     pub reference: bool,
+    /// Whether to count the servers' system calls (where the kernel
+    /// allows it; see [`super::syscalls`]).
+    pub count_syscalls: bool,
     /// The load's knobs.
     pub params: Params,
     /// Repeats of every run.
@@ -88,6 +95,7 @@ impl Options {
                 .collect(),
             addr: None,
             reference: true,
+            count_syscalls: true,
             params: Params::new(scenario, secs),
             repeat: 3,
             pool_threads: None,
@@ -101,8 +109,14 @@ impl Options {
         }
     }
 
-    /// Refuses what cannot run, saying what is allowed instead.
-    pub fn check(&self) -> Result<(), String> {
+    /// The one check of a run's options: [`ValidOptions`], or what cannot
+    /// run, saying what is allowed instead.
+    pub fn check(self) -> Result<ValidOptions, String> {
+        self.within()?;
+        Ok(ValidOptions(self))
+    }
+
+    fn within(&self) -> Result<(), String> {
         if self.models.is_empty() && self.addr.is_none() {
             return Err("no server to measure: give --models or --addr".into());
         }
@@ -180,11 +194,59 @@ impl Options {
 /// The most load-generator threads: a few are the point.
 pub const MAX_CLIENT_THREADS: usize = 64;
 
+/// A server run beside the models to measure them against, each a hidden
+/// subcommand of `concur` of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reference {
+    /// Throughput's yardstick: the same system calls as the thread models,
+    /// no protocol work ([`super::start_echo`]).
+    Echo,
+    /// CPU's and system calls' yardstick: the least server that answers
+    /// the protocol ([`super::floor`]).
+    Floor,
+}
+
+impl Reference {
+    /// Both, in the order their rows come.
+    pub const ALL: [Reference; 2] = [Reference::Echo, Reference::Floor];
+
+    /// Its row's name, and its subcommand.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reference::Echo => "echo",
+            Reference::Floor => "floor",
+        }
+    }
+
+    /// How it answers.
+    pub fn peer(self) -> Peer {
+        match self {
+            Reference::Echo => Peer::Echo,
+            Reference::Floor => Peer::Concur,
+        }
+    }
+
+    /// Whether it runs in `scenario`: neither speaks the primality
+    /// protocol, and idle measures the models' memory.
+    pub fn runs_in(scenario: Scenario) -> bool {
+        !matches!(scenario, Scenario::Cpu | Scenario::Idle)
+    }
+
+    /// Serves on `listener`, on the calling thread, for as long as the
+    /// process lives: `concur echo`, `concur floor`.
+    pub fn serve(self, listener: std::net::TcpListener) -> io::Result<()> {
+        match self {
+            Reference::Echo => super::serve_echo(listener),
+            Reference::Floor => super::serve_floor(listener),
+        }
+    }
+}
+
 /// One server under test.
 enum Contender {
-    /// A process this run started: a model, or the echo (`model` `None`).
+    /// A process this run started.
     Child {
-        model: Option<Model>,
+        serves: Serves,
         process: ServerProcess,
     },
     /// Started anew for every `idle` run, to read its memory fresh.
@@ -192,11 +254,25 @@ enum Contender {
     External(SocketAddr),
 }
 
+/// What a child process serves.
+#[derive(Clone, Copy)]
+enum Serves {
+    Model(Model),
+    Reference(Reference),
+}
+
 impl Contender {
     fn name(&self) -> String {
         match self {
-            Contender::Child { model: None, .. } => "echo".into(),
-            Contender::Child { model: Some(m), .. } | Contender::Idle(m) => m.name().into(),
+            Contender::Child {
+                serves: Serves::Reference(r),
+                ..
+            } => r.name().into(),
+            Contender::Child {
+                serves: Serves::Model(m),
+                ..
+            }
+            | Contender::Idle(m) => m.name().into(),
             Contender::External(a) => a.to_string(),
         }
     }
@@ -235,14 +311,14 @@ fn contenders(options: &Options, exe: &Path) -> io::Result<Vec<Contender>> {
     let most = options.counts().into_iter().max().unwrap_or(1);
     let cpus = options.server_cpus.as_deref();
     let mut all = Vec::new();
-    // The echo does not speak the primality protocol, and idle measures
-    // the models' memory, which the echo is not about.
-    if options.reference && !matches!(scenario, Scenario::Cpu | Scenario::Idle) {
-        let args = ["echo", "--port", "0"].map(String::from);
-        all.push(Contender::Child {
-            model: None,
-            process: ServerProcess::spawn(exe, &args, cpus)?,
-        });
+    if options.reference && Reference::runs_in(scenario) {
+        for reference in Reference::ALL {
+            let args = [reference.name(), "--port", "0"].map(String::from);
+            all.push(Contender::Child {
+                serves: Serves::Reference(reference),
+                process: ServerProcess::spawn(exe, &args, cpus)?,
+            });
+        }
     }
     for &model in &options.models {
         if scenario == Scenario::Idle {
@@ -251,7 +327,7 @@ fn contenders(options: &Options, exe: &Path) -> io::Result<Vec<Contender>> {
         }
         let process = ServerProcess::spawn(exe, &serve_args(model, options, most), cpus)?;
         all.push(Contender::Child {
-            model: Some(model),
+            serves: Serves::Model(model),
             process,
         });
     }
@@ -261,12 +337,22 @@ fn contenders(options: &Options, exe: &Path) -> io::Result<Vec<Contender>> {
     Ok(all)
 }
 
+/// [`Options`] that [`Options::check`] has passed: the only kind a run
+/// takes. Read them as `Options`; they cannot be changed.
+#[derive(Clone, Debug)]
+pub struct ValidOptions(Options);
+
+impl std::ops::Deref for ValidOptions {
+    type Target = Options;
+
+    fn deref(&self) -> &Options {
+        &self.0
+    }
+}
+
 /// Runs everything `options` asks for and returns the results (nothing
 /// printed, nothing written).
-pub fn run(options: &Options) -> io::Result<Results> {
-    options
-        .check()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+pub fn run(options: &ValidOptions) -> io::Result<Results> {
     let scenario = options.scenario;
     // Every connection is a descriptor here.
     server::raise_fd_limit()?;
@@ -283,6 +369,7 @@ pub fn run(options: &Options) -> io::Result<Results> {
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let usage_before = Usage::read(&contenders);
     let mut runs = Vec::new();
+    let mut syscalls_not_counted = None;
     for &count in &counts {
         for repeat in 1..=options.repeat {
             let mut round: Vec<Run> = Vec::new();
@@ -295,7 +382,9 @@ pub fn run(options: &Options) -> io::Result<Results> {
                         options.repeat
                     ));
                 }
-                round.push(run_one(c, options, count, repeat, &exe)?);
+                let (run, refused) = run_one(c, options, count, repeat, &exe)?;
+                syscalls_not_counted = syscalls_not_counted.or(refused);
+                round.push(run);
                 if let Some(bar) = &progress {
                     bar.inc(1);
                 }
@@ -304,7 +393,7 @@ pub fn run(options: &Options) -> io::Result<Results> {
             // repeats then cancels out.
             let reference = round
                 .iter()
-                .find(|r| r.server == "echo" && r.errors == 0 && r.throughput > 0.0)
+                .find(|r| r.server == Reference::Echo.name() && r.errors == 0 && r.throughput > 0.0)
                 .map(|r| r.throughput);
             for r in &mut round {
                 r.vs_reference = reference.map(|t| r.throughput / t);
@@ -333,49 +422,32 @@ pub fn run(options: &Options) -> io::Result<Results> {
         counts,
         repeat: options.repeat,
         params: options.params,
-        reference: (options.reference && !matches!(scenario, Scenario::Cpu | Scenario::Idle))
-            .then(|| "echo".to_string()),
+        reference: (options.reference && Reference::runs_in(scenario))
+            .then(|| Reference::Echo.name().to_string()),
         unit: scenario.unit(),
+        work_unit: scenario.work_unit(),
+        syscalls_source: runs
+            .iter()
+            .any(|r| r.server_syscalls.is_some())
+            .then(|| super::syscalls::SOURCE.to_string()),
+        syscalls_not_counted,
         other_cpu_share,
         runs,
         rows,
     })
 }
 
+/// One run, and why the server's system calls were not counted if they
+/// were asked for and refused.
 fn run_one(
     c: &Contender,
     options: &Options,
     count: usize,
     repeat: usize,
     exe: &Path,
-) -> io::Result<Run> {
+) -> io::Result<(Run, Option<String>)> {
     let scenario = options.scenario;
-    let mut run = Run {
-        server: c.name(),
-        count,
-        repeat,
-        elapsed_s: 0.0,
-        ops: 0,
-        throughput: 0.0,
-        vs_reference: None,
-        latency_us: None,
-        latency_spectrum: None,
-        uncorrected_us: None,
-        uncorrected_spectrum: None,
-        probe_us: None,
-        probe_spectrum: None,
-        unsent: 0,
-        served_at_once: 0,
-        server_cpu_s: None,
-        client_cpu_s: None,
-        cpu_window_s: 0.0,
-        client_threads: options.client_threads,
-        kernel: Default::default(),
-        idle: None,
-        errors: 0,
-        error_samples: Vec::new(),
-        histograms: Histograms::default(),
-    };
+    let mut run = Run::new(c.name(), count, repeat, options.client_threads);
     let counters = Counters::read();
     if let Contender::Idle(model) = c {
         let extra: Vec<String> = match (model, options.pool_threads) {
@@ -405,13 +477,13 @@ fn run_one(
             .cloned()
             .collect();
         run.idle = Some(figures);
-        return Ok(run);
+        return Ok((run, None));
     }
     let (addr, speaks) = match c {
         Contender::Child {
-            model: None,
+            serves: Serves::Reference(r),
             process,
-        } => (process.addr(), Speaks::Bytes(Peer::Echo)),
+        } => (process.addr(), Speaks::Bytes(r.peer())),
         Contender::Child { process, .. } => (process.addr(), speaks(scenario)),
         Contender::External(a) => (*a, speaks(scenario)),
         Contender::Idle(_) => unreachable!("handled above"),
@@ -421,6 +493,7 @@ fn run_one(
     plan.threads = options.client_threads;
     plan.cpus = options.client_cpus.clone();
     plan.server_pid = c.pid();
+    plan.count_syscalls = options.count_syscalls;
     let outcome = engine::run(&plan)?;
     run.kernel = Counters::read().since(&counters);
     run.elapsed_s = outcome.elapsed.as_secs_f64();
@@ -438,6 +511,8 @@ fn run_one(
     run.served_at_once = outcome.served_at_once;
     run.server_cpu_s = outcome.server_cpu.map(|d| d.as_secs_f64());
     run.client_cpu_s = Some(outcome.client_cpu.as_secs_f64());
+    run.server_syscalls = outcome.server_syscalls;
+    run.server_kernel_share = outcome.server_kernel_share;
     run.cpu_window_s = outcome.window.as_secs_f64();
     run.client_threads = outcome.threads;
     run.errors = outcome.errors;
@@ -451,7 +526,7 @@ fn run_one(
         uncorrected: outcome.uncorrected,
         probe: outcome.probe,
     };
-    Ok(run)
+    Ok((run, outcome.syscalls_refused))
 }
 
 fn speaks(scenario: Scenario) -> Speaks {
@@ -556,7 +631,7 @@ pub fn write(results: &Results, dir: &Path) -> io::Result<Vec<PathBuf>> {
 
 /// `concur bench`: runs, prints the table (and any errors), writes the
 /// outputs; the exit code is 0 when every byte was right, 1 otherwise.
-pub fn command(options: &Options) -> u8 {
+pub fn command(options: &ValidOptions) -> u8 {
     let results = match run(options) {
         Ok(r) => r,
         Err(e) => {

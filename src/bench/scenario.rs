@@ -63,6 +63,18 @@ impl Scenario {
         }
     }
 
+    /// What the server's CPU time and system calls are counted per: the
+    /// unit of the headline figure's work.
+    pub fn work_unit(self) -> &'static str {
+        match self {
+            Scenario::Stream => "MB",
+            Scenario::Pingpong | Scenario::Rate => "req",
+            Scenario::Churn => "conn",
+            Scenario::Idle => "client",
+            Scenario::Cpu => "answer",
+        }
+    }
+
     /// What the connection count means in this scenario.
     pub fn count_name(self) -> &'static str {
         match self {

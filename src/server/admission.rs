@@ -34,12 +34,12 @@ use tracing::{debug, warn};
 use super::counters::Ended;
 use super::log::RateLimited;
 use super::memory::{self, Shortfall};
-use super::registry::Permit;
+use super::registry::{Arrival, Permit};
 use super::state::ServerState;
 
 /// How long an accept loop waits before trying again after an error that
 /// is not one connection's.
-pub(crate) const BACKOFF: Duration = Duration::from_millis(100);
+pub const BACKOFF: Duration = Duration::from_millis(100);
 
 /// Why a newcomer is turned away.
 pub(crate) enum Refusal {
@@ -88,34 +88,35 @@ impl Admission {
         }
     }
 
-    /// A connection just accepted (and counted) at `accepted`: with the
+    /// A connection just accepted (and counted, as `arrival`): with the
     /// place it holds (`permit`), or else one taken now, and if its memory
     /// fits, it is admitted and handed back; if not, it is rejected.
     pub(crate) fn admit<S>(
         &mut self,
         stream: S,
         peer: SocketAddr,
+        arrival: Arrival,
         permit: Option<Permit>,
-        accepted: Instant,
     ) -> Option<(S, Permit)> {
+        let client = arrival.client;
         let Some(mut permit) = permit.or_else(|| self.state.registry.try_permit()) else {
-            self.reject(stream, peer, Refusal::Full);
+            self.reject(stream, peer, client, Refusal::Full);
             return None;
         };
         if let Err(short) = self.state.budget.check(self.cost) {
-            self.reject(stream, peer, Refusal::NoRoom(short));
+            self.reject(stream, peer, client, Refusal::NoRoom(short));
             return None;
         }
-        permit.accepted(accepted);
+        permit.held_by(arrival);
         Some((stream, permit))
     }
 
-    /// Turns a newcomer away: closed without a `*` (`stream` is dropped,
+    /// Turns `client` away: closed without a `*` (`stream` is dropped,
     /// whatever holds it), counted as rejected, and said at most once a
     /// second for each reason.
-    pub(crate) fn reject<S>(&mut self, stream: S, peer: SocketAddr, why: Refusal) {
+    pub(crate) fn reject<S>(&mut self, stream: S, peer: SocketAddr, client: u64, why: Refusal) {
         drop(stream);
-        self.state.counters.ended(Ended::Rejected);
+        self.state.registry.ended(client, Ended::Rejected);
         let Some(held_back) = self.rejections[why.index()].allow(Instant::now()) else {
             return;
         };
@@ -160,6 +161,13 @@ impl Admission {
         }
         true
     }
+}
+
+/// Whether a failed `accept` was one pending connection's (skip it and
+/// accept the next), rather than the process's or the kernel's (back off
+/// for [`BACKOFF`]).
+pub(crate) fn one_connection(e: &io::Error) -> bool {
+    classify(e) == AcceptFailure::Connection
 }
 
 /// How an accept loop treats a failed `accept`.

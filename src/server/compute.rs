@@ -20,6 +20,7 @@ use std::thread::{self, JoinHandle};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::responder::Protocol;
+use super::slots::ClientId;
 use super::state::ServerState;
 use crate::prime;
 use crate::shutdown::Wake;
@@ -158,13 +159,13 @@ impl Compute {
     }
 }
 
-/// The answer to a number a client sent: for which client (in its
-/// driver's own terms), the number, and whether it is prime (`None` if
-/// the drain ended first).
-pub(crate) struct Answer {
-    pub(crate) client: u64,
-    pub(crate) n: u64,
-    pub(crate) prime: Option<bool>,
+/// The answer to a number a client sent: for which client of its loop or
+/// ring, the number, and whether it is prime (`None` if the drain ended
+/// first).
+struct Answer {
+    client: ClientId,
+    n: u64,
+    prime: Option<bool>,
 }
 
 /// A loop's (or a ring's) way to the compute pool and back: answers come
@@ -188,13 +189,15 @@ impl Offloader {
         }
     }
 
-    /// The next answer that has come back, if any.
-    pub(crate) fn answer(&self) -> Option<Answer> {
-        self.answers.try_recv().ok()
+    /// The next answer that has come back, if any: for which client, the
+    /// number, and whether it is prime (`None` if the drain ended first).
+    pub(crate) fn answer(&self) -> Option<(ClientId, u64, Option<bool>)> {
+        let Answer { client, n, prime } = self.answers.try_recv().ok()?;
+        Some((client, n, prime))
     }
 
     /// Has `n` tested for `client`.
-    pub(crate) fn send(&self, client: u64, n: u64) {
+    pub(crate) fn send(&self, client: ClientId, n: u64) {
         let (reply, wake) = (self.reply.clone(), Arc::clone(&self.wake));
         self.compute.submit(n, move |prime| {
             if reply.send(Answer { client, n, prime }).is_ok() {

@@ -96,7 +96,7 @@ impl BlockingClient {
     /// Serves the client from `*` to close, on the calling thread, with
     /// `buffers`.
     pub(crate) fn serve(self, buffers: &mut ThreadBuffers) {
-        self.serve_with(|state, stream| session(state, stream, buffers));
+        self.serve_with(|state, guard, stream| session(state, guard, stream, buffers));
     }
 
     /// Serves the client on a thread of its own: reserves its buffers,
@@ -111,14 +111,20 @@ impl BlockingClient {
         }
     }
 
-    fn serve_with(self, session: impl FnOnce(&ServerState, &mut TcpStream) -> Result<(), Outcome>) {
+    fn serve_with(
+        self,
+        session: impl FnOnce(&ServerState, &mut ClientGuard, &mut TcpStream) -> Result<(), Outcome>,
+    ) {
         let BlockingClient {
-            guard,
+            mut guard,
             mut stream,
             state,
         } = self;
         guard.connected();
-        let outcome = match panic::catch_unwind(AssertUnwindSafe(|| session(&state, &mut stream))) {
+        let served = panic::catch_unwind(AssertUnwindSafe(|| {
+            session(&state, &mut guard, &mut stream)
+        }));
+        let outcome = match served {
             Ok(Ok(())) => Outcome::Done,
             Ok(Err(outcome)) => outcome,
             Err(panic) => Outcome::panicked(&*panic),
@@ -198,6 +204,7 @@ fn wait_writable(stream: &TcpStream, deadline: Instant) -> io::Result<bool> {
 
 fn session(
     state: &ServerState,
+    guard: &mut ClientGuard,
     stream: &mut TcpStream,
     buffers: &mut ThreadBuffers,
 ) -> Result<(), Outcome> {
@@ -225,6 +232,7 @@ fn session(
             Err(e) => return Err(e.into()),
         };
         state.counters.bytes_in(n);
+        guard.heard();
         let mut rest = &input[..n];
         loop {
             // Already there, as reserved; the check keeps it so should the
@@ -277,7 +285,7 @@ mod tests {
         let state = ServerState::for_test(Config::new(Model::Pool));
         let (mut client, server, peer) = pair();
         admit(&state, server, peer, state.registry.try_permit().unwrap())
-            .serve_with(|_, _| -> Result<(), Outcome> { panic!("boom") });
+            .serve_with(|_, _, _| -> Result<(), Outcome> { panic!("boom") });
         // The server side is closed: the client reads end-of-file.
         let mut buf = [0u8; 1];
         assert_eq!(client.read(&mut buf).unwrap(), 0);

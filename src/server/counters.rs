@@ -1,7 +1,8 @@
 //! The server's counters, and the [`Summary`] they add up to.
 //!
 //! One name each: the live atomics are the [`Counters`]; a [`Summary`] is
-//! what they say at one moment ([`Counters::summary`]). Every model counts
+//! what they say at one moment ([`Counters::summary`]); beside them, the
+//! [`Timeline`] of each client's events, for whoever watches. Every model counts
 //! into the same ones, so tests, the metrics and the summary line read the
 //! same figures whatever the model.
 
@@ -9,6 +10,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+use super::timeline::{Timeline, What};
 
 /// What a server did, counted as it ran. A running server's
 /// [`Server::summary`](super::Server::summary) is a snapshot; [`run`](super::run)
@@ -109,8 +112,8 @@ impl Summary {
 }
 
 /// The live counters behind a [`Summary`], shared (in an `Arc`) by the
-/// server and whoever reports on it while it runs: the metrics endpoint,
-/// the binary on a second signal.
+/// server and whoever reports on it while it runs: the metrics endpoint
+/// and the live page, the binary on a second signal.
 #[derive(Debug, Default)]
 pub struct Counters {
     accepted: AtomicU64,
@@ -132,6 +135,8 @@ pub struct Counters {
     pool_waiting: AtomicU64,
     /// How long clients waited and were served, for the metrics.
     times: Times,
+    /// What happened to each client, as it happened.
+    timeline: Timeline,
 }
 
 /// Histograms of how long clients waited to be admitted (from their
@@ -167,6 +172,19 @@ pub(crate) enum Ended {
     ClosedAtShutdown,
 }
 
+impl Ended {
+    /// The same end, as the timeline says it.
+    pub(crate) fn what(self) -> What {
+        match self {
+            Ended::Served => What::Served,
+            Ended::Failed => What::Failed,
+            Ended::TimedOut => What::TimedOut,
+            Ended::Rejected => What::Rejected,
+            Ended::ClosedAtShutdown => What::ClosedAtShutdown,
+        }
+    }
+}
+
 impl Counters {
     /// The counters so far.
     pub fn summary(&self) -> Summary {
@@ -193,6 +211,11 @@ impl Counters {
     /// How long clients waited and were served.
     pub(crate) fn times(&self) -> &Times {
         &self.times
+    }
+
+    /// What happened to each client, as it happened (the live page's).
+    pub fn timeline(&self) -> &Timeline {
+        &self.timeline
     }
 
     pub(crate) fn accepted(&self) {

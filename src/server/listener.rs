@@ -14,11 +14,20 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::warn;
 
-use super::admission::{Admission, BACKOFF};
+pub use super::admission::BACKOFF;
+use super::admission::{self, Admission};
 use super::config::OverLimit;
 use super::counters::Ended;
 use super::registry::Permit;
 use super::state::ServerState;
+
+/// Whether a failed `accept` was one pending connection's, to skip,
+/// rather than the process's or the kernel's, to back off from for
+/// [`BACKOFF`]: the policy of every accept loop of concur's, for another
+/// one (the operator's HTTP port) to follow.
+pub fn one_connection_failed(e: &io::Error) -> bool {
+    admission::one_connection(e)
+}
 
 /// The listen backlog used when none is given.
 pub const DEFAULT_BACKLOG: i32 = 1024;
@@ -176,9 +185,8 @@ pub(crate) fn accept_loop(
             }
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    state.counters.accepted();
-                    let Some((stream, permit)) =
-                        admission.admit(stream, peer, waited, Instant::now())
+                    let arrival = state.registry.accepted();
+                    let Some((stream, permit)) = admission.admit(stream, peer, arrival, waited)
                     else {
                         continue;
                     };
@@ -186,7 +194,7 @@ pub(crate) fn accept_loop(
                     // other systems do: say what the model needs.
                     if let Err(e) = stream.set_nonblocking(io == Io::NonBlocking) {
                         warn!("cannot serve {peer}: {e}");
-                        state.counters.ended(Ended::Failed);
+                        state.registry.ended(arrival.client, Ended::Failed);
                         continue;
                     }
                     if on_client(&mut admission, stream, peer, permit).is_break() {

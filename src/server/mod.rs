@@ -65,6 +65,7 @@ mod session;
 mod slots;
 mod state;
 mod thread;
+pub mod timeline;
 mod uring;
 
 use std::io;

@@ -195,8 +195,9 @@ impl Pool {
         let state = &self.state;
         if state.shutdown.is_triggered() {
             // Accepted but never served (its permit goes with it).
+            let client = job.permit.client();
             drop(job);
-            state.counters.ended(Ended::ClosedAtShutdown);
+            state.registry.ended(client, Ended::ClosedAtShutdown);
             return;
         }
         let Queued {
@@ -211,7 +212,7 @@ impl Pool {
         if idled_out_in_queue(state, &self.settings, &stream, accepted) {
             info!(target: LOG_TARGET, "peer {peer} closed unserved: sent nothing while it waited past the idle timeout");
             drop(stream);
-            state.counters.ended(Ended::TimedOut);
+            state.registry.ended(permit.client(), Ended::TimedOut);
             return;
         }
         conn::admit(state, stream, peer, permit).serve(buffers);
@@ -257,6 +258,7 @@ pub(crate) fn run(
         state,
         Io::Blocking,
         |admission, stream, peer, permit| {
+            let client = permit.client();
             let job = Queued {
                 stream,
                 peer,
@@ -274,7 +276,7 @@ pub(crate) fn run(
                 Ok(()) => return ControlFlow::Continue(()),
                 Err(TrySendError::Disconnected(_)) => {
                     // Every worker is gone; nobody can serve this client.
-                    state.counters.ended(Ended::Failed);
+                    state.registry.ended(client, Ended::Failed);
                     return ControlFlow::Break(());
                 }
                 Err(TrySendError::Full(job)) => job,
@@ -295,7 +297,7 @@ pub(crate) fn run(
                 // waiting for a worker the pool, below its maximum, would
                 // otherwise have started.
                 Some(Err(e)) if e.kind() == ErrorKind::OutOfMemory => {
-                    admission.reject(job, peer, Refusal::NoWorker(e));
+                    admission.reject(job, peer, client, Refusal::NoWorker(e));
                     return ControlFlow::Continue(());
                 }
                 // The pool goes on serving with the workers it has.
@@ -305,12 +307,12 @@ pub(crate) fn run(
                 send(jobs, job) -> sent => match sent {
                     Ok(()) => ControlFlow::Continue(()),
                     Err(_) => {
-                        state.counters.ended(Ended::Failed);
+                        state.registry.ended(client, Ended::Failed);
                         ControlFlow::Break(())
                     }
                 },
                 recv(stop) -> _ => {
-                    state.counters.ended(Ended::ClosedAtShutdown);
+                    state.registry.ended(client, Ended::ClosedAtShutdown);
                     ControlFlow::Break(())
                 }
             }

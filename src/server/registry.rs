@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use super::counters::{Counters, Ended};
 use super::log::LOG_TARGET;
+use super::timeline::What;
 use crate::shutdown::Shutdown;
 
 /// The clients a server has admitted, and the cap on how many at once.
@@ -31,6 +32,9 @@ pub(crate) struct Registry {
     shutdown: Shutdown,
     counters: Arc<Counters>,
     clients: Mutex<Clients>,
+    /// The last client number given out: each is numbered as it is
+    /// accepted, from 1.
+    numbered: AtomicU64,
     // Set when the drain ends: late arrivals are shut down at once, and
     // long computations for clients give up. Shared with the compute
     // pool, which outlives any borrow of the registry.
@@ -42,7 +46,6 @@ pub(crate) struct Registry {
 
 #[derive(Default)]
 struct Clients {
-    next_id: u64,
     // Each client's socket, so that the end of a drain can shut it down and
     // wake whoever is blocked on it. Only the descriptor is kept (no dup: a
     // client costs one descriptor, not two); it is valid while it is here,
@@ -59,6 +62,7 @@ impl Registry {
             shutdown,
             counters,
             clients: Mutex::new(Clients::default()),
+            numbered: AtomicU64::new(0),
             closing: Arc::default(),
             left: Condvar::new(),
         }
@@ -74,8 +78,29 @@ impl Registry {
         clients.permits += 1;
         Permit {
             registry: Some(Arc::clone(self)),
-            accepted: None,
+            arrival: None,
         }
+    }
+
+    /// A connection was taken from the backlog: counted, numbered, and
+    /// recorded.
+    pub(crate) fn accepted(&self) -> Arrival {
+        let arrival = Arrival {
+            client: self.numbered.fetch_add(1, Ordering::Relaxed) + 1,
+            at: Instant::now(),
+        };
+        self.counters.accepted();
+        let timeline = self.counters.timeline();
+        timeline.record(arrival.client, What::Accepted);
+        arrival
+    }
+
+    /// A client accepted but never admitted has ended (rejected, closed
+    /// unserved at the shutdown, shed from a queue): counted and recorded.
+    pub(crate) fn ended(&self, client: u64, how: Ended) {
+        self.counters.ended(how);
+        let timeline = self.counters.timeline();
+        timeline.record(client, how.what());
     }
 
     /// Waits for a place among the clients served at once, while the
@@ -116,19 +141,25 @@ impl Registry {
     ) -> ClientGuard {
         let fd = socket.as_raw_fd();
         let entered = Instant::now();
-        if let Some(accepted) = permit.accepted {
-            let waited = entered.saturating_duration_since(accepted);
-            self.counters
-                .times()
-                .admission
-                .observe(waited.as_secs_f64());
-        }
+        let id = match permit.arrival {
+            Some(arrival) => {
+                let waited = entered.saturating_duration_since(arrival.at);
+                self.counters
+                    .times()
+                    .admission
+                    .observe(waited.as_secs_f64());
+                arrival.client
+            }
+            // Every model's clients arrive through an accept; a number all
+            // the same for one that did not.
+            None => self.numbered.fetch_add(1, Ordering::Relaxed) + 1,
+        };
+        let timeline = self.counters.timeline();
+        timeline.record(id, What::Admitted);
         // The guard gives the place back itself, under the same lock as it
         // leaves the map.
         permit.registry = None;
         let mut clients = self.lock();
-        let id = clients.next_id;
-        clients.next_id += 1;
         if self.is_closing() {
             shutdown_fd(fd);
         }
@@ -140,6 +171,7 @@ impl Registry {
             peer,
             entered,
             counted: false,
+            heard: false,
         }
     }
 
@@ -208,14 +240,26 @@ fn shutdown_fd(fd: RawFd) {
 pub(crate) struct Permit {
     // `None` once its client is admitted: the guard holds the place then.
     registry: Option<Arc<Registry>>,
-    accepted: Option<Instant>,
+    arrival: Option<Arrival>,
 }
 
 impl Permit {
-    /// Notes when its client was accepted.
-    pub(crate) fn accepted(&mut self, at: Instant) {
-        self.accepted = Some(at);
+    /// Notes which client holds it, accepted when.
+    pub(crate) fn held_by(&mut self, arrival: Arrival) {
+        self.arrival = Some(arrival);
     }
+
+    /// The client that holds it (0 before one does).
+    pub(crate) fn client(&self) -> u64 {
+        self.arrival.map_or(0, |a| a.client)
+    }
+}
+
+/// A client as it was accepted: its number, and when.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Arrival {
+    pub(crate) client: u64,
+    pub(crate) at: Instant,
 }
 
 impl Drop for Permit {
@@ -309,6 +353,7 @@ pub(crate) struct ClientGuard {
     peer: SocketAddr,
     entered: Instant,
     counted: bool,
+    heard: bool,
 }
 
 impl ClientGuard {
@@ -316,6 +361,22 @@ impl ClientGuard {
     /// loop, a ring, a task).
     pub(crate) fn connected(&self) {
         info!(target: LOG_TARGET, "peer {} connected", self.peer);
+    }
+
+    /// Bytes of its were read: the first time, that is recorded.
+    pub(crate) fn heard(&mut self) {
+        if !self.heard {
+            self.heard = true;
+            let timeline = self.registry.counters.timeline();
+            timeline.record(self.id, What::FirstByte);
+        }
+    }
+
+    /// Counts how it ended and records it.
+    fn count(&self, how: Ended) {
+        self.registry.counters.ended(how);
+        let timeline = self.registry.counters.timeline();
+        timeline.record(self.id, how.what());
     }
 
     /// Logs and counts how the client ended. Every model ends its clients
@@ -327,31 +388,30 @@ impl ClientGuard {
     pub(crate) fn end(mut self, outcome: Outcome) {
         self.counted = true;
         let peer = self.peer;
-        let counters = &self.registry.counters;
         if self.registry.is_closing() || matches!(outcome, Outcome::ClosedAtShutdown) {
-            counters.ended(Ended::ClosedAtShutdown);
+            self.count(Ended::ClosedAtShutdown);
             info!(target: LOG_TARGET, "peer {peer} closed at the end of the drain");
             return;
         }
         match outcome {
             Outcome::Done => {
-                counters.ended(Ended::Served);
+                self.count(Ended::Served);
                 info!(target: LOG_TARGET, "peer {peer} done");
             }
             Outcome::TimedOut(why) => {
-                counters.ended(Ended::TimedOut);
+                self.count(Ended::TimedOut);
                 info!(target: LOG_TARGET, "peer {peer} closed: {why}");
             }
             Outcome::Gone(e) => {
-                counters.ended(Ended::Failed);
+                self.count(Ended::Failed);
                 info!(target: LOG_TARGET, "peer {peer} went away: {e}");
             }
             Outcome::Failed(e) => {
-                counters.ended(Ended::Failed);
+                self.count(Ended::Failed);
                 warn!(target: LOG_TARGET, "peer {peer} ended by an error: {e}");
             }
             Outcome::Panicked(what) => {
-                counters.ended(Ended::Failed);
+                self.count(Ended::Failed);
                 warn!(target: LOG_TARGET, "peer {peer} ended by a panic while serving it: {what}");
             }
             Outcome::ClosedAtShutdown => unreachable!("counted above"),
@@ -368,7 +428,6 @@ impl ClientGuard {
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        let counters = &self.registry.counters;
         // A guard dropped without `end` is a client let go on the way: a
         // thread that could not start, a hand-off the shutdown cut short, a
         // task the runtime dropped. Counting it here keeps every accepted
@@ -379,13 +438,14 @@ impl Drop for ClientGuard {
                 // the panic); the blocking and event models catch theirs
                 // first.
                 warn!(target: LOG_TARGET, "a client's task panicked; that client is closed");
-                counters.ended(Ended::Failed);
+                self.count(Ended::Failed);
             } else if self.registry.shutdown.is_triggered() {
-                counters.ended(Ended::ClosedAtShutdown);
+                self.count(Ended::ClosedAtShutdown);
             } else {
-                counters.ended(Ended::Failed);
+                self.count(Ended::Failed);
             }
         }
+        let counters = &self.registry.counters;
         counters
             .times()
             .served

@@ -35,7 +35,8 @@ pub(crate) fn run(listener: TcpListener, state: &Arc<ServerState>) -> io::Result
         Io::Blocking,
         |admission, stream, peer, permit| {
             if let Err(short) = state.stacks.check_thread(&state.budget, stack, rest) {
-                admission.reject((stream, permit), peer, Refusal::NoThread(short));
+                let client = permit.client();
+                admission.reject((stream, permit), peer, client, Refusal::NoThread(short));
                 return ControlFlow::Continue(());
             }
             next += 1;

@@ -237,22 +237,38 @@ pub fn wait_until(mut done: impl FnMut() -> bool) {
 pub struct Process {
     pub child: std::process::Child,
     pub addr: SocketAddr,
-    /// Where `--metrics` serves, when it was given.
+    /// Where `--http` (or `--metrics`) serves `/metrics`, when it was
+    /// given.
     pub metrics: Option<String>,
     out: std::io::BufReader<std::process::ChildStdout>,
 }
 
 impl Process {
     /// Starts `concur serve ARGS` (give `--port 0`, or a port) and reads
-    /// its banner: "Serving on ADDR", and "Metrics on URL" when `--metrics`
-    /// is among `args`.
+    /// its banner: "Serving on ADDR", and "Metrics on URL" when `--http`
+    /// or `--metrics` is among `args`.
     pub fn serve(args: &[&str]) -> Process {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_concur"));
         command
             .arg("serve")
             .args(args)
             .stderr(std::process::Stdio::null());
-        Process::start(command, args.contains(&"--metrics"))
+        let http = args.iter().any(|a| ["--http", "--metrics"].contains(a));
+        Process::start(command, http)
+    }
+
+    /// `concur serve --model MODEL` on a free port, quiet, with its HTTP
+    /// port on another.
+    pub fn serve_http(model: Model) -> Process {
+        Process::serve(&[
+            "--model",
+            model.name(),
+            "--port",
+            "0",
+            "-q",
+            "--http",
+            "127.0.0.1:0",
+        ])
     }
 
     /// Starts `command`, which runs `concur serve` (through a shell, say),
@@ -287,6 +303,15 @@ impl Process {
             metrics,
             out,
         }
+    }
+
+    /// The address of its HTTP port (`--http` or `--metrics`).
+    pub fn http_addr(&self) -> SocketAddr {
+        let url = self.metrics.as_deref().expect("an HTTP port");
+        url.trim_start_matches("http://")
+            .trim_end_matches("/metrics")
+            .parse()
+            .expect("the banner's address")
     }
 
     /// SIGTERM, the drain, and the summary line it prints.
@@ -347,4 +372,119 @@ pub fn summary_figures(summary: &str) -> std::collections::HashMap<String, u64> 
         }
     }
     figures
+}
+
+/// `curl ARGS URL`, bounded in time: the HTTP status and the body.
+pub fn curl(args: &[&str], url: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The samples of a scrape, by name (labels included in the name).
+pub fn samples(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The full path of `program` if it is installed, or `None` after saying
+/// on standard error that `test` is skipped without it.
+pub fn installed(program: &str, test: &str) -> Option<String> {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+    if found.status.success() && !path.is_empty() {
+        Some(path)
+    } else {
+        eprintln!("skipped: {test}: {program} is not installed (.ci/run installs it)");
+        None
+    }
+}
+
+/// A port nobody listens on now, for a program that cannot be asked which
+/// port it took (it may be taken again before that program binds it, but
+/// only by another test's port 0, which the kernel hands out at random).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A child process that is killed when dropped, so a failed assertion
+/// leaves nothing running.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A directory of its own under the system's temporary directory, removed
+/// with what is in it when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("concur-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("a temporary directory");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A file of the repository, by its path from the top.
+pub fn repo_file(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The Grafana dashboard, `deploy/grafana/concur.json`, parsed.
+pub fn dashboard() -> serde_json::Value {
+    let text = std::fs::read_to_string(repo_file("deploy/grafana/concur.json")).unwrap();
+    serde_json::from_str(&text).expect("the dashboard is JSON")
+}
+
+/// Every PromQL query of the dashboard: its panels' targets' `expr`s, and
+/// its variables' queries.
+pub fn dashboard_queries() -> Vec<String> {
+    fn walk(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v.as_str()) {
+                        ("expr" | "definition", Some(query)) => out.push(query.to_string()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut queries = Vec::new();
+    walk(&dashboard(), &mut queries);
+    queries
 }

@@ -44,8 +44,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use mio::Token;
 
+use super::cpus::user_system_ticks;
 use super::scenario::{Params, Scenario};
-use super::{IO_TIMEOUT, Peer};
+use super::{IO_TIMEOUT, Peer, syscalls};
 
 mod clock;
 mod conn;
@@ -116,6 +117,9 @@ pub struct Plan {
     /// The server's process, if it is a process of its own: its CPU time
     /// over the run is measured.
     pub server_pid: Option<u32>,
+    /// Count the system calls of [`Plan::server_pid`] over the run, where
+    /// the kernel allows it ([`crate::bench::syscalls`]).
+    pub count_syscalls: bool,
     /// How long one connection may make no progress before it is an error.
     pub timeout: Duration,
 }
@@ -139,6 +143,7 @@ impl Plan {
             threads: default_threads(),
             cpus: None,
             server_pid: None,
+            count_syscalls: false,
             timeout: secs + IO_TIMEOUT,
         }
     }
@@ -176,8 +181,16 @@ pub struct Outcome {
     /// CPU time the server's process used during the run, when
     /// [`Plan::server_pid`] was given.
     pub server_cpu: Option<Duration>,
+    /// System calls the server's process made during the run, when
+    /// [`Plan::count_syscalls`] was asked for and the kernel counts them.
+    pub server_syscalls: Option<u64>,
+    /// Why they were asked for and not counted.
+    pub syscalls_refused: Option<String>,
+    /// The share of the server's CPU time spent in the kernel during the
+    /// run (from `/proc/PID/stat`, in ticks of 10 ms or so).
+    pub server_kernel_share: Option<f64>,
     /// From the start of the clock until every connection had finished:
-    /// the window both CPU times are over.
+    /// the window both CPU times and the system calls are over.
     pub window: Duration,
     /// The load generator's threads.
     pub threads: usize,
@@ -210,18 +223,38 @@ impl Outcome {
 /// the [`Outcome`].
 pub fn run(plan: &Plan) -> io::Result<Outcome> {
     check(plan)?;
+    // Attached before the set-up, so that threads the server starts for
+    // the connections (a thread per client) inherit the count.
+    let syscalls = match plan.server_pid {
+        Some(pid) if plan.count_syscalls => Some(syscalls::Counter::attach(pid)),
+        _ => None,
+    };
     let shared = Arc::new(Shared::new(plan));
     let specs = specs(plan);
     let threads = plan.threads.clamp(1, specs.len());
     let crew = Crew::start(&shared, specs, threads, plan.cpus.clone())?;
     crew.ready()?;
     let server = plan.server_pid.map(ProcessClock::of);
+    let counter = syscalls.as_ref().and_then(|s| s.as_ref().ok());
+    let calls_before = counter.and_then(syscalls::Counter::now);
+    let ticks_before = plan.server_pid.and_then(user_system_ticks);
     let server_before = server.as_ref().and_then(|c| c.now());
     let start = Instant::now();
     let tallies = crew.go(start)?;
     let end = Instant::now();
     let server_cpu = match (server.as_ref().and_then(|c| c.now()), server_before) {
         (Some(after), Some(before)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
+    let server_syscalls = match (counter.and_then(syscalls::Counter::now), calls_before) {
+        (Some(after), Some(before)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
+    let server_kernel_share = match (plan.server_pid.and_then(user_system_ticks), ticks_before) {
+        (Some((u1, s1)), Some((u0, s0))) => {
+            let (user, system) = (u1.saturating_sub(u0), s1.saturating_sub(s0));
+            (user + system > 0).then(|| system as f64 / (user + system) as f64)
+        }
         _ => None,
     };
     let mut total = Tally::new();
@@ -244,6 +277,9 @@ pub fn run(plan: &Plan) -> io::Result<Outcome> {
         error_samples: total.error_samples,
         client_cpu: total.cpu,
         server_cpu,
+        server_syscalls,
+        syscalls_refused: syscalls.and_then(Result::err),
+        server_kernel_share,
         window: end.duration_since(start),
         threads,
     })

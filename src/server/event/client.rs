@@ -54,7 +54,7 @@ impl LoopClient {
     ) -> io::Result<()> {
         let offload = |test: ToTest| {
             if let (Some(n), Some((offloader, id))) = (test, offload) {
-                offloader.send(id.to_u64(), n);
+                offloader.send(id, n);
             }
         };
         let mut reads = 0;

@@ -41,7 +41,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
+use crossbeam_channel::{Receiver, Sender, select};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -51,13 +51,13 @@ mod tests;
 
 use client::LoopClient;
 
-use super::compute::{Answer, Compute, ComputePool, Offloader};
+use super::compute::{Compute, ComputePool, Offloader};
 use super::listener::{self, Io};
 use super::loops::{self, LoopThread};
 use super::memory::BUF_SIZE;
 use super::model::EventSettings;
 use super::registry::{ClientGuard, Outcome};
-use super::session::{self, HANDOFF, NewClient, Session, Spares};
+use super::session::{self, HANDOFF, Handed, NewClient, Session, Spares};
 use super::slots::{ClientId, Slots};
 use super::state::ServerState;
 
@@ -306,31 +306,24 @@ impl EventLoop {
     }
 
     fn take_new_clients(&mut self) {
-        loop {
-            match self.incoming.try_recv() {
-                Ok(client) => {
-                    if self.state.shutdown.is_triggered() {
-                        // Its guard counts it as closed at shutdown.
-                        drop(client);
-                    } else {
-                        let (guard, stream) = client;
-                        self.add(guard, stream);
-                    }
-                }
-                Err(TryRecvError::Empty) => return,
-                Err(TryRecvError::Disconnected) => {
-                    self.incoming_closed = true;
-                    return;
-                }
+        // A handle of its own (a reference count), so that the clients can
+        // be added to the loop as they are taken.
+        let incoming = self.incoming.clone();
+        let mut handed = Handed::from(&incoming);
+        for client in &mut handed {
+            if self.state.shutdown.is_triggered() {
+                // Its guard, dropped first, counts it as closed at shutdown.
+                drop(client);
+                continue;
             }
+            let (guard, stream) = client;
+            self.add(guard, stream);
         }
+        self.incoming_closed |= handed.closed;
     }
 
     fn take_answers(&mut self) {
-        while let Some(Answer { client, n, prime }) =
-            self.offload.as_ref().and_then(Offloader::answer)
-        {
-            let id = ClientId::from_u64(client);
+        while let Some((id, n, prime)) = self.offload.as_ref().and_then(Offloader::answer) {
             // No answer: the drain is over, and `drive` closes the client.
             let Some(prime) = prime else {
                 self.drive(id);

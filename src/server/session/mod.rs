@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 
 use std::net::TcpStream;
 
+use crossbeam_channel::{Receiver, TryRecvError};
+
 use super::config::Config;
 use super::memory::BUF_SIZE;
 use super::registry::{ClientGuard, Outcome};
@@ -57,6 +59,38 @@ pub(crate) type NewClient = (ClientGuard, TcpStream);
 /// New clients a loop (or ring) may have waiting to be taken before the
 /// acceptor waits for it or serves them elsewhere.
 pub(crate) const HANDOFF: usize = 1024;
+
+/// The clients an acceptor has handed over so far, in order, taken from
+/// its channel until none is left; [`closed`](Handed::closed) once the
+/// acceptor has let go of it, and none will come again.
+pub(crate) struct Handed<'a> {
+    incoming: &'a Receiver<NewClient>,
+    pub(crate) closed: bool,
+}
+
+impl<'a> Handed<'a> {
+    pub(crate) fn from(incoming: &'a Receiver<NewClient>) -> Self {
+        Handed {
+            incoming,
+            closed: false,
+        }
+    }
+}
+
+impl Iterator for Handed<'_> {
+    type Item = NewClient;
+
+    fn next(&mut self) -> Option<NewClient> {
+        match self.incoming.try_recv() {
+            Ok(client) => Some(client),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => {
+                self.closed = true;
+                None
+            }
+        }
+    }
+}
 
 /// Microseconds since the first look: half the size of an `Instant`,
 /// which ten thousand idle clients notice.
@@ -96,7 +130,11 @@ impl Buffers {
 /// sessions hold them: one moves between a session and here without
 /// being copied or allocated.
 #[allow(clippy::vec_box)]
-pub(crate) struct Spares(Vec<Box<Buffers>>);
+pub(crate) struct Spares {
+    spares: Vec<Box<Buffers>>,
+    /// The most capacity a spare buffer keeps.
+    capacity: usize,
+}
 
 /// Spares a loop or ring keeps, and the most capacity a spare buffer
 /// keeps: one read's answers, so that a client streaming read after read
@@ -108,19 +146,23 @@ const SPARE_CAPACITY: usize = BUF_SIZE;
 
 impl Default for Spares {
     fn default() -> Self {
-        Spares::keeping(SPARES)
+        Spares::keeping(SPARES, SPARE_CAPACITY)
     }
 }
 
 impl Spares {
-    /// Spares that keep at most `n` buffers: a loop's many clients share
-    /// its spares; a task that may run on any thread keeps its own one.
-    pub(crate) fn keeping(n: usize) -> Self {
-        Spares(Vec::with_capacity(n))
+    /// Spares that keep at most `n` sets of buffers, each buffer with at
+    /// most `capacity`: a loop's many clients share its spares; a task
+    /// that may run on any thread keeps its own one, smaller.
+    pub(crate) fn keeping(n: usize, capacity: usize) -> Self {
+        Spares {
+            spares: Vec::with_capacity(n),
+            capacity,
+        }
     }
 
     fn take(&mut self, state: &ServerState) -> io::Result<Box<Buffers>> {
-        if let Some(spare) = self.0.pop() {
+        if let Some(spare) = self.spares.pop() {
             return Ok(spare);
         }
         state.budget.check(std::mem::size_of::<Buffers>() as u64)?;
@@ -128,7 +170,7 @@ impl Spares {
     }
 
     fn give(&mut self, mut buffers: Box<Buffers>) {
-        if self.0.len() == self.0.capacity() {
+        if self.spares.len() == self.spares.capacity() {
             return;
         }
         for buf in [
@@ -136,7 +178,7 @@ impl Spares {
             &mut buffers.queued,
             &mut buffers.unread,
         ] {
-            if buf.capacity() > SPARE_CAPACITY {
+            if buf.capacity() > self.capacity {
                 *buf = Vec::new();
             } else {
                 buf.clear();
@@ -149,7 +191,7 @@ impl Spares {
         if buffers.queued.capacity() < buffers.sending.capacity() {
             std::mem::swap(&mut buffers.queued, &mut buffers.sending);
         }
-        self.0.push(buffers);
+        self.spares.push(buffers);
     }
 }
 
@@ -260,6 +302,7 @@ impl Session {
         cap: usize,
     ) -> io::Result<ToTest> {
         state.counters.bytes_in(data.len());
+        self.guard.heard();
         let now = stamp(now);
         self.last_heard = now;
         if self.pending() == 0 {

@@ -38,7 +38,7 @@ use super::{Shared, bump};
 use crate::server::admission::Admission;
 use crate::server::config::OverLimit;
 use crate::server::counters::Ended;
-use crate::server::registry::Permit;
+use crate::server::registry::{Arrival, Permit};
 use crate::server::session::NewClient;
 use crate::server::slots::ClientId;
 use crate::server::state::ServerState;
@@ -68,8 +68,8 @@ pub(super) struct Acceptor {
     /// A pause after an error is in flight.
     backoff: bool,
     /// Accepted without a place among the clients (`--over-limit wait`),
-    /// and when.
-    waiting: VecDeque<(TcpStream, Instant)>,
+    /// as they arrived.
+    waiting: VecDeque<(TcpStream, Arrival)>,
     peers: Vec<Peer>,
     next: usize,
     /// `MSG_RING`s in flight, which name the peers' descriptors.
@@ -180,13 +180,14 @@ impl Acceptor {
             // SAFETY: a completed accept hands over a new descriptor, ours
             // alone.
             let stream = unsafe { TcpStream::from_raw_fd(res) };
-            self.state.counters.accepted();
+            let arrival = self.state.registry.accepted();
             if stopping {
                 drop(stream);
-                self.state.counters.ended(Ended::ClosedAtShutdown);
+                let client = arrival.client;
+                self.state.registry.ended(client, Ended::ClosedAtShutdown);
                 return None;
             }
-            return self.newcomer(stream, ring, now);
+            return self.newcomer(stream, arrival, ring);
         }
         if res == -libc::ECANCELED {
             return None;
@@ -203,7 +204,12 @@ impl Acceptor {
 
     /// An accepted connection: admitted, or kept waiting for a place, or
     /// rejected, as `--over-limit` says.
-    fn newcomer(&mut self, stream: TcpStream, ring: &mut Ring, now: Instant) -> Option<NewClient> {
+    fn newcomer(
+        &mut self,
+        stream: TcpStream,
+        arrival: Arrival,
+        ring: &mut Ring,
+    ) -> Option<NewClient> {
         let permit = match self.state.config.over_limit {
             OverLimit::Wait => {
                 let permit = match self.waiting.is_empty() {
@@ -213,10 +219,11 @@ impl Acceptor {
                 if permit.is_none() {
                     if self.waiting.try_reserve(1).is_err() {
                         drop(stream);
-                        self.state.counters.ended(Ended::Rejected);
+                        let client = arrival.client;
+                        self.state.registry.ended(client, Ended::Rejected);
                         return None;
                     }
-                    self.waiting.push_back((stream, now));
+                    self.waiting.push_back((stream, arrival));
                     bump(&self.shared.events.waited);
                     // Full: no more accepts until there is room.
                     self.cancel(ring);
@@ -227,7 +234,7 @@ impl Acceptor {
             // Taken by the admission, or rejected there.
             OverLimit::Reject => None,
         };
-        self.admit(stream, permit, now, ring)
+        self.admit(stream, arrival, permit, ring)
     }
 
     /// Admits a newcomer by the shared policy and deals it to the next
@@ -235,12 +242,12 @@ impl Acceptor {
     fn admit(
         &mut self,
         stream: TcpStream,
+        arrival: Arrival,
         permit: Option<Permit>,
-        accepted: Instant,
         ring: &mut Ring,
     ) -> Option<NewClient> {
         let peer = peer_of(&stream);
-        let (stream, permit) = self.admission.admit(stream, peer, permit, accepted)?;
+        let (stream, permit) = self.admission.admit(stream, peer, arrival, permit)?;
         let guard = self.state.registry.enter(&stream, peer, permit);
         let target = self.next % (self.peers.len() + 1);
         self.next = self.next.wrapping_add(1);
@@ -313,8 +320,8 @@ impl Acceptor {
                 self.cancel(ring);
                 return None;
             };
-            if let Some((stream, accepted)) = self.waiting.pop_front()
-                && let Some(mine) = self.admit(stream, Some(permit), accepted, ring)
+            if let Some((stream, arrival)) = self.waiting.pop_front()
+                && let Some(mine) = self.admit(stream, arrival, Some(permit), ring)
             {
                 return Some(mine);
             }
@@ -324,9 +331,10 @@ impl Acceptor {
     /// Closes the clients accepted that wait for a place, as closed at
     /// shutdown: the server is stopping, or this ring failed.
     pub(super) fn close_waiting(&mut self) {
-        for (stream, _) in self.waiting.drain(..) {
+        for (stream, arrival) in self.waiting.drain(..) {
             drop(stream);
-            self.state.counters.ended(Ended::ClosedAtShutdown);
+            let client = arrival.client;
+            self.state.registry.ended(client, Ended::ClosedAtShutdown);
         }
     }
 

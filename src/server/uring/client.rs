@@ -12,6 +12,7 @@
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
+use std::panic::{self, AssertUnwindSafe};
 use std::time::Instant;
 
 use io_uring::{cqueue, opcode, types};
@@ -54,7 +55,7 @@ impl Serving<'_> {
     /// Hands a number the session asks about to the compute pool.
     fn offload(&self, test: ToTest, id: ClientId) {
         if let (Some(n), Some(offloader)) = (test, self.offload) {
-            offloader.send(id.to_u64(), n);
+            offloader.send(id, n);
         }
     }
 }
@@ -222,7 +223,7 @@ impl Client {
             self.recv = Recv::Off;
         }
         let len = res.max(0) as usize;
-        let mut taken = Ok(None);
+        let mut taken: Result<ToTest, Outcome> = Ok(None);
         if cqueue::buffer_more(flags) {
             bump(&with.events.shared_buffers);
         }
@@ -230,9 +231,16 @@ impl Client {
             if self.is_closing() {
                 with.state.counters.bytes_in(len);
             } else {
-                taken = self
-                    .session
-                    .receive(data, with.now, with.state, with.spares, with.cap);
+                // Caught here, not only around the whole step: a panic must
+                // not skip the buffer's recycling, or the ring loses it.
+                let session = &mut self.session;
+                let (now, state, spares, cap) = (with.now, with.state, &mut *with.spares, with.cap);
+                taken = match panic::catch_unwind(AssertUnwindSafe(|| {
+                    session.receive(data, now, state, spares, cap)
+                })) {
+                    Ok(taken) => taken.map_err(Outcome::from),
+                    Err(panic) => Err(Outcome::panicked(&*panic)),
+                };
             }
         }
         with.ring.recycle(flags, len);

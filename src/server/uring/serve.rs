@@ -16,16 +16,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::Receiver;
 
 use super::acceptor::Acceptor;
 use super::client::{Client, Recv, RecvEnd, Serving};
 use super::ops::{self, Completion, Kind};
 use super::ring::Ring;
 use super::{Shared, bump};
-use crate::server::compute::{Answer, Offloader};
+use crate::server::compute::Offloader;
 use crate::server::registry::{ClientGuard, Outcome};
-use crate::server::session::{NewClient, Session, Spares};
+use crate::server::session::{Handed, NewClient, Session, Spares};
 use crate::server::slots::{ClientId, Slots};
 use crate::server::state::ServerState;
 
@@ -377,31 +377,30 @@ impl RingLoop {
 
     /// Clients that ring 0 handed over (its `MSG_RING` only wakes us).
     fn take_new_clients(&mut self) {
-        loop {
-            let Feed::Incoming(Some(incoming)) = &self.feed else {
-                return;
-            };
-            match incoming.try_recv() {
-                Ok(client) if self.phase != Phase::Serving => {
-                    // Its guard counts it as closed at shutdown.
-                    drop(client);
-                }
-                Ok((guard, stream)) => self.add(guard, stream),
-                Err(TryRecvError::Empty) => return,
-                Err(TryRecvError::Disconnected) => {
-                    self.feed = Feed::Incoming(None);
-                    return;
-                }
+        let Feed::Incoming(Some(incoming)) = &self.feed else {
+            return;
+        };
+        // A handle of its own (a reference count), so that the clients can
+        // be added to the ring as they are taken.
+        let incoming = incoming.clone();
+        let mut handed = Handed::from(&incoming);
+        for client in &mut handed {
+            if self.phase != Phase::Serving {
+                // Its guard, dropped first, counts it as closed at shutdown.
+                drop(client);
+                continue;
             }
+            let (guard, stream) = client;
+            self.add(guard, stream);
+        }
+        if handed.closed {
+            self.feed = Feed::Incoming(None);
         }
     }
 
     /// Answers to numbers that were tested off the ring.
     fn take_answers(&mut self) {
-        while let Some(Answer { client, n, prime }) =
-            self.offload.as_ref().and_then(Offloader::answer)
-        {
-            let id = ClientId::from_u64(client);
+        while let Some((id, n, prime)) = self.offload.as_ref().and_then(Offloader::answer) {
             // None: its client left while the number was being tested.
             let Some(c) = self.clients.get_mut(id) else {
                 continue;
