@@ -15,9 +15,11 @@
 //! - **Writes** drain the session's answers until the kernel takes no
 //!   more. The client is watched for writability only while something is
 //!   pending.
-//! - **Backpressure**: once a client's pending answers exceed
-//!   [`EventSettings::outbound_cap`] the loop stops reading from it until
-//!   they drain. A client that sends and never reads thus costs at most
+//! - **Backpressure**: the loop reads from a client only while its
+//!   pending answers are at most half of [`EventSettings::outbound_cap`]
+//!   (so that a read is good for a useful amount, not one buffer at a
+//!   time at the cap), and what it read waits unanswered while they are
+//!   over the cap. A client that sends and never reads thus costs at most
 //!   the cap plus one read, and loses nothing: its unread bytes wait in the
 //!   kernel, and TCP flow control slows it down.
 //!
