@@ -6,6 +6,7 @@
 
 use std::io;
 use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
@@ -90,6 +91,12 @@ impl Ring {
         self.arm_wake();
         self.arm_tick();
         Ok(())
+    }
+
+    /// A duplicate of its descriptor, for another ring's `MSG_RING`s.
+    pub(super) fn duplicate(&self) -> io::Result<OwnedFd> {
+        // SAFETY: the ring's descriptor is open while it lives.
+        unsafe { BorrowedFd::borrow_raw(self.uring.as_raw_fd()) }.try_clone_to_owned()
     }
 
     /// Queues `entry`; it counts as in flight until its final completion.
