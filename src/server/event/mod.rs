@@ -376,8 +376,8 @@ impl EventLoop {
             self.again.push(id);
         }
         let outcome = match Outcome::of_step(step) {
-            Some(failed) => failed,
-            None => match client.session.finished() {
+            Err(failed) => failed,
+            Ok(()) => match client.session.finished() {
                 Some(outcome) => outcome,
                 None => return,
             },

@@ -235,12 +235,9 @@ impl Client {
                 // not skip the buffer's recycling, or the ring loses it.
                 let session = &mut self.session;
                 let (now, state, spares, cap) = (with.now, with.state, &mut *with.spares, with.cap);
-                taken = match panic::catch_unwind(AssertUnwindSafe(|| {
+                taken = Outcome::of_step(panic::catch_unwind(AssertUnwindSafe(|| {
                     session.receive(data, now, state, spares, cap)
-                })) {
-                    Ok(taken) => taken.map_err(Outcome::from),
-                    Err(panic) => Err(Outcome::panicked(&*panic)),
-                };
+                })));
             }
         }
         with.ring.recycle(flags, len);

@@ -246,14 +246,13 @@ impl RingLoop {
             now: self.now,
         };
         let stepped = panic::catch_unwind(AssertUnwindSafe(|| f(client, &mut with)));
-        let outcome = match stepped {
-            Ok(Ok(None | Some(RecvEnd::Fine))) => None,
-            Ok(Ok(Some(RecvEnd::Parked))) => {
+        match Outcome::of_step(stepped) {
+            Ok(None | Some(RecvEnd::Fine)) => {}
+            Ok(Some(RecvEnd::Parked)) => {
                 self.parked.push_back(id);
                 bump(&self.shared.events.parked);
-                None
             }
-            Ok(Ok(Some(RecvEnd::LimitRefused))) => {
+            Ok(Some(RecvEnd::LimitRefused)) => {
                 if self.ring.recv_limit {
                     tracing::debug!("ring {}: multishot receive takes no limit here", self.id);
                 }
@@ -262,13 +261,8 @@ impl RingLoop {
                     .events
                     .limit_refused
                     .store(true, Ordering::Relaxed);
-                None
             }
-            Ok(Err(outcome)) => Some(outcome),
-            Err(panic) => Some(Outcome::panicked(&*panic)),
-        };
-        if let Some(outcome) = outcome {
-            self.close(id, outcome);
+            Err(outcome) => self.close(id, outcome),
         }
     }
 
