@@ -98,9 +98,8 @@ struct Shared {
 
 /// The rings' set-up that tests change: the provided buffers (consumed
 /// incrementally if `incremental` and the kernel can, else taken whole,
-/// four times as many of a quarter the size),
-/// whether a receive is armed with a limit, and the tick (`None`: from
-/// the timeouts, see [`tick`]).
+/// four times as many of a quarter the size), whether a receive is armed
+/// with a limit, and the tick (`None`: from the timeouts, see [`tick`]).
 #[derive(Clone, Copy, Debug)]
 struct Tuning {
     buffers: Pool,
@@ -176,15 +175,9 @@ fn run_tuned(
     // itself must wait in the kernel rather than fail with EAGAIN.
     listener.set_nonblocking(false)?;
     let compute = ComputePool::for_server(state, settings.rings)?;
-    let result = start(
-        listener,
-        state,
-        settings,
-        compute.as_ref().map(ComputePool::handle),
-        tuning,
-        events,
-    )
-    .and_then(|threads| loops::join(threads, "ring"));
+    let handle = compute.as_ref().map(ComputePool::handle);
+    let result = start(listener, state, settings, handle, tuning, events)
+        .and_then(|threads| loops::join(threads, "ring"));
     if let Some(compute) = compute {
         compute.stop();
     }
