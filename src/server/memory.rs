@@ -253,9 +253,14 @@ fn used() -> io::Result<u64> {
         .next()
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no size in statm"))?;
+    Ok(pages * page_size() as u64)
+}
+
+/// The size of a memory page (4096 if the system does not say).
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf only reads a system constant.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Ok(pages * if page > 0 { page as u64 } else { 4096 })
+    if page > 0 { page as usize } else { 4096 }
 }
 
 #[cfg(test)]

@@ -333,13 +333,14 @@ impl Outcome {
         Outcome::Panicked(message)
     }
 
-    /// A step of serving that failed or panicked, as an outcome; `None`
-    /// if it went well.
-    pub(crate) fn of_step(step: std::thread::Result<io::Result<()>>) -> Option<Self> {
+    /// What a step of serving came to: its value, or its failure or panic
+    /// as an outcome.
+    pub(crate) fn of_step<T, E: Into<Outcome>>(
+        step: std::thread::Result<Result<T, E>>,
+    ) -> Result<T, Self> {
         match step {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.into()),
-            Err(panic) => Some(Outcome::panicked(&*panic)),
+            Ok(stepped) => stepped.map_err(Into::into),
+            Err(panic) => Err(Outcome::panicked(&*panic)),
         }
     }
 }

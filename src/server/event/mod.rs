@@ -74,10 +74,10 @@ fn token(id: ClientId) -> Token {
     Token(id.to_u64() as usize)
 }
 
+/// A running loop, as the acceptor hands it clients.
 struct LoopHandle {
     clients: Sender<NewClient>,
     waker: Arc<Waker>,
-    thread: LoopThread,
 }
 
 pub(crate) fn run(
@@ -112,6 +112,7 @@ pub(crate) fn run(
 /// The running loops, taking new clients in turn.
 struct Loops {
     handles: Vec<LoopHandle>,
+    threads: Vec<LoopThread>,
     next: usize,
 }
 
@@ -121,24 +122,21 @@ impl Loops {
         settings: &EventSettings,
         compute: Option<Compute>,
     ) -> io::Result<Self> {
-        let mut loops = Loops {
-            handles: Vec::with_capacity(settings.loops),
+        let mut starting = loops::Starting::new("event loop", "event", &state.shutdown);
+        let mut handles = Vec::with_capacity(settings.loops);
+        let set_up = (0..settings.loops).try_for_each(|id| {
+            let (state, settings, compute) = (Arc::clone(state), settings.clone(), compute.clone());
+            handles.push(starting.spawn(id, move || {
+                let (event_loop, clients, waker) = EventLoop::new(&state, &settings, compute)?;
+                Ok((LoopHandle { clients, waker }, move || event_loop.run()))
+            })?);
+            Ok(())
+        });
+        Ok(Loops {
+            threads: starting.release(set_up)?,
+            handles,
             next: 0,
-        };
-        for id in 0..settings.loops {
-            match start_loop(id, state, settings, compute.clone()) {
-                Ok(handle) => loops.handles.push(handle),
-                Err(e) => {
-                    state.shutdown.trigger();
-                    let _ = loops.stop();
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("cannot start event loop {id}: {e}"),
-                    ));
-                }
-            }
-        }
-        Ok(loops)
+        })
     }
 
     /// Hands a client to the next loop in turn. Breaks when the server
@@ -166,30 +164,12 @@ impl Loops {
     /// the shutdown has fired, its channel is closed and its last client
     /// has left. The first loop's error, if any loop failed.
     fn stop(self) -> io::Result<()> {
-        let mut threads = Vec::with_capacity(self.handles.len());
         for handle in self.handles {
             drop(handle.clients);
             let _ = handle.waker.wake();
-            threads.push(handle.thread);
         }
-        loops::join(threads, "event loop")
+        loops::join(self.threads, "event loop")
     }
-}
-
-fn start_loop(
-    id: usize,
-    state: &Arc<ServerState>,
-    settings: &EventSettings,
-    compute: Option<Compute>,
-) -> io::Result<LoopHandle> {
-    let (event_loop, clients, waker) = EventLoop::new(state, settings, compute)?;
-    let (thread, shutdown) = (format!("event-{id}"), state.shutdown.clone());
-    let thread = loops::spawn("event loop", id, thread, shutdown, || event_loop.run())?;
-    Ok(LoopHandle {
-        clients,
-        waker,
-        thread,
-    })
 }
 
 struct EventLoop {
@@ -398,8 +378,8 @@ impl EventLoop {
             self.again.push(id);
         }
         let outcome = match Outcome::of_step(step) {
-            Some(failed) => failed,
-            None => match client.session.finished() {
+            Err(failed) => failed,
+            Ok(()) => match client.session.finished() {
                 Some(outcome) => outcome,
                 None => return,
             },

@@ -107,28 +107,22 @@ impl Acceptor {
 
     /// Arms the multishot accept, unless it is armed, pausing, or over.
     pub(super) fn arm(&mut self, ring: &mut Ring) {
-        let Some(listener) = &self.listener else {
-            return;
-        };
-        if self.armed || self.backoff {
-            return;
+        if let Some(listener) = &self.listener
+            && !self.armed
+            && !self.backoff
+        {
+            self.armed = true;
+            let fd = types::Fd(listener.as_raw_fd());
+            let accept = opcode::AcceptMulti::new(fd).flags(libc::SOCK_CLOEXEC);
+            ring.push(Kind::Accept, ClientId::NONE, accept.build());
         }
-        self.armed = true;
-        let e = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(ops::encode(Kind::Accept, ClientId::NONE));
-        ring.push(e);
     }
 
     fn cancel(&mut self, ring: &mut Ring) {
         if self.armed && !self.cancelling {
             self.cancelling = true;
             let none = ClientId::NONE;
-            ring.push(ops::cancel(
-                ops::encode(Kind::Accept, none),
-                ops::encode(Kind::Ctl, none),
-            ));
+            ring.push(Kind::Ctl, none, ops::cancel(Kind::Accept, none));
         }
     }
 
@@ -182,9 +176,7 @@ impl Acceptor {
             let stream = unsafe { TcpStream::from_raw_fd(res) };
             let arrival = self.state.registry.accepted();
             if stopping {
-                drop(stream);
-                let client = arrival.client;
-                self.state.registry.ended(client, Ended::ClosedAtShutdown);
+                self.turn_away(stream, arrival, Ended::ClosedAtShutdown);
                 return None;
             }
             return self.newcomer(stream, arrival, ring);
@@ -210,30 +202,24 @@ impl Acceptor {
         arrival: Arrival,
         ring: &mut Ring,
     ) -> Option<NewClient> {
-        let permit = match self.state.config.over_limit {
-            OverLimit::Wait => {
-                let permit = match self.waiting.is_empty() {
-                    true => self.state.registry.try_permit(),
-                    false => None,
-                };
-                if permit.is_none() {
-                    if self.waiting.try_reserve(1).is_err() {
-                        drop(stream);
-                        let client = arrival.client;
-                        self.state.registry.ended(client, Ended::Rejected);
-                        return None;
-                    }
-                    self.waiting.push_back((stream, arrival));
-                    bump(&self.shared.events.waited);
-                    // Full: no more accepts until there is room.
-                    self.cancel(ring);
-                    return None;
-                }
-                permit
-            }
-            // Taken by the admission, or rejected there.
-            OverLimit::Reject => None,
+        let wait = self.state.config.over_limit == OverLimit::Wait;
+        // With `reject`, the place is taken by the admission, or refused
+        // there; with `wait`, here, unless others wait for one before it.
+        let permit = match wait && self.waiting.is_empty() {
+            true => self.state.registry.try_permit(),
+            false => None,
         };
+        if wait && permit.is_none() {
+            if self.waiting.try_reserve(1).is_err() {
+                self.turn_away(stream, arrival, Ended::Rejected);
+                return None;
+            }
+            self.waiting.push_back((stream, arrival));
+            bump(&self.shared.events.waited);
+            // Full: no more accepts until there is room.
+            self.cancel(ring);
+            return None;
+        }
         self.admit(stream, arrival, permit, ring)
     }
 
@@ -259,19 +245,11 @@ impl Acceptor {
             Ok(()) => {
                 self.messages += 1;
                 bump(&self.shared.events.handed);
-                let peer_id = ClientId {
-                    slot: (target - 1) as u32,
-                    generation: 0,
-                };
-                let e = opcode::MsgRingData::new(
-                    types::Fd(to.ring.as_raw_fd()),
-                    0,
-                    ops::encode(Kind::Handoff, ClientId::NONE),
-                    None,
-                )
-                .build()
-                .user_data(ops::encode(Kind::MsgSent, peer_id));
-                ring.push(e);
+                let handoff = ops::encode(Kind::Handoff, ClientId::NONE);
+                let to_fd = types::Fd(to.ring.as_raw_fd());
+                let msg = opcode::MsgRingData::new(to_fd, 0, handoff, None).build();
+                // Its completion names the peer by its number.
+                ring.push(Kind::MsgSent, ClientId::from_u64(target as u64 - 1), msg);
                 None
             }
             // That ring is full up or gone: this one serves the client.
@@ -331,11 +309,15 @@ impl Acceptor {
     /// Closes the clients accepted that wait for a place, as closed at
     /// shutdown: the server is stopping, or this ring failed.
     pub(super) fn close_waiting(&mut self) {
-        for (stream, arrival) in self.waiting.drain(..) {
-            drop(stream);
-            let client = arrival.client;
-            self.state.registry.ended(client, Ended::ClosedAtShutdown);
+        for (stream, arrival) in std::mem::take(&mut self.waiting) {
+            self.turn_away(stream, arrival, Ended::ClosedAtShutdown);
         }
+    }
+
+    /// Closes a newcomer that is not to be served, counted as `how`.
+    fn turn_away(&self, stream: TcpStream, arrival: Arrival, how: Ended) {
+        drop(stream);
+        self.state.registry.ended(arrival.client, how);
     }
 
     /// Closes the other rings' channels. They end once theirs is closed,

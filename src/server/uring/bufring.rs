@@ -30,6 +30,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::Submitter;
 use io_uring::types::BufRingEntry;
 
+use crate::server::memory;
+
 /// `IOU_PBUF_RING_INC` of the kernel's `io_uring.h` (Linux 6.12), which
 /// io-uring 0.7 does not export.
 const IOU_PBUF_RING_INC: u16 = 2;
@@ -67,8 +69,7 @@ impl BufRing {
                 "a buffer ring needs a power of two of at most 32768 entries, of more than 0 bytes",
             ));
         }
-        // SAFETY: sysconf only reads a system constant.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let page = memory::page_size();
         let ring_bytes =
             (entries as usize * std::mem::size_of::<BufRingEntry>()).div_ceil(page) * page;
         let bytes = ring_bytes + entries as usize * size as usize;

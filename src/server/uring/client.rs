@@ -2,12 +2,8 @@
 //! ring has in flight for it. The session says what the client needs
 //! (answers to send, input wanted or not); this file turns that into
 //! submissions (one multishot receive, one send at a time, cancellations)
-//! and takes their completions back.
-//!
-//! A client's memory is freed, and its socket closed, only once none of
-//! its operations is left in the kernel: closing a socket does not cancel
-//! what the kernel holds of it, and a send in flight reads its answers
-//! from the session's buffer.
+//! and takes their completions back. It is freed only once none of its
+//! operations is left: a send in flight reads the session's buffer.
 
 use std::io;
 use std::net::TcpStream;
@@ -27,14 +23,12 @@ use crate::server::slots::ClientId;
 use crate::server::state::ServerState;
 
 /// An answer buffer longer than this goes out in two sends, this much
-/// first and the rest once it has gone. On loopback, one send of it all
-/// left the ring's thread doing the reader's side of TCP too: queueing
-/// the data into the reader's socket and waking it, and, as the ring fell
-/// behind, transmitting the reader's own queued data when the ring read.
-/// Split, the reader is woken by the first part and does that work in its
-/// own calls. Streaming one connection on a 2-core Xeon: 2.4 times less
-/// server CPU per byte and half again the bytes a second (first parts of
-/// 4 to 32 KiB measured alike).
+/// first. With one send of it all, on loopback, the ring's thread did the
+/// reader's side of TCP too (queueing into its socket and waking it, and
+/// sending the reader's own queued data when the ring read); split, the
+/// first part wakes the reader, which does that itself. One stream on a
+/// 2-core Xeon: 2.4 times less server CPU per byte and half again the
+/// bytes a second (first parts of 4 to 32 KiB measured alike).
 const FIRST_PART: usize = 16 * 1024;
 
 /// What a ring lends one of its clients for a step: its ring (to submit,
@@ -62,10 +56,9 @@ impl Serving<'_> {
 
 /// Where a client's multishot receive stands. One byte, like the rest of
 /// a client's own state: ten thousand idle clients hold it each.
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Recv {
     /// None in flight.
-    #[default]
     Off,
     /// It ended for want of buffers; armed again once some come back.
     Parked,
@@ -104,7 +97,7 @@ pub(super) struct Client {
     pub(super) recv: Recv,
     send_inflight: bool,
     /// It is being closed (its ring keeps how it ended).
-    closing: bool,
+    pub(super) closing: bool,
 }
 
 impl Client {
@@ -117,10 +110,6 @@ impl Client {
             send_inflight: false,
             closing: false,
         }
-    }
-
-    pub(super) fn is_closing(&self) -> bool {
-        self.closing
     }
 
     /// Whether it is closing and none of its operations is left: it can
@@ -143,7 +132,7 @@ impl Client {
         id: ClientId,
         with: &mut Serving<'_>,
     ) -> io::Result<Option<Outcome>> {
-        if self.is_closing() {
+        if self.closing {
             return Ok(None);
         }
         let cap = with.cap;
@@ -158,13 +147,11 @@ impl Client {
                 len = FIRST_PART;
                 bump(&with.events.split);
             }
-            let e = opcode::Send::new(types::Fd(self.socket.as_raw_fd()), at, len as u32)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(ops::encode(Kind::Send, id));
+            let fd = types::Fd(self.socket.as_raw_fd());
+            let send = opcode::Send::new(fd, at, len as u32).flags(libc::MSG_NOSIGNAL);
             self.send_inflight = true;
             self.ops += 1;
-            with.ring.push(e);
+            with.ring.push(Kind::Send, id, send.build());
         }
         if self.session.wants_input(cap) {
             if self.recv == Recv::Off {
@@ -180,8 +167,8 @@ impl Client {
             };
             self.ops += 1;
             bump(&with.events.paused);
-            let e = ops::cancel(ops::encode(Kind::Recv, id), ops::encode(Kind::Cancel, id));
-            with.ring.push(e);
+            let cancel = ops::cancel(Kind::Recv, id);
+            with.ring.push(Kind::Cancel, id, cancel);
         }
         if self.send_inflight {
             return Ok(None);
@@ -196,9 +183,7 @@ impl Client {
         let headroom = cap.saturating_sub(self.session.pending()).max(1);
         // One submission, a completion for every arrival, each in a buffer
         // the kernel takes from the ring's group.
-        let mut e = opcode::RecvMulti::new(types::Fd(self.socket.as_raw_fd()), GROUP)
-            .build()
-            .user_data(ops::encode(Kind::Recv, id));
+        let mut e = opcode::RecvMulti::new(types::Fd(self.socket.as_raw_fd()), GROUP).build();
         if limit {
             // The receive ends by itself once the headroom has arrived (the
             // last buffer may overshoot it): the byte protocol answers at
@@ -206,7 +191,7 @@ impl Client {
             // one buffer without any cancellation racing new data.
             ops::set_recv_limit(&mut e, headroom.min(u32::MAX as usize) as u32);
         }
-        ring.push(e);
+        ring.push(Kind::Recv, id, e);
     }
 
     /// A receive completion: its data (if any) is taken in, and its end
@@ -227,25 +212,22 @@ impl Client {
         if cqueue::buffer_more(flags) {
             bump(&with.events.shared_buffers);
         }
-        if let Some((_, data)) = with.ring.data(flags, len) {
-            if self.is_closing() {
+        if let Some(data) = with.ring.data(flags, len) {
+            if self.closing {
                 with.state.counters.bytes_in(len);
             } else {
                 // Caught here, not only around the whole step: a panic must
                 // not skip the buffer's recycling, or the ring loses it.
                 let session = &mut self.session;
                 let (now, state, spares, cap) = (with.now, with.state, &mut *with.spares, with.cap);
-                taken = match panic::catch_unwind(AssertUnwindSafe(|| {
+                taken = Outcome::of_step(panic::catch_unwind(AssertUnwindSafe(|| {
                     session.receive(data, now, state, spares, cap)
-                })) {
-                    Ok(taken) => taken.map_err(Outcome::from),
-                    Err(panic) => Err(Outcome::panicked(&*panic)),
-                };
+                })));
             }
         }
         with.ring.recycle(flags, len);
         with.offload(taken?, id);
-        if !last || self.is_closing() {
+        if !last || self.closing {
             return Ok(RecvEnd::Fine);
         }
         match res {
@@ -273,7 +255,7 @@ impl Client {
     /// A send completion: `res` bytes went, or the client failed.
     pub(super) fn on_send(&mut self, res: i32, with: &mut Serving<'_>) -> Result<(), Outcome> {
         self.send_inflight = false;
-        if self.is_closing() {
+        if self.closing {
             return Ok(());
         }
         match res {
@@ -295,10 +277,8 @@ impl Client {
         if self.ops > 0 {
             self.ops += 1;
             let fd = types::Fd(self.socket.as_raw_fd());
-            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd).all())
-                .build()
-                .user_data(ops::encode(Kind::Cancel, id));
-            ring.push(e);
+            let all = opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd).all());
+            ring.push(Kind::Cancel, id, all.build());
         }
     }
 

@@ -52,9 +52,8 @@ mod serve;
 
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use acceptor::{Acceptor, Peer};
@@ -99,9 +98,8 @@ struct Shared {
 
 /// The rings' set-up that tests change: the provided buffers (consumed
 /// incrementally if `incremental` and the kernel can, else taken whole,
-/// four times as many of a quarter the size),
-/// whether a receive is armed with a limit, and the tick (`None`: from
-/// the timeouts, see [`tick`]).
+/// four times as many of a quarter the size), whether a receive is armed
+/// with a limit, and the tick (`None`: from the timeouts, see [`tick`]).
 #[derive(Clone, Copy, Debug)]
 struct Tuning {
     buffers: Pool,
@@ -177,25 +175,17 @@ fn run_tuned(
     // itself must wait in the kernel rather than fail with EAGAIN.
     listener.set_nonblocking(false)?;
     let compute = ComputePool::for_server(state, settings.rings)?;
-    let result = start(
-        listener,
-        state,
-        settings,
-        compute.as_ref().map(ComputePool::handle),
-        tuning,
-        events,
-    )
-    .and_then(|threads| loops::join(threads, "ring"));
+    let handle = compute.as_ref().map(ComputePool::handle);
+    let result = start(listener, state, settings, handle, tuning, events)
+        .and_then(|threads| loops::join(threads, "ring"));
     if let Some(compute) = compute {
         compute.stop();
     }
     result
 }
 
-/// Starts every ring, each set up on its own thread (a ring belongs to
-/// the thread that made it: the kernel ties its clean-up to that thread),
-/// and lets them run only once all are set up, so that a failure to set
-/// one up is returned before any client is taken.
+/// Starts every ring, ring 0 last: it is handed the others, to deal
+/// them clients.
 fn start(
     listener: TcpListener,
     state: &Arc<ServerState>,
@@ -211,25 +201,28 @@ fn start(
         events,
     });
     let tick = tuning.tick.unwrap_or_else(|| self::tick(&state.config));
-    // Everything ring `id` needs to set itself up on its own thread.
+    // Ring `id`'s set-up, on its own thread: the ring, and a duplicate of
+    // its descriptor (for `MSG_RING`).
     let make = |id: usize, wake: Arc<EventFd>, feed: Feed| {
         let (state, shared) = (Arc::clone(state), Arc::clone(&shared));
         let (compute, cap) = (compute.clone(), settings.outbound_cap);
-        move || -> io::Result<RingLoop> {
+        move || -> io::Result<_> {
             let ring = Ring::new(&tuning, tick, BACKOFF, Arc::clone(&wake))?;
+            let fd = ring.duplicate()?;
             state.shutdown.register_waker(wake.clone());
             let offload = compute.map(|compute| Offloader::new(compute, wake));
-            Ok(RingLoop::new(id, ring, &state, &shared, feed, offload, cap))
+            let ring_loop = RingLoop::new(id, ring, &state, &shared, feed, offload, cap);
+            Ok((fd, move || ring_loop.run()))
         }
     };
-    let mut started = Started::default();
+    let mut starting = loops::Starting::new("ring", "uring", &state.shutdown);
     let set_up = || -> io::Result<()> {
         let mut peers = Vec::with_capacity(settings.rings);
         for id in 1..settings.rings {
             let (clients, incoming) = crossbeam_channel::bounded(HANDOFF);
             let wake = Arc::new(EventFd::new()?);
             let feed = Feed::Incoming(Some(incoming));
-            let ring = started.ring(id, state, make(id, Arc::clone(&wake), feed))?;
+            let ring = starting.spawn(id, make(id, Arc::clone(&wake), feed))?;
             peers.push(Peer {
                 clients,
                 ring,
@@ -238,82 +231,11 @@ fn start(
         }
         let acceptor = Acceptor::new(listener, peers, state, &shared);
         let feed = Feed::Acceptor(Box::new(acceptor));
-        started.ring(0, state, make(0, wake_acceptor, feed))?;
+        starting.spawn(0, make(0, wake_acceptor, feed))?;
         Ok(())
     };
-    let result = set_up();
-    started.go(result.is_ok());
-    match result {
-        Ok(()) => Ok(started.threads),
-        Err(e) => {
-            let _ = loops::join(started.threads, "ring");
-            Err(e)
-        }
-    }
-}
-
-/// Ring threads set up and waiting for the word to run.
-#[derive(Default)]
-struct Started {
-    threads: Vec<LoopThread>,
-    go: Vec<mpsc::SyncSender<bool>>,
-}
-
-impl Started {
-    /// Starts ring `id`'s thread, which sets its ring up with `make`, and
-    /// returns a duplicate of the ring's descriptor (for `MSG_RING`) once
-    /// it is.
-    fn ring(
-        &mut self,
-        id: usize,
-        state: &ServerState,
-        make: impl FnOnce() -> io::Result<RingLoop> + Send + 'static,
-    ) -> io::Result<OwnedFd> {
-        let shutdown = state.shutdown.clone();
-        let context = |e: io::Error| io::Error::new(e.kind(), format!("ring {id}: {e}"));
-        let (ready, is_ready) = mpsc::sync_channel::<io::Result<OwnedFd>>(1);
-        let (go, goes) = mpsc::sync_channel::<bool>(1);
-        let thread = loops::spawn("ring", id, format!("uring-{id}"), shutdown, move || {
-            let ring_loop = match make().and_then(|r| {
-                // SAFETY: the ring's descriptor is open while `r` lives.
-                let fd = unsafe { BorrowedFd::borrow_raw(r.ring.uring.as_raw_fd()) };
-                Ok((fd.try_clone_to_owned()?, r))
-            }) {
-                Ok((fd, ring_loop)) => {
-                    let _ = ready.send(Ok(fd));
-                    ring_loop
-                }
-                Err(e) => {
-                    // Reported through `ready`, as a set-up failure.
-                    let _ = ready.send(Err(e));
-                    return Ok(());
-                }
-            };
-            if goes.recv() != Ok(true) {
-                return Ok(());
-            }
-            ring_loop.run()
-        })
-        .map_err(|e| {
-            context(io::Error::new(
-                e.kind(),
-                format!("cannot start its thread: {e}"),
-            ))
-        })?;
-        self.threads.push(thread);
-        self.go.push(go);
-        is_ready
-            .recv()
-            .unwrap_or_else(|_| Err(io::Error::other("its thread ended while setting it up")))
-            .map_err(context)
-    }
-
-    /// Lets every ring run, or end at once.
-    fn go(&mut self, run: bool) {
-        for go in self.go.drain(..) {
-            let _ = go.send(run);
-        }
-    }
+    let all_set_up = set_up();
+    starting.release(all_set_up)
 }
 
 #[cfg(test)]

@@ -82,9 +82,9 @@ pub(super) fn decode(user_data: u64) -> Option<(Kind, ClientId)> {
     Some((kind, ClientId::from_u64(user_data & ((1 << ID_BITS) - 1))))
 }
 
-/// A cancellation of the operation named `target`, itself named `name`.
-pub(super) fn cancel(target: u64, name: u64) -> squeue::Entry {
-    opcode::AsyncCancel::new(target).build().user_data(name)
+/// A cancellation of operation `kind` of client `id`.
+pub(super) fn cancel(kind: Kind, id: ClientId) -> squeue::Entry {
+    opcode::AsyncCancel::new(encode(kind, id)).build()
 }
 
 /// Operations that found the submission queue full even after a submit,

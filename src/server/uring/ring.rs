@@ -6,6 +6,7 @@
 
 use std::io;
 use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
@@ -37,7 +38,7 @@ pub(super) struct Ring {
     // Dropped first: closing the ring ends what the kernel still holds of
     // the memory below (after a failure; normally nothing is left).
     pub(super) uring: IoUring,
-    pub(super) bufs: BufRing,
+    bufs: BufRing,
     pub(super) ops: Ops,
     fixed: ManuallyDrop<Box<Fixed>>,
     wake: std::sync::Arc<EventFd>,
@@ -92,9 +93,18 @@ impl Ring {
         Ok(())
     }
 
-    /// Queues `entry`; it counts as in flight until its final completion.
-    pub(super) fn push(&mut self, entry: squeue::Entry) {
-        self.ops.push(&mut self.uring, entry);
+    /// A duplicate of its descriptor, for another ring's `MSG_RING`s.
+    pub(super) fn duplicate(&self) -> io::Result<OwnedFd> {
+        // SAFETY: the ring's descriptor is open while it lives.
+        unsafe { BorrowedFd::borrow_raw(self.uring.as_raw_fd()) }.try_clone_to_owned()
+    }
+
+    /// Queues `entry` as operation `kind` of client `id` (of the ring
+    /// itself: [`ClientId::NONE`]); it counts as in flight until its final
+    /// completion.
+    pub(super) fn push(&mut self, kind: Kind, id: ClientId, entry: squeue::Entry) {
+        self.ops
+            .push(&mut self.uring, entry.user_data(ops::encode(kind, id)));
     }
 
     /// Submits what is queued and waits: for at least one completion, or,
@@ -117,14 +127,13 @@ impl Ring {
         } else {
             self.uring.submit_and_wait(usize::from(all_queued))
         };
-        match waited {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::ETIME)
-                ) => {}
-            Err(e) => return Err(e),
+        if let Err(e) = waited
+            && !matches!(
+                e.raw_os_error(),
+                Some(libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::ETIME)
+            )
+        {
+            return Err(e);
         }
         // No more than `cqes` holds: the rest are reaped by the next wait,
         // which does not sleep while there are any, and a burst leaves no
@@ -141,9 +150,9 @@ impl Ring {
 
     /// The data a receive completion carries, if any (valid until
     /// [`recycle`](Ring::recycle)d).
-    pub(super) fn data(&self, flags: u32, len: usize) -> Option<(u16, &[u8])> {
+    pub(super) fn data(&self, flags: u32, len: usize) -> Option<&[u8]> {
         let bid = cqueue::buffer_select(flags)?;
-        Some((bid, self.bufs.get(bid, len).unwrap_or_default()))
+        Some(self.bufs.get(bid, len).unwrap_or_default())
     }
 
     /// The completion's `len` bytes have been dealt with: its buffer, if
@@ -158,14 +167,9 @@ impl Ring {
 
     fn arm_wake(&mut self) {
         self.wake_armed = true;
-        let e = opcode::Read::new(
-            types::Fd(self.wake.fd()),
-            &raw mut self.fixed.wake as *mut u8,
-            8,
-        )
-        .build()
-        .user_data(ops::encode(Kind::Wake, ClientId::NONE));
-        self.push(e);
+        let counter = &raw mut self.fixed.wake as *mut u8;
+        let read = opcode::Read::new(types::Fd(self.wake.fd()), counter, 8);
+        self.push(Kind::Wake, ClientId::NONE, read.build());
     }
 
     /// The eventfd's read completed: what woke the ring (a client, an
@@ -187,12 +191,8 @@ impl Ring {
             types::TimeoutFlags::empty()
         };
         // No count: it fires on time alone, every tick until removed.
-        let e = opcode::Timeout::new(&raw const self.fixed.tick)
-            .count(0)
-            .flags(flags)
-            .build()
-            .user_data(ops::encode(Kind::Tick, ClientId::NONE));
-        self.push(e);
+        let tick = opcode::Timeout::new(&raw const self.fixed.tick).count(0);
+        self.push(Kind::Tick, ClientId::NONE, tick.flags(flags).build());
     }
 
     /// A tick fired: armed again if that was its last completion (before
@@ -215,24 +215,20 @@ impl Ring {
     /// Arms the pause after an accept error: the accept is re-armed when
     /// it fires.
     pub(super) fn arm_backoff(&mut self) {
-        let e = opcode::Timeout::new(&raw const self.fixed.backoff)
-            .build()
-            .user_data(ops::encode(Kind::Backoff, ClientId::NONE));
-        self.push(e);
+        let pause = opcode::Timeout::new(&raw const self.fixed.backoff);
+        self.push(Kind::Backoff, ClientId::NONE, pause.build());
     }
 
     /// Cancels the ring's own operations, for a ring that ends once their
     /// last completion is in.
     pub(super) fn cancel_own(&mut self) {
-        let ctl = ops::encode(Kind::Ctl, ClientId::NONE);
+        let none = ClientId::NONE;
         if self.tick_armed {
-            let e = opcode::TimeoutRemove::new(ops::encode(Kind::Tick, ClientId::NONE))
-                .build()
-                .user_data(ctl);
-            self.push(e);
+            let remove = opcode::TimeoutRemove::new(ops::encode(Kind::Tick, none));
+            self.push(Kind::Ctl, none, remove.build());
         }
         if self.wake_armed {
-            self.push(ops::cancel(ops::encode(Kind::Wake, ClientId::NONE), ctl));
+            self.push(Kind::Ctl, none, ops::cancel(Kind::Wake, none));
         }
     }
 

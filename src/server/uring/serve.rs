@@ -156,10 +156,8 @@ impl RingLoop {
     /// use is given up.
     fn fail(&mut self, e: io::Error) -> io::Error {
         for client in self.clients.drain() {
-            client.end(
-                io::Error::new(e.kind(), e.to_string()).into(),
-                &mut self.spares,
-            );
+            let failed = io::Error::new(e.kind(), e.to_string());
+            client.end(failed.into(), &mut self.spares);
         }
         if let Feed::Acceptor(acceptor) = &mut self.feed {
             acceptor.close_waiting();
@@ -246,14 +244,13 @@ impl RingLoop {
             now: self.now,
         };
         let stepped = panic::catch_unwind(AssertUnwindSafe(|| f(client, &mut with)));
-        let outcome = match stepped {
-            Ok(Ok(None | Some(RecvEnd::Fine))) => None,
-            Ok(Ok(Some(RecvEnd::Parked))) => {
+        match Outcome::of_step(stepped) {
+            Ok(None | Some(RecvEnd::Fine)) => {}
+            Ok(Some(RecvEnd::Parked)) => {
                 self.parked.push_back(id);
                 bump(&self.shared.events.parked);
-                None
             }
-            Ok(Ok(Some(RecvEnd::LimitRefused))) => {
+            Ok(Some(RecvEnd::LimitRefused)) => {
                 if self.ring.recv_limit {
                     tracing::debug!("ring {}: multishot receive takes no limit here", self.id);
                 }
@@ -262,23 +259,17 @@ impl RingLoop {
                     .events
                     .limit_refused
                     .store(true, Ordering::Relaxed);
-                None
             }
-            Ok(Err(outcome)) => Some(outcome),
-            Err(panic) => Some(Outcome::panicked(&*panic)),
-        };
-        if let Some(outcome) = outcome {
-            self.close(id, outcome);
+            Err(outcome) => self.close(id, outcome),
         }
     }
 
     /// Does whatever a client's state now calls for, and ends it once it
     /// is done.
     fn progress(&mut self, id: ClientId) {
-        self.step(id, |client, with| match client.progress(id, with) {
-            Ok(None) => Ok(None),
-            Ok(Some(finished)) => Err(finished),
-            Err(e) => Err(e.into()),
+        self.step(id, |client, with| match client.progress(id, with)? {
+            Some(finished) => Err(finished),
+            None => Ok(None),
         });
         self.maybe_end(id);
     }
@@ -304,7 +295,7 @@ impl RingLoop {
     /// left.
     fn close(&mut self, id: ClientId, outcome: Outcome) {
         if let Some(client) = self.clients.get_mut(id)
-            && !client.is_closing()
+            && !client.closing
         {
             self.ending.insert(id.slot, outcome);
             client.close(id, &mut self.ring);
@@ -315,10 +306,9 @@ impl RingLoop {
     /// Ends a closing client once none of its operations is in flight:
     /// counted, logged, its memory freed, its socket closed.
     fn maybe_end(&mut self, id: ClientId) {
-        if !self.clients.get(id).is_some_and(Client::is_done) {
-            return;
-        }
-        if let Some(client) = self.clients.remove(id) {
+        if self.clients.get(id).is_some_and(Client::is_done)
+            && let Some(client) = self.clients.remove(id)
+        {
             let outcome = self.ending.remove(&id.slot).unwrap_or(Outcome::Done);
             client.end(outcome, &mut self.spares);
             self.place_freed();
@@ -338,10 +328,9 @@ impl RingLoop {
     /// the longest waiting first: as many as buffers came back, so that a
     /// dry ring does not re-arm everyone to fail again.
     fn rearm_parked(&mut self, mut budget: usize) {
-        while budget > 0 {
-            let Some(id) = self.parked.pop_front() else {
-                break;
-            };
+        while budget > 0
+            && let Some(id) = self.parked.pop_front()
+        {
             if let Some(client) = self.clients.get_mut(id)
                 && client.recv == Recv::Parked
             {
@@ -359,7 +348,7 @@ impl RingLoop {
         let closing = self.state.registry.is_closing();
         let (now, config) = (self.now, &self.state.config);
         let expired: Vec<_> = (self.clients.iter())
-            .filter(|(_, c)| !c.is_closing())
+            .filter(|(_, c)| !c.closing)
             .filter_map(|(id, c)| {
                 // Once the drain is over, `shutdown(2)` on its socket ends
                 // a client through its receive or send; one with neither
@@ -420,20 +409,14 @@ impl RingLoop {
     /// room allows; the clients it deals to itself are taken on here.
     fn accept_turn(&mut self) {
         let stopping = self.phase != Phase::Serving;
-        loop {
-            let Feed::Acceptor(acceptor) = &mut self.feed else {
-                return;
-            };
-            match acceptor.turn(&mut self.ring, stopping) {
-                Some((guard, stream)) => self.add(guard, stream),
-                None => return,
-            }
+        while let Feed::Acceptor(acceptor) = &mut self.feed
+            && let Some((guard, stream)) = acceptor.turn(&mut self.ring, stopping)
+        {
+            self.add(guard, stream);
         }
     }
 
-    /// Once stopping, with no client left and none to come, cancels the
-    /// ring's own operations; the loop ends when their last completion is
-    /// in.
+    /// Moves on to [`Phase::Exiting`] once it may.
     fn maybe_exit(&mut self) {
         if self.phase != Phase::Stopping || !self.clients.is_empty() {
             return;

@@ -5,7 +5,9 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown as Half, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
