@@ -34,7 +34,7 @@ use io_uring::{opcode, types};
 
 use super::ops::{self, Completion, Kind};
 use super::ring::Ring;
-use super::{Shared, bump};
+use super::shared::{Shared, bump};
 use crate::server::admission::Admission;
 use crate::server::config::OverLimit;
 use crate::server::counters::Ended;

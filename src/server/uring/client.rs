@@ -15,7 +15,7 @@ use io_uring::{cqueue, opcode, types};
 
 use super::ops::{self, Completion, Kind};
 use super::ring::Ring;
-use super::{GROUP, RingEvents, bump};
+use super::shared::{GROUP, RingEvents, bump};
 use crate::server::compute::Offloader;
 use crate::server::registry::Outcome;
 use crate::server::session::{Session, Spares, ToTest};

@@ -41,7 +41,8 @@
 //! The parts: `ring` (the io_uring instance, its provided buffers in
 //! `bufring`, and its own operations), `acceptor` (ring 0's multishot
 //! accept), `client` (one client's operations over its session), `serve`
-//! (the loop), and here, the rings started and joined.
+//! (the loop), `shared` (what they all share, and what tests tune), and
+//! here, the rings started and joined.
 
 mod acceptor;
 mod bufring;
@@ -49,16 +50,18 @@ mod client;
 mod ops;
 mod ring;
 mod serve;
+mod shared;
 
 use std::io;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use acceptor::{Acceptor, Peer};
 use ring::Ring;
 use serve::{Feed, RingLoop};
+use shared::{RingEvents, Shared, Tuning};
 
 use super::admission::BACKOFF;
 use super::compute::{Compute, ComputePool, Offloader};
@@ -68,86 +71,6 @@ use super::model::UringSettings;
 use super::session::{self, HANDOFF};
 use super::state::ServerState;
 use crate::shutdown::EventFd;
-
-/// The provided-buffer group every ring uses (each ring has its own).
-const GROUP: u16 = 0;
-
-/// A ring's provided buffers: how many, of how many bytes.
-#[derive(Clone, Copy, Debug)]
-struct Pool {
-    count: u16,
-    size: u32,
-}
-
-/// Provided buffers per ring, consumed incrementally: 4 MiB of address
-/// space, resident only once data has passed through. A receive may take
-/// as much as `event` reads at once, and small ones share a buffer. Taken
-/// whole (before Linux 6.12), the same space is 256 of 16 KiB.
-const BUFFERS: Pool = Pool {
-    count: 64,
-    size: 64 * 1024,
-};
-
-/// What the rings share: how a place freed on any ring reaches ring 0
-/// while it waits for one, and what they did.
-struct Shared {
-    acceptor_waits: AtomicBool,
-    wake_acceptor: Arc<EventFd>,
-    events: Arc<RingEvents>,
-}
-
-/// The rings' set-up that tests change: the provided buffers (consumed
-/// incrementally if `incremental` and the kernel can, else taken whole,
-/// four times as many of a quarter the size), whether a receive is armed
-/// with a limit, and the tick (`None`: from the timeouts, see [`tick`]).
-#[derive(Clone, Copy, Debug)]
-struct Tuning {
-    buffers: Pool,
-    incremental: bool,
-    recv_limit: bool,
-    tick: Option<Duration>,
-}
-
-impl Default for Tuning {
-    fn default() -> Self {
-        Tuning {
-            buffers: BUFFERS,
-            incremental: true,
-            recv_limit: true,
-            tick: None,
-        }
-    }
-}
-
-/// What the rings did that the [`Summary`](crate::server::Summary) does
-/// not show, for the tests to see which way a case went.
-#[derive(Debug, Default)]
-struct RingEvents {
-    /// Receives that ran out of provided buffers.
-    parked: AtomicU64,
-    /// Receives cancelled because their client was over the cap (or
-    /// waiting for a number).
-    paused: AtomicU64,
-    /// Newcomers accepted in a burst that found the server full, kept in
-    /// ring 0's queue.
-    waited: AtomicU64,
-    /// Clients handed to another ring.
-    handed: AtomicU64,
-    /// The kernel refused a limit on a receive (before Linux 6.17).
-    limit_refused: AtomicBool,
-    /// Answer buffers sent in two parts.
-    split: AtomicU64,
-    /// Receives that left the rest of their buffer to the next:
-    /// incremental consumption at work.
-    shared_buffers: AtomicU64,
-    /// A ring's buffers are taken whole (incremental consumption not
-    /// asked for, or refused before Linux 6.12).
-    whole_buffers: AtomicBool,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
 
 /// How often a ring ticks: as often as `event` looks for expired clients
 /// (an eighth of the shortest timeout, from 5 ms to 1 s), and at least

@@ -13,7 +13,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::bufring::BufRing;
 use super::ops::{self, Kind, Ops};
-use super::{GROUP, Pool, Tuning};
+use super::shared::{GROUP, Pool, Tuning};
 use crate::server::kernel;
 use crate::server::slots::ClientId;
 use crate::shutdown::EventFd;

@@ -22,7 +22,7 @@ use super::acceptor::Acceptor;
 use super::client::{Client, Recv, RecvEnd, Serving};
 use super::ops::{self, Completion, Kind};
 use super::ring::Ring;
-use super::{Shared, bump};
+use super::shared::{Shared, bump};
 use crate::server::compute::Offloader;
 use crate::server::registry::{ClientGuard, Outcome};
 use crate::server::session::{Handed, NewClient, Session, Spares};

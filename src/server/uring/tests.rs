@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use super::shared::Pool;
 use super::*;
 use crate::server::config::OverLimit;
 use crate::server::counters::Summary;
