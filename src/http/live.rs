@@ -28,21 +28,20 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http_body_util::BodyExt;
 use hyper::body::{Bytes, Frame};
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
-use tokio::sync::Notify;
 
-use super::{Ask, Body, Limits, State, full, text};
+use super::page::{Ask, Body, Limits, Progress, State, Watched, full, text};
 use crate::server::timeline::{Event, Missed, What};
-use crate::server::{Config, Counters, Summary};
+use crate::server::{Counters, Summary};
 
 /// The page: one document, so that it is whole wherever it is saved.
 const PAGE: &str = concat!(
@@ -51,48 +50,6 @@ const PAGE: &str = concat!(
     include_str!("live/page.js"),
     "</script>\n</body>\n</html>\n"
 );
-
-/// A server the port shows: what it is, and its counters (with its
-/// timeline).
-#[derive(Clone, Debug)]
-pub struct Watched {
-    name: String,
-    model: &'static str,
-    settings: Vec<String>,
-    counters: Arc<Counters>,
-}
-
-impl Watched {
-    /// The server `config` describes, counting into `counters` (the
-    /// `Arc` that [`server::run_counted`](crate::server::run_counted) or
-    /// [`Server::counters`](crate::server::Server::counters) shares).
-    pub fn new(config: &Config, counters: Arc<Counters>) -> Watched {
-        let secs = |d: Option<Duration>| match d {
-            Some(d) => format!("{} s", d.as_secs_f64()),
-            None => "off".to_string(),
-        };
-        let over = match config.over_limit {
-            crate::server::OverLimit::Wait => "wait",
-            crate::server::OverLimit::Reject => "reject",
-        };
-        Watched {
-            name: config.describe(),
-            model: config.model().name(),
-            settings: vec![
-                format!("--max-conns {} (over it: {over})", config.max_conns),
-                format!("--idle-timeout {}", secs(config.idle_timeout)),
-                format!("--write-timeout {}", secs(config.write_timeout)),
-                format!("--drain-timeout {}", secs(Some(config.drain_timeout))),
-            ],
-            counters,
-        }
-    }
-
-    /// Its counters.
-    pub fn counters(&self) -> &Arc<Counters> {
-        &self.counters
-    }
-}
 
 /// How a server is named to the page and in `/clients`.
 #[derive(Serialize)]
@@ -336,39 +293,6 @@ impl StreamPermit {
 impl Drop for StreamPermit {
     fn drop(&mut self) {
         self.0.streams.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// When a connection's stream last took a frame: the deadline of
-/// [`Limits::stream_stall`] runs from there. hyper asks a body for its
-/// next frame only when it has room to write it, so a viewer whose socket
-/// does not drain stops the asking, and the stream is closed.
-#[derive(Default)]
-pub(super) struct Progress {
-    streaming: Notify,
-    last: Mutex<Option<Instant>>,
-}
-
-impl Progress {
-    fn touch(&self) {
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        if last.replace(Instant::now()).is_none() {
-            self.streaming.notify_one();
-        }
-    }
-
-    /// Returns once a stream on this connection has taken nothing for
-    /// `limit`; never, on a connection that does not stream.
-    pub(super) async fn stalled(&self, limit: Duration) {
-        self.streaming.notified().await;
-        loop {
-            let last = *self.last.lock().unwrap_or_else(PoisonError::into_inner);
-            let due = last.unwrap_or_else(Instant::now) + limit;
-            if Instant::now() >= due {
-                return;
-            }
-            tokio::time::sleep_until(due.into()).await;
-        }
     }
 }
 

@@ -33,6 +33,7 @@
 mod connections;
 pub mod live;
 pub mod metrics;
+mod page;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -42,10 +43,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
@@ -56,80 +55,12 @@ use tokio::sync::oneshot;
 
 use crate::server::listener;
 use connections::{Busy, Connection, Connections};
-pub use live::Watched;
-
-/// What the port's clients may hold (see the module's docs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// How long a client has to send a whole request head.
-    pub head_deadline: Duration,
-    /// The most connections open at once.
-    pub max_connections: usize,
-    /// The longest request head, in bytes (at least 8 KiB, hyper's least).
-    pub max_head: usize,
-    /// The most `/events` streams open at once; fewer than
-    /// `max_connections`, since a stream is never evicted.
-    pub max_streams: usize,
-    /// How long a stream's connection may take nothing of it (its socket
-    /// does not drain) before it is closed.
-    pub stream_stall: Duration,
-    /// How often a stream sends what happened since its last frame.
-    pub stream_every: Duration,
-    /// The most events of one server a stream's frame carries (and the most
-    /// read from the ring at one time): a viewer further behind catches up
-    /// over the next frames.
-    pub events_per_frame: usize,
-    /// The kernel's send buffer of each connection (`SO_SNDBUF`): with
-    /// hyper's own, what a viewer that reads nothing can hold unsent
-    /// before its stream stalls.
-    pub send_buffer: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            // Prometheus sends its request at once; a few seconds spare a
-            // slow network and bound what a dripping client can hold.
-            head_deadline: Duration::from_secs(5),
-            // A few scrapers and browsers; each costs a task and buffers.
-            max_connections: 64,
-            max_head: 8 * 1024,
-            // A few browsers; each costs a task, a frame's buffer and the
-            // HTTP thread's time ten times a second.
-            max_streams: 8,
-            // Generous for a browser tab in the background, which still
-            // reads its stream.
-            stream_stall: Duration::from_secs(10),
-            // Smooth enough for the eye, rare enough to cost nothing.
-            stream_every: Duration::from_millis(100),
-            // About 100 KiB of JSON: a whole ring in under a second.
-            events_per_frame: 2048,
-            // A page (12 KiB) or a scrape (4 KiB) at once, and a second or
-            // two of a busy server's events; Linux doubles it.
-            send_buffer: 128 * 1024,
-        }
-    }
-}
+use page::{Ask, Progress, State, full, text};
+pub use page::{Body, Limits, Watched};
 
 /// The backlog of the port's listener: room for a burst of connections
 /// while its one thread is busy.
 const BACKLOG: i32 = 1024;
-
-/// What the pages are made from.
-struct State {
-    servers: Vec<Watched>,
-    limits: Limits,
-    /// `/events` streams open now.
-    streams: AtomicUsize,
-}
-
-/// A request, with what its page may need.
-struct Ask<'a> {
-    request: &'a Request<Incoming>,
-    state: &'a Arc<State>,
-    /// Its connection's, for a stream to say when it last took a frame.
-    progress: &'a Arc<live::Progress>,
-}
 
 /// What answers a GET of a page (a HEAD is answered as its GET, without
 /// the body).
@@ -142,10 +73,6 @@ const ROUTES: &[(&str, Page)] = &[
     ("/events", live::events),
     ("/clients", live::clients),
 ];
-
-/// The body of an answer: boxed, so that a page can be a stream as well
-/// as bytes.
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// `HOST:PORT` for the port, as `--http` takes it: checked for its form
 /// here, resolved and bound by [`bind`].
@@ -358,7 +285,7 @@ async fn serve_connection(
     state: Arc<State>,
     http: Arc<http1::Builder>,
 ) {
-    let progress = Arc::new(live::Progress::default());
+    let progress = Arc::new(Progress::default());
     let service = service_fn(|request: Request<Incoming>| {
         let busy = connection.busy();
         let ask = Ask {
@@ -452,20 +379,6 @@ fn metrics_page(ask: &Ask) -> Response<Body> {
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(format.content_type()),
-    );
-    response
-}
-
-fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into()).boxed_unsync()
-}
-
-fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut response = Response::new(full(body.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
 }
