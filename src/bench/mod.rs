@@ -10,9 +10,13 @@
 //!   and threads read from `/proc`.
 //! - [`report`]: runs, the rows of the table, `results.json`, the latency
 //!   spectra.
+//! - [`table`]: the table printed at the end, and the notes under it.
 //! - [`plot`]: throughput and latency pictures (SVG).
-//! - [`run`](mod@run): the servers as child processes, the interleaved
-//!   repeats, the kernel's counters, the progress bar.
+//! - [`options`]: what a run is asked for, and its one check.
+//! - [`contender`]: the servers measured: the models and the references as
+//!   child processes, or a server started elsewhere.
+//! - [`run`](mod@run): the interleaved repeats, the kernel's counters, the
+//!   progress bar, the outputs written.
 //! - [`cpus`], [`kernel`], [`syscalls`]: pinning and CPU accounting; the
 //!   TCP counters; the server's system calls, counted by the kernel.
 //! - [`floor`]: the floor reference, the least server that answers the
@@ -62,17 +66,20 @@ use hdrhistogram::Histogram;
 use crate::protocol::MSG_END;
 
 pub mod child;
+pub mod contender;
 pub mod cpus;
 pub mod engine;
 pub mod floor;
 pub mod idle;
 pub mod kernel;
 pub mod latency;
+pub mod options;
 pub mod plot;
 pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod syscalls;
+pub mod table;
 
 pub use floor::serve_floor;
 pub use report::{Percentiles, Results, Row, Run};
