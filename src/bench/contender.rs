@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use super::child::ServerProcess;
+use super::cpus;
+use super::echo::{self, Peer};
 use super::options::Options;
 use super::scenario::Scenario;
-use super::{Peer, cpus};
 use crate::server::Model;
 
 /// A server run beside the models to measure them against, each a hidden
@@ -17,7 +18,7 @@ use crate::server::Model;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reference {
     /// Throughput's yardstick: the same system calls as the thread models,
-    /// no protocol work ([`super::start_echo`]).
+    /// no protocol work ([`echo::start_echo`]).
     Echo,
     /// CPU's and system calls' yardstick: the least server that answers
     /// the protocol ([`super::floor`]).
@@ -54,7 +55,7 @@ impl Reference {
     /// process lives: `concur echo`, `concur floor`.
     pub fn serve(self, listener: std::net::TcpListener) -> io::Result<()> {
         match self {
-            Reference::Echo => super::serve_echo(listener),
+            Reference::Echo => echo::serve_echo(listener),
             Reference::Floor => super::serve_floor(listener),
         }
     }

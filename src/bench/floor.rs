@@ -23,7 +23,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::ECHO_BUF_SIZE;
+use super::echo::ECHO_BUF_SIZE;
 use crate::protocol::{ACK, Processor};
 
 const LISTENER: Token = Token(usize::MAX);

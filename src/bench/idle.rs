@@ -23,7 +23,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::child::ServerProcess;
-use super::{engine, new_histogram, same_bytes};
+use super::latency::new_histogram;
+use super::{engine, same_bytes};
 use crate::server::Model;
 
 /// How often a newcomer arrives while the idle clients are connected (one

@@ -7,8 +7,6 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::new_histogram;
-
 /// Latency percentiles, in microseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Percentiles {
@@ -152,4 +150,11 @@ impl Histograms {
             probe: merge(|h| h.probe.as_ref()),
         }
     }
+}
+
+/// An empty latency histogram: one microsecond to an hour, three
+/// significant digits; an hour is far beyond any timeout, so nothing
+/// saturates.
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }

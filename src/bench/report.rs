@@ -13,8 +13,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::idle::IdleFigures;
+use super::latency::new_histogram;
 pub use super::latency::{Histograms, Percentiles, hgrm, spectrum};
-use super::new_histogram;
 use super::scenario::{Params, Scenario};
 
 /// One run: one server, one connection count, one repeat.

@@ -29,12 +29,13 @@ pub use super::contender::Reference;
 pub use super::options::{MAX_CLIENT_THREADS, MAX_COUNT, Options, ValidOptions};
 
 use super::contender::{Contender, Serves, contenders};
+use super::cpus;
+use super::echo::Peer;
 use super::engine::{self, Plan, Speaks};
 use super::idle;
 use super::kernel::Counters;
 use super::report::{Histograms, Percentiles, Results, Run, spectrum};
 use super::scenario::Scenario;
-use super::{Peer, cpus};
 use crate::server::{self, Model};
 
 /// Runs everything `options` asks for and returns the results (nothing
