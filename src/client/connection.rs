@@ -8,7 +8,9 @@ use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use super::log::{Level, Log, py_bytes};
-use super::{Chunk, Connection, Options, Step};
+use super::options::Options;
+use super::report::{Chunk, Connection};
+use super::script::Step;
 use crate::protocol::ACK;
 
 /// What every connection of one run shares.
