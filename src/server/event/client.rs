@@ -9,12 +9,15 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::READS_PER_TURN;
 use crate::server::compute::Offloader;
 use crate::server::registry::Outcome;
 use crate::server::session::{Session, Spares, ToTest};
 use crate::server::slots::ClientId;
 use crate::server::state::ServerState;
+
+/// Reads one client may make in a turn (up to 1 MiB) before the loop
+/// serves the others.
+pub(super) const READS_PER_TURN: usize = 16;
 
 /// One client of an event loop.
 pub(super) struct LoopClient {

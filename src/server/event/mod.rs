@@ -63,10 +63,6 @@ use super::session::{self, HANDOFF, Handed, NewClient, Session, Spares};
 use super::slots::{ClientId, Slots};
 use super::state::ServerState;
 
-/// Reads one client may make in a turn (up to 1 MiB) before the loop
-/// serves the others.
-const READS_PER_TURN: usize = 16;
-
 /// The waker's token; a client's is its id, which never reaches it.
 const WAKE: Token = Token(usize::MAX);
 

@@ -1,5 +1,6 @@
 //! The loop's fair turns, and what a failed poll does.
 
+use super::client::READS_PER_TURN;
 use super::*;
 use crate::server::config::Config;
 use crate::server::model::Model;
