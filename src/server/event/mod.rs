@@ -284,17 +284,11 @@ impl EventLoop {
     }
 
     fn take_new_clients(&mut self) {
-        // A handle of its own (a reference count), so that the clients can
+        // Handles of their own (reference counts), so that the clients can
         // be added to the loop as they are taken.
-        let incoming = self.incoming.clone();
-        let mut handed = Handed::from(&incoming);
-        for client in &mut handed {
-            if self.state.shutdown.is_triggered() {
-                // Its guard, dropped first, counts it as closed at shutdown.
-                drop(client);
-                continue;
-            }
-            let (guard, stream) = client;
+        let (incoming, shutdown) = (self.incoming.clone(), self.state.shutdown.clone());
+        let mut handed = Handed::from(&incoming, &shutdown);
+        for (guard, stream) in &mut handed {
             self.add(guard, stream);
         }
         self.incoming_closed |= handed.closed;

@@ -39,6 +39,7 @@ use super::memory::BUF_SIZE;
 use super::registry::{ClientGuard, Outcome};
 use super::responder::{Responder, Stop};
 use super::state::ServerState;
+use crate::shutdown::Shutdown;
 
 /// How often a driver looks for clients past a timeout: an eighth of the
 /// shortest timeout, so a client is closed at most 12.5% late, within
@@ -62,16 +63,20 @@ pub(crate) const HANDOFF: usize = 1024;
 
 /// The clients an acceptor has handed over so far, in order, taken from
 /// its channel until none is left; [`closed`](Handed::closed) once the
-/// acceptor has let go of it, and none will come again.
+/// acceptor has let go of it, and none will come again. One taken once
+/// the server is stopping is not handed on: dropped, its guard counts it
+/// as closed at shutdown.
 pub(crate) struct Handed<'a> {
     incoming: &'a Receiver<NewClient>,
+    shutdown: &'a Shutdown,
     pub(crate) closed: bool,
 }
 
 impl<'a> Handed<'a> {
-    pub(crate) fn from(incoming: &'a Receiver<NewClient>) -> Self {
+    pub(crate) fn from(incoming: &'a Receiver<NewClient>, shutdown: &'a Shutdown) -> Self {
         Handed {
             incoming,
+            shutdown,
             closed: false,
         }
     }
@@ -81,12 +86,15 @@ impl Iterator for Handed<'_> {
     type Item = NewClient;
 
     fn next(&mut self) -> Option<NewClient> {
-        match self.incoming.try_recv() {
-            Ok(client) => Some(client),
-            Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Disconnected) => {
-                self.closed = true;
-                None
+        loop {
+            match self.incoming.try_recv() {
+                Ok(client) if self.shutdown.is_triggered() => drop(client),
+                Ok(client) => return Some(client),
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    return None;
+                }
             }
         }
     }

@@ -148,3 +148,29 @@ fn the_greeting_goes_first_and_holds_no_buffer() {
     assert!(s.io.is_none(), "buffers kept once all was sent");
     assert_eq!(state.counters.summary().bytes_out, 3);
 }
+
+#[test]
+fn a_client_handed_over_once_the_server_stops_is_closed_at_shutdown() {
+    let state = ServerState::for_test(Config::new(Model::Event));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (handing, incoming) = crossbeam_channel::bounded(HANDOFF);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(TcpStream::connect(listener.local_addr().unwrap()).unwrap());
+        let (socket, addr) = listener.accept().unwrap();
+        let permit = state.registry.try_permit().unwrap();
+        let guard = state.registry.enter(&socket, addr, permit);
+        handing.send((guard, socket)).unwrap();
+    }
+    // The first is taken while serving; the server stops; the rest are not.
+    let mut handed = Handed::from(&incoming, &state.shutdown);
+    let first = handed.next().expect("the first, handed on");
+    state.shutdown.trigger();
+    assert!(handed.next().is_none(), "none is handed on once stopping");
+    assert!(!handed.closed, "the acceptor still holds the channel");
+    assert_eq!(state.counters.summary().closed_at_shutdown, 2);
+    drop(handing);
+    let mut after = Handed::from(&incoming, &state.shutdown);
+    assert!(after.next().is_none() && after.closed, "closed once let go");
+    drop(first);
+}

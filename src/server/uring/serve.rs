@@ -369,17 +369,11 @@ impl RingLoop {
         let Feed::Incoming(Some(incoming)) = &self.feed else {
             return;
         };
-        // A handle of its own (a reference count), so that the clients can
+        // Handles of their own (reference counts), so that the clients can
         // be added to the ring as they are taken.
-        let incoming = incoming.clone();
-        let mut handed = Handed::from(&incoming);
-        for client in &mut handed {
-            if self.phase != Phase::Serving {
-                // Its guard, dropped first, counts it as closed at shutdown.
-                drop(client);
-                continue;
-            }
-            let (guard, stream) = client;
+        let (incoming, shutdown) = (incoming.clone(), self.state.shutdown.clone());
+        let mut handed = Handed::from(&incoming, &shutdown);
+        for (guard, stream) in &mut handed {
             self.add(guard, stream);
         }
         if handed.closed {
