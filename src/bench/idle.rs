@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::check::same_bytes;
 use super::child::ServerProcess;
+use super::engine;
 use super::latency::new_histogram;
-use super::{engine, same_bytes};
 use crate::server::Model;
 
 /// How often a newcomer arrives while the idle clients are connected (one

@@ -9,9 +9,10 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 
 use super::{ERRORS_KEPT, Plan, Speaks};
+use crate::bench::check::pattern_window;
+use crate::bench::echo::Peer;
 use crate::bench::latency::new_histogram;
 use crate::bench::scenario::{Params, Scenario};
-use crate::bench::{Peer, pattern_window};
 use crate::protocol::{MSG_END, MSG_START};
 
 // ---------------------------------------------------------------------

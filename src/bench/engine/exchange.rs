@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::conn::{Phase, Role, micros};
 use super::worker::Worker;
-use crate::bench::{PATTERN_LEN, mismatch, same_bytes};
+use crate::bench::check::{PATTERN_LEN, mismatch, same_bytes};
 use crate::protocol::{ACK, MSG_START};
 
 impl Worker {

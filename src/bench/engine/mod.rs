@@ -44,9 +44,11 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use mio::Token;
 
+use super::check::IO_TIMEOUT;
 use super::cpus::user_system_ticks;
+use super::echo::Peer;
 use super::scenario::{Params, Scenario};
-use super::{IO_TIMEOUT, Peer, syscalls};
+use super::syscalls;
 
 mod clock;
 mod conn;

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::*;
-use crate::bench::Peer;
+use crate::bench::echo::Peer;
 use crate::protocol::ACK;
 use crate::server::{self, Config, Model};
 
