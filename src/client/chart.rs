@@ -15,7 +15,7 @@ use plotters::coord::Shift;
 use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, Ranged, ValueFormatter};
 use plotters::prelude::*;
 
-use super::Report;
+use super::report::Report;
 
 /// Fill of the diamonds that mark arrivals.
 pub const ARRIVAL_COLOR: RGBColor = RGBColor(0x44, 0x44, 0x44);
