@@ -1,5 +1,5 @@
 //! The servers a run measures: the models and the two references, each a
-//! child process, and a server started elsewhere. Apart from [`super::run`],
+//! child process, and a server started elsewhere. Apart from `run`,
 //! which only asks each its name, its process and how to talk to it.
 
 use std::io;
@@ -9,6 +9,7 @@ use std::path::Path;
 use super::child::ServerProcess;
 use super::cpus;
 use super::echo::{self, Peer};
+use super::floor;
 use super::options::Options;
 use super::scenario::Scenario;
 use crate::server::Model;
@@ -56,7 +57,7 @@ impl Reference {
     pub fn serve(self, listener: std::net::TcpListener) -> io::Result<()> {
         match self {
             Reference::Echo => echo::serve_echo(listener),
-            Reference::Floor => super::serve_floor(listener),
+            Reference::Floor => floor::serve_floor(listener),
         }
     }
 }

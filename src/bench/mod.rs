@@ -75,8 +75,10 @@ pub mod syscalls;
 pub mod table;
 
 pub use check::IO_TIMEOUT;
+pub use contender::Reference;
 pub use echo::{ECHO_BUF_SIZE, EchoServer, Peer, serve_echo, start_echo};
 pub use floor::serve_floor;
+pub use options::{Options, ValidOptions};
 pub use report::{Percentiles, Results, Row, Run};
-pub use run::{Options, Reference, ValidOptions, command};
+pub use run::command;
 pub use scenario::{Params, Scenario};

@@ -1,5 +1,5 @@
 //! What `concur bench` is asked to run, and the one check that stands
-//! between the command line and a run. Apart from [`super::run`]: the
+//! between the command line and a run. Apart from `run`: the
 //! command line fills these in and needs nothing of how a run goes.
 
 use std::net::SocketAddr;

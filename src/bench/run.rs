@@ -23,17 +23,13 @@ use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-// Options and the references once lived here: callers still find them
-// at `bench::run::` and, through this, at `bench::`.
-pub use super::contender::Reference;
-pub use super::options::{MAX_CLIENT_THREADS, MAX_COUNT, Options, ValidOptions};
-
-use super::contender::{Contender, Serves, contenders};
+use super::contender::{Contender, Reference, Serves, contenders};
 use super::cpus;
 use super::echo::Peer;
 use super::engine::{self, Plan, Speaks};
 use super::idle;
 use super::kernel::Counters;
+use super::options::{Options, ValidOptions};
 use super::report::{Histograms, Percentiles, Results, Run, spectrum};
 use super::scenario::Scenario;
 use crate::server::{self, Model};
