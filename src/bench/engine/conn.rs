@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 
-use super::{ERRORS_KEPT, Plan, Speaks};
+use super::plan::{ERRORS_KEPT, Plan, Speaks};
 use crate::bench::check::pattern_window;
 use crate::bench::echo::Peer;
 use crate::bench::latency::new_histogram;

@@ -42,17 +42,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use mio::Token;
 
-use super::check::IO_TIMEOUT;
 use super::cpus::user_system_ticks;
 use super::echo::Peer;
-use super::scenario::{Params, Scenario};
+use super::scenario::Scenario;
 use super::syscalls;
 
 mod clock;
 mod conn;
 mod exchange;
+mod plan;
 #[cfg(test)]
 mod tests;
 mod worker;
@@ -60,96 +59,9 @@ mod worker;
 pub use clock::ProcessClock;
 use clock::tight_timers;
 use conn::{Shared, Spec, Tally, specs};
+use plan::{Go, Setup};
+pub use plan::{Plan, Speaks, WINDOW, default_threads};
 use worker::Worker;
-
-/// Connections, over all threads, that may be connecting or waiting for
-/// their `*` at once. Below the listen backlog of `concur serve` (1024 by
-/// default, 4096 as `concur bench` starts it), so a server that stops
-/// accepting makes connections wait in its backlog rather than lose SYNs.
-pub const WINDOW: usize = 512;
-
-/// Reads and writes one connection may make in a turn before the loop
-/// serves the others.
-const TURN: usize = 16;
-
-/// How often connections are checked for [`Plan::timeout`].
-const SWEEP: Duration = Duration::from_millis(100);
-
-/// The token of a thread's timerfd; connections use their slab keys.
-const TIMER: Token = Token(usize::MAX);
-
-/// Error messages kept word for word per run; the rest are only counted.
-const ERRORS_KEPT: usize = 10;
-
-/// How the server at the address answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Speaks {
-    /// PROTOCOL.md (a concur server), or the echo reference, as [`Peer`]
-    /// says.
-    Bytes(Peer),
-    /// `--protocol prime`.
-    Prime,
-}
-
-/// The load generator's thread count when none is given: half the cores
-/// (at least one), so that the server has at least as many cores left as
-/// the load generator can use.
-pub fn default_threads() -> usize {
-    (crate::server::cores() / 2).max(1)
-}
-
-/// One run of one scenario against one server.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    /// What to run (any scenario but `idle`, which uses [`hold`]).
-    pub scenario: Scenario,
-    /// The server.
-    pub addr: SocketAddr,
-    /// What it speaks.
-    pub speaks: Speaks,
-    /// Connections (`churn`: connections at once; `cpu`: heavy clients,
-    /// and the probe beside them).
-    pub count: usize,
-    /// The load's knobs.
-    pub params: Params,
-    /// Load-generator threads, each an event loop.
-    pub threads: usize,
-    /// CPUs the load generator's threads are pinned to, if any.
-    pub cpus: Option<Vec<usize>>,
-    /// The server's process, if it is a process of its own: its CPU time
-    /// over the run is measured.
-    pub server_pid: Option<u32>,
-    /// Count the system calls of [`Plan::server_pid`] over the run, where
-    /// the kernel allows it ([`crate::bench::syscalls`]).
-    pub count_syscalls: bool,
-    /// How long one connection may make no progress before it is an error.
-    pub timeout: Duration,
-}
-
-impl Plan {
-    /// `scenario` with `count` connections against `addr`, with the
-    /// default knobs for a run of `secs`.
-    pub fn new(
-        scenario: Scenario,
-        addr: SocketAddr,
-        speaks: Speaks,
-        count: usize,
-        secs: Duration,
-    ) -> Self {
-        Plan {
-            scenario,
-            addr,
-            speaks,
-            count,
-            params: Params::new(scenario, secs),
-            threads: default_threads(),
-            cpus: None,
-            server_pid: None,
-            count_syscalls: false,
-            timeout: secs + IO_TIMEOUT,
-        }
-    }
-}
 
 /// What one run measured.
 #[derive(Clone, Debug)]
@@ -367,20 +279,6 @@ pub fn hold(addr: SocketAddr, count: usize, threads: usize) -> io::Result<Held> 
 // ---------------------------------------------------------------------
 // The threads
 // ---------------------------------------------------------------------
-
-/// What a thread reports when its set-up is over.
-struct Setup {
-    connected: usize,
-    greeted: usize,
-    unopened: usize,
-    errors: Vec<String>,
-}
-
-enum Go {
-    Start(Instant),
-    /// Close everything and end (after [`hold`]).
-    Release,
-}
 
 /// The load generator's threads, between set-up and the end of a run.
 struct Crew {

@@ -16,7 +16,7 @@ use slab::Slab;
 
 use super::clock::{TimerFd, thread_cpu};
 use super::conn::{Conn, Phase, READ_BUF, Role, Shared, Spec, Tally};
-use super::{Go, SWEEP, Setup, TIMER, TURN};
+use super::plan::{Go, SWEEP, Setup, TIMER, TURN};
 use crate::bench::echo::Peer;
 
 // ---------------------------------------------------------------------
