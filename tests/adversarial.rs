@@ -290,8 +290,11 @@ fn the_write_timeout_runs_from_the_last_answer_taken() {
         .collect();
     for run in runs {
         let (model, (after_start, after)) = run.join().unwrap();
+        // The server may have last sent just before the test's clock
+        // started (its write was taken as the stall ended): a few
+        // milliseconds, never a timeout's worth.
         assert!(
-            after_start >= TIMEOUT,
+            after_start + Duration::from_millis(50) >= TIMEOUT,
             "{model}: closed {after_start:?} after it started taking its last answers, before \
              the timeout"
         );

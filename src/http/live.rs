@@ -39,7 +39,9 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
-use super::page::{Ask, Body, Limits, Progress, State, Watched, full, text};
+use super::page::{Ask, Body, Limits, Progress, State, full, text};
+// Where it was defined first: `concur::http::live::Watched` still names it.
+pub use super::page::Watched;
 use crate::server::timeline::{Event, Missed, What};
 use crate::server::{Counters, Summary};
 

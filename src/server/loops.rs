@@ -10,9 +10,11 @@
 //! that cannot be set up is reported before any client is taken.
 
 use std::io;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 
+use super::registry::panic_message;
 use crate::shutdown::Shutdown;
 
 pub(crate) type LoopThread = JoinHandle<io::Result<()>>;
@@ -53,7 +55,15 @@ impl Starting {
         let (go, goes) = mpsc::sync_channel::<bool>(1);
         let thread = format!("{}-{id}", self.thread);
         let thread = spawn(what, id, thread, self.shutdown.clone(), move || {
-            let run = match set_up() {
+            // A panic is caught so that what it said reaches the caller,
+            // as a set-up failure, like an error.
+            let set_up = panic::catch_unwind(AssertUnwindSafe(set_up)).unwrap_or_else(|p| {
+                let said = panic_message(&*p);
+                Err(io::Error::other(format!(
+                    "it panicked while setting up: {said}"
+                )))
+            });
+            let run = match set_up {
                 Ok((theirs, run)) => {
                     let _ = ready.send(Ok(theirs));
                     run

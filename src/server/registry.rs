@@ -325,12 +325,7 @@ impl Outcome {
 
     /// A panic caught while serving a client, from its payload.
     pub(crate) fn panicked(payload: &(dyn std::any::Any + Send)) -> Self {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".into());
-        Outcome::Panicked(message)
+        Outcome::Panicked(panic_message(payload))
     }
 
     /// What a step of serving came to: its value, or its failure or panic
@@ -462,4 +457,13 @@ impl Drop for ClientGuard {
         drop(clients);
         self.registry.left.notify_all();
     }
+}
+
+/// What a caught panic said, from its payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }

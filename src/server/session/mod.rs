@@ -262,7 +262,8 @@ impl Session {
             computing: false,
             full: false,
             read_closed: false,
-            greeting: Responder::greeting(protocol).len() as u8,
+            greeting: u8::try_from(Responder::greeting(protocol).len())
+                .expect("a greeting is a few bytes"),
         }
     }
 

@@ -196,7 +196,8 @@ impl Client {
 
     /// A receive completion: its data (if any) is taken in, and its end
     /// (if it was the last) is looked at. An error of the client's is
-    /// `Err`; the buffer is given back either way.
+    /// `Err`; the buffer is given back either way, unless the kernel goes
+    /// on filling it.
     pub(super) fn on_recv(
         &mut self,
         c: Completion,
@@ -212,10 +213,11 @@ impl Client {
         if cqueue::buffer_more(flags) {
             bump(&with.events.shared_buffers);
         }
-        if let Some(data) = with.ring.data(flags, len) {
-            if self.closing {
-                with.state.counters.bytes_in(len);
-            } else {
+        match with.ring.data(flags, len) {
+            None => {}
+            Some(Err(lost)) => taken = Err(lost.into()),
+            Some(Ok(_)) if self.closing => with.state.counters.bytes_in(len),
+            Some(Ok(data)) => {
                 // Caught here, not only around the whole step: a panic must
                 // not skip the buffer's recycling, or the ring loses it.
                 let session = &mut self.session;

@@ -103,6 +103,11 @@ impl Ring {
     /// itself: [`ClientId::NONE`]); it counts as in flight until its final
     /// completion.
     pub(super) fn push(&mut self, kind: Kind, id: ClientId, entry: squeue::Entry) {
+        if self.uring.submission().is_full() {
+            // This push submits before the wait does: the buffers given
+            // back since the last one must be there for its receives.
+            self.bufs.publish();
+        }
         self.ops
             .push(&mut self.uring, entry.user_data(ops::encode(kind, id)));
     }
@@ -149,10 +154,17 @@ impl Ring {
     }
 
     /// The data a receive completion carries, if any (valid until
-    /// [`recycle`](Ring::recycle)d).
-    pub(super) fn data(&self, flags: u32, len: usize) -> Option<&[u8]> {
+    /// [`recycle`](Ring::recycle)d); an error if its bytes cannot be where
+    /// the buffer's earlier completions left off (past the buffer's end),
+    /// which would mean the kernel filled it in another order than its
+    /// completions came: the client's input is then lost, and it must end.
+    pub(super) fn data(&self, flags: u32, len: usize) -> Option<io::Result<&[u8]>> {
         let bid = cqueue::buffer_select(flags)?;
-        Some(self.bufs.get(bid, len).unwrap_or_default())
+        Some(self.bufs.get(bid, len).ok_or_else(|| {
+            io::Error::other(format!(
+                "a receive of {len} bytes does not fit where provided buffer {bid} was left off"
+            ))
+        }))
     }
 
     /// The completion's `len` bytes have been dealt with: its buffer, if
@@ -244,16 +256,28 @@ impl Ring {
 /// the same space, so that a batch of many clients' small receives does
 /// not run the ring dry. Whether incrementally.
 fn provided_buffers(uring: &IoUring, tuning: &Tuning) -> io::Result<(BufRing, bool)> {
+    let refused = |count: u16, size: u32| {
+        move |e: io::Error| {
+            let says = format!("cannot register {count} provided buffers of {size} bytes: {e}");
+            io::Error::new(e.kind(), says)
+        }
+    };
     let Pool { count, size } = tuning.buffers;
     if tuning.incremental {
         let mut bufs = BufRing::new(count, size, GROUP)?;
         match bufs.register(&uring.submitter(), true) {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-            registered => return registered.map(|()| (bufs, true)),
+            registered => {
+                return registered
+                    .map(|()| (bufs, true))
+                    .map_err(refused(count, size));
+            }
         }
     }
-    let mut bufs = BufRing::new(count * 4, size / 4, GROUP)?;
-    bufs.register(&uring.submitter(), false)?;
+    let (count, size) = (count.saturating_mul(4), size / 4);
+    let mut bufs = BufRing::new(count, size, GROUP)?;
+    bufs.register(&uring.submitter(), false)
+        .map_err(refused(count, size))?;
     Ok((bufs, false))
 }
 

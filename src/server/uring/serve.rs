@@ -310,6 +310,10 @@ impl RingLoop {
             && let Some(client) = self.clients.remove(id)
         {
             let outcome = self.ending.remove(&id.slot).unwrap_or(Outcome::Done);
+            if self.ending.is_empty() && self.ending.capacity() > 64 {
+                // A burst of closes leaves no larger map behind.
+                self.ending.shrink_to_fit();
+            }
             client.end(outcome, &mut self.spares);
             self.place_freed();
         }
