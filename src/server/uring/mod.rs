@@ -23,9 +23,10 @@
 //!   shared session).
 //! - **Backpressure**: once a client's unsent answers pass
 //!   [`UringSettings::outbound_cap`], the ring stops its receive and
-//!   re-arms it only once they drain below half of it; each receive is
-//!   armed with a limit of the room left (Linux 6.17+), so that it stops
-//!   by itself rather than racing a cancellation.
+//!   re-arms it only once they drain below half of it, by cancelling it;
+//!   where buffers are taken whole (before Linux 6.12), each receive is
+//!   armed with a limit of the room left instead (Linux 6.17+), so that it
+//!   stops by itself (see `Ring::recv_limit` for why not with both).
 //! - **Timeouts and the stop**: no timer thread; a multishot timeout op in
 //!   each ring ticks, and each tick closes who ran out of a timeout. An
 //!   eventfd read in each ring wakes it for the shutdown, a computed

@@ -48,7 +48,14 @@ pub(super) struct Ring {
     /// Buffers given back since the last look: as many parked receives
     /// may go again.
     pub(super) recycled: usize,
-    /// The kernel takes a limit on a multishot receive (Linux 6.17+).
+    /// Receives are armed with a limit: asked for, taken by the kernel
+    /// (Linux 6.17+), and only with buffers taken whole. A receive that
+    /// ends at its limit has data in its last completion, which the kernel
+    /// posts after the other completions of its batch; where buffers are
+    /// shared incrementally, another receive's bytes may then come first
+    /// from the same buffer, and where each one's bytes lie could not be
+    /// told (they are found by adding up what came before). There the cap
+    /// is kept by cancelling instead.
     pub(super) recv_limit: bool,
     /// Its buffers are consumed incrementally (Linux 6.12+).
     pub(super) incremental: bool,
@@ -79,7 +86,7 @@ impl Ring {
             tick_multishot: true,
             wake_armed: false,
             recycled: 0,
-            recv_limit: tuning.recv_limit,
+            recv_limit: tuning.recv_limit && !incremental,
             incremental,
         })
     }

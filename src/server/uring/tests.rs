@@ -319,7 +319,11 @@ fn with_a_limit_on_the_receive_the_cap_holds_without_cancelling() {
     if !runs_here() {
         return;
     }
-    let tuning = Tuning::default();
+    // A limit is used only with buffers taken whole.
+    let tuning = Tuning {
+        incremental: false,
+        ..Tuning::default()
+    };
     let cap = 8 << 10;
     let (summary, events) = flood_into_a_non_reader(tuning, cap);
     let bound = (cap + buffer_size(&tuning, &events)) as u64;
@@ -335,6 +339,29 @@ fn with_a_limit_on_the_receive_the_cap_holds_without_cancelling() {
             events.paused.load(Ordering::Relaxed),
             0,
             "a receive was cancelled"
+        );
+    }
+}
+
+#[test]
+fn with_incremental_buffers_the_cap_is_kept_by_cancelling_not_by_a_limit() {
+    if !runs_here() {
+        return;
+    }
+    let tuning = Tuning::default();
+    let cap = 8 << 10;
+    let (summary, events) = flood_into_a_non_reader(tuning, cap);
+    let bound = (cap + buffer_size(&tuning, &events)) as u64;
+    assert!(
+        summary.max_buffered <= bound,
+        "{} > {bound}",
+        summary.max_buffered
+    );
+    if !events.whole_buffers.load(Ordering::Relaxed) {
+        assert!(events.paused.load(Ordering::Relaxed) > 0, "never cancelled");
+        assert!(
+            !events.limit_refused.load(Ordering::Relaxed),
+            "a receive was armed with a limit"
         );
     }
 }
