@@ -27,8 +27,8 @@ use crate::server::state::ServerState;
 /// reader's side of TCP too (queueing into its socket and waking it, and
 /// sending the reader's own queued data when the ring read); split, the
 /// first part wakes the reader, which does that itself. One stream on a
-/// 2-core Xeon: 2.4 times less server CPU per byte and half again the
-/// bytes a second (first parts of 4 to 32 KiB measured alike).
+/// 2-core Xeon, pinned: 1.6 times less server CPU per byte and 1.6 times
+/// the bytes a second (BENCHMARKS.md, io_uring streaming).
 const FIRST_PART: usize = 16 * 1024;
 
 /// What a ring lends one of its clients for a step: its ring (to submit,
