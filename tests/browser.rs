@@ -28,34 +28,59 @@ struct Browser {
 /// One WebDriver command: `method path` with a JSON body; the `value` of
 /// the answer, or the test fails with what the driver said.
 fn webdriver(port: u16, method: &str, path: &str, body: &Value) -> Value {
+    let (head, body) = exchange(port, method, path, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: chromedriver's answer: {e}"));
+    let value: Value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {head}\n{body}"));
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "{method} {path}: {head}\n{value}"
+    );
+    value["value"].clone()
+}
+
+/// Whether chromedriver on `port` answers that it is ready. While it
+/// starts, a connection may be refused or reset: that is "not yet".
+fn driver_ready(port: u16) -> bool {
+    exchange(port, "GET", "/status", &Value::Null)
+        .ok()
+        .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+        .is_some_and(|v| v["value"]["ready"] == true)
+}
+
+/// Sends one request and reads the answer's head and body.
+fn exchange(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> std::io::Result<(String, String)> {
     // GET and DELETE carry no body: chromedriver refuses even `null`.
     let body = if body.is_null() {
         String::new()
     } else {
         body.to_string()
     };
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to chromedriver");
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
     // Starting a browser on a busy machine takes a while; nothing here
     // takes a minute.
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
          Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    )?;
     // chromedriver keeps the connection open whatever the request says:
     // read the head, then as much body as it announces.
     let mut answer = Vec::new();
     let mut buf = [0u8; 16 * 1024];
-    let (head, body) = loop {
-        let n = s.read(&mut buf).expect("chromedriver's answer");
-        assert!(
-            n > 0,
-            "{method} {path}: chromedriver closed without an answer"
-        );
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         answer.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&answer).into_owned();
         let Some((head, rest)) = text.split_once("\r\n\r\n") else {
@@ -64,26 +89,19 @@ fn webdriver(port: u16, method: &str, path: &str, body: &Value) -> Value {
         let lower = head.to_ascii_lowercase();
         if lower.contains("transfer-encoding: chunked") {
             if rest.ends_with("0\r\n\r\n") {
-                break (head.to_string(), dechunk(rest));
+                return Ok((head.to_string(), dechunk(rest)));
             }
         } else {
             let length = lower
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .and_then(|v| v.trim().parse::<usize>().ok())
-                .expect("a Content-Length");
+                .ok_or_else(|| std::io::Error::other("an answer without Content-Length"))?;
             if rest.len() >= length {
-                break (head.to_string(), rest[..length].to_string());
+                return Ok((head.to_string(), rest[..length].to_string()));
             }
         }
-    };
-    let value: Value = serde_json::from_str(&body)
-        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {head}\n{body}"));
-    assert!(
-        head.starts_with("HTTP/1.1 200"),
-        "{method} {path}: {head}\n{value}"
-    );
-    value["value"].clone()
+    }
 }
 
 fn dechunk(mut rest: &str) -> String {
@@ -121,9 +139,7 @@ impl Browser {
         );
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let ready = TcpStream::connect(("127.0.0.1", driver_port)).is_ok()
-                && webdriver(driver_port, "GET", "/status", &Value::Null)["ready"] == true;
-            if ready {
+            if driver_ready(driver_port) {
                 break;
             }
             assert!(Instant::now() < deadline, "chromedriver never became ready");
