@@ -55,6 +55,12 @@ pub(crate) enum Command {
     /// it runs until killed.
     #[command(hide = true)]
     Floor(ReferenceArgs),
+    /// The io_uring floor that `concur bench` runs beside the models: the
+    /// simplest io_uring server that answers the protocol (one ring, a
+    /// single-shot receive into each client's buffer, the answer sent
+    /// whole, then the next receive); it runs until killed.
+    #[command(hide = true, name = "floor-uring")]
+    FloorUring(ReferenceArgs),
 }
 
 #[derive(Args)]
@@ -175,8 +181,22 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub(crate) pool_threads: Option<usize>,
 
-    /// Threads of the load generator, each an event loop driving its share
-    /// of the connections [default: half the cores, at least 1].
+    /// What drives the connections, comma-separated for several (each
+    /// run in turn, side by side in the table): `engine`, a few event-loop
+    /// threads; `threads`, blocking sockets with a thread per connection
+    /// (two when streaming: a writer and a reader), as most hand-written
+    /// clients are (stream and pingpong only).
+    #[arg(
+        long = "client",
+        value_enum,
+        value_delimiter = ',',
+        value_name = "SHAPE,...",
+        default_value = "engine"
+    )]
+    pub(crate) clients: Vec<concur::bench::engine::ClientShape>,
+
+    /// Threads of the engine, each an event loop driving its share of the
+    /// connections [default: half the cores, at least 1].
     #[arg(long, value_name = "N")]
     pub(crate) client_threads: Option<usize>,
 

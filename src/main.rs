@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::Echo(args) => reference(args, Reference::Echo),
         Command::Floor(args) => reference(args, Reference::Floor),
+        Command::FloorUring(args) => reference(args, Reference::FloorUring),
     }
 }
 
@@ -146,6 +147,7 @@ fn bench(args: BenchArgs) -> ExitCode {
         options.params.number = n;
     }
     options.pool_threads = args.pool_threads;
+    options.clients = args.clients;
     if let Some(n) = args.client_threads {
         options.client_threads = n;
     }

@@ -9,9 +9,9 @@ use std::path::Path;
 use super::child::ServerProcess;
 use super::cpus;
 use super::echo::{self, Peer};
-use super::floor;
 use super::options::Options;
 use super::scenario::Scenario;
+use super::{floor, floor_uring};
 use crate::server::Model;
 
 /// A server run beside the models to measure them against, each a hidden
@@ -24,17 +24,21 @@ pub enum Reference {
     /// CPU's and system calls' yardstick: the least server that answers
     /// the protocol ([`super::floor`]).
     Floor,
+    /// The same for io_uring: the simplest io_uring server that answers
+    /// the protocol ([`super::floor_uring`]), what `uring` is judged by.
+    FloorUring,
 }
 
 impl Reference {
-    /// Both, in the order their rows come.
-    pub const ALL: [Reference; 2] = [Reference::Echo, Reference::Floor];
+    /// All three, in the order their rows come.
+    pub const ALL: [Reference; 3] = [Reference::Echo, Reference::Floor, Reference::FloorUring];
 
     /// Its row's name, and its subcommand.
     pub fn name(self) -> &'static str {
         match self {
             Reference::Echo => "echo",
             Reference::Floor => "floor",
+            Reference::FloorUring => "floor-uring",
         }
     }
 
@@ -42,14 +46,20 @@ impl Reference {
     pub fn peer(self) -> Peer {
         match self {
             Reference::Echo => Peer::Echo,
-            Reference::Floor => Peer::Concur,
+            Reference::Floor | Reference::FloorUring => Peer::Concur,
         }
     }
 
-    /// Whether it runs in `scenario`: neither speaks the primality
+    /// Whether it runs in `scenario`: none speaks the primality
     /// protocol, and idle measures the models' memory.
     pub fn runs_in(scenario: Scenario) -> bool {
         !matches!(scenario, Scenario::Cpu | Scenario::Idle)
+    }
+
+    /// Whether this machine can run it: the io_uring floor needs what
+    /// the `uring` model needs.
+    pub fn available(self) -> bool {
+        self != Reference::FloorUring || Model::Uring.available().is_ok()
     }
 
     /// Serves on `listener`, on the calling thread, for as long as the
@@ -58,6 +68,7 @@ impl Reference {
         match self {
             Reference::Echo => echo::serve_echo(listener),
             Reference::Floor => floor::serve_floor(listener),
+            Reference::FloorUring => floor_uring::serve_floor_uring(listener),
         }
     }
 }
@@ -132,7 +143,7 @@ pub(super) fn contenders(options: &Options, exe: &Path) -> io::Result<Vec<Conten
     let cpus = options.server_cpus.as_deref();
     let mut all = Vec::new();
     if options.reference && Reference::runs_in(scenario) {
-        for reference in Reference::ALL {
+        for reference in Reference::ALL.into_iter().filter(|r| r.available()) {
             let args = [reference.name(), "--port", "0"].map(String::from);
             all.push(Contender::Child {
                 serves: Serves::Reference(reference),

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::engine;
+use super::engine::{self, ClientShape};
 use super::scenario::{Params, Scenario};
 use crate::server::Model;
 
@@ -39,7 +39,10 @@ pub struct Options {
     pub repeat: usize,
     /// Workers of the `pool` model started here.
     pub pool_threads: Option<usize>,
-    /// Threads of the load generator.
+    /// The load generators that drive every run, one after the other
+    /// (side by side in the table).
+    pub clients: Vec<ClientShape>,
+    /// Threads of the load generator (the engine's).
     pub client_threads: usize,
     /// CPUs the servers started here are pinned to.
     pub server_cpus: Option<Vec<usize>>,
@@ -75,6 +78,7 @@ impl Options {
             params: Params::new(scenario, secs),
             repeat: 3,
             pool_threads: None,
+            clients: vec![ClientShape::Engine],
             client_threads: engine::default_threads(),
             server_cpus: None,
             client_cpus: None,
@@ -129,6 +133,24 @@ impl Options {
         };
         for &c in &self.counts {
             within("-c", c as u64, 1, MAX_COUNT as u64, "")?;
+        }
+        if self.clients.is_empty() {
+            return Err("--client needs at least one of: engine, threads".into());
+        }
+        if self.clients.contains(&ClientShape::Threads) {
+            if !matches!(self.scenario, Scenario::Stream | Scenario::Pingpong) {
+                return Err(format!(
+                    "--client threads runs stream and pingpong, not {}; use --client engine",
+                    self.scenario
+                ));
+            }
+            let most = engine::MAX_THREADS_CONNECTIONS;
+            if let Some(&c) = self.counts().iter().find(|&&c| c > most) {
+                return Err(format!(
+                    "-c {c} is too many for --client threads (a thread per connection, two \
+                     when streaming); give at most {most}, or use --client engine"
+                ));
+            }
         }
         within("--size", self.params.size as u64, 1, 16 << 20, " bytes")?;
         within(

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::engine::ClientShape;
 use super::idle::IdleFigures;
 use super::latency::new_histogram;
 pub use super::latency::{Histograms, Percentiles, hgrm, spectrum};
@@ -23,6 +24,8 @@ pub struct Run {
     /// The server: a model's name, `echo` for the reference, or the
     /// `--addr` given.
     pub server: String,
+    /// The load generator that drove it.
+    pub client: ClientShape,
     /// Connections (workers for `churn`, idle clients for `idle`, heavy
     /// clients for `cpu`).
     pub count: usize,
@@ -87,9 +90,16 @@ pub struct Run {
 
 impl Run {
     /// A run of `server` with nothing measured yet.
-    pub fn new(server: String, count: usize, repeat: usize, client_threads: usize) -> Self {
+    pub fn new(
+        server: String,
+        client: ClientShape,
+        count: usize,
+        repeat: usize,
+        client_threads: usize,
+    ) -> Self {
         Run {
             server,
+            client,
             count,
             repeat,
             elapsed_s: 0.0,
@@ -159,6 +169,8 @@ pub const ERROR_SAMPLES: usize = 3;
 pub struct Row {
     /// The server.
     pub server: String,
+    /// The load generator that measured it.
+    pub client: ClientShape,
     /// Connections (or workers, clients).
     pub count: usize,
     /// Median throughput.
@@ -227,7 +239,9 @@ pub struct Results {
     /// The CPU's flags that bear on copying and mapping memory (`erms`,
     /// `fsrm`, `avx2`, `avx512f`, ...), those it has.
     pub cpu_flags: Vec<String>,
-    /// Threads of the load generator.
+    /// The load generators that drove the runs.
+    pub clients: Vec<ClientShape>,
+    /// Threads of the engine.
     pub client_threads: usize,
     /// CPUs the servers were pinned to, if any.
     pub server_cpus: Option<Vec<usize>>,
@@ -269,22 +283,22 @@ impl Results {
         self.runs.iter().map(|r| r.errors).sum()
     }
 
-    /// The rows, computed from the runs: one per server and count, in the
-    /// order the servers first ran.
+    /// The rows, computed from the runs: one per client shape, server and
+    /// count, in the order the servers first ran.
     pub fn summarise(scenario: Scenario, runs: &[Run]) -> Vec<Row> {
-        let mut keys: Vec<(String, usize)> = Vec::new();
+        let mut keys: Vec<(ClientShape, String, usize)> = Vec::new();
         for r in runs {
-            let key = (r.server.clone(), r.count);
+            let key = (r.client, r.server.clone(), r.count);
             if !keys.contains(&key) {
                 keys.push(key);
             }
         }
-        keys.sort_by_key(|k| k.1);
+        keys.sort_by_key(|k| (k.2, k.0 as u8));
         keys.into_iter()
-            .map(|(server, count)| {
+            .map(|(client, server, count)| {
                 let mine: Vec<&Run> = runs
                     .iter()
-                    .filter(|r| r.server == server && r.count == count)
+                    .filter(|r| r.client == client && r.server == server && r.count == count)
                     .collect();
                 let ratios: Vec<f64> = mine.iter().filter_map(|r| r.vs_reference).collect();
                 let histograms =
@@ -355,6 +369,7 @@ impl Results {
                     histograms,
                     errors: mine.iter().map(|r| r.errors).sum(),
                     server,
+                    client,
                     count,
                 }
             })
@@ -381,7 +396,7 @@ mod tests {
     use super::*;
 
     fn run(ops: u64, cpu_s: Option<f64>, syscalls: Option<u64>) -> Run {
-        let mut run = Run::new("s".into(), 1, 1, 1);
+        let mut run = Run::new("s".into(), ClientShape::Engine, 1, 1, 1);
         run.ops = ops;
         run.server_cpu_s = cpu_s;
         run.server_syscalls = syscalls;

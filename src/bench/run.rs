@@ -26,7 +26,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::contender::{Contender, Reference, Serves, contenders};
 use super::cpus;
 use super::echo::Peer;
-use super::engine::{self, Plan, Speaks};
+use super::engine::{self, ClientShape, Plan, Speaks};
 use super::idle;
 use super::kernel::Counters;
 use super::options::{Options, ValidOptions};
@@ -46,9 +46,10 @@ pub fn run(options: &ValidOptions) -> io::Result<Results> {
     };
     let counts = options.counts();
     let contenders = contenders(options, &exe)?;
+    let clients = &options.clients;
     let progress = progress_bar(
         options.progress,
-        (counts.len() * options.repeat * contenders.len()) as u64,
+        (counts.len() * options.repeat * clients.len() * contenders.len()) as u64,
     );
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let usage_before = Usage::read(&contenders);
@@ -56,33 +57,37 @@ pub fn run(options: &ValidOptions) -> io::Result<Results> {
     let mut syscalls_not_counted = None;
     for &count in &counts {
         for repeat in 1..=options.repeat {
-            let mut round: Vec<Run> = Vec::new();
-            for c in &contenders {
-                if let Some(bar) = &progress {
-                    bar.set_message(format!(
-                        "{scenario}: {} with {count} {}, repeat {repeat}/{}",
-                        c.name(),
-                        scenario.count_name(),
-                        options.repeat
-                    ));
+            for &client in clients {
+                let mut round: Vec<Run> = Vec::new();
+                for c in &contenders {
+                    if let Some(bar) = &progress {
+                        bar.set_message(format!(
+                            "{scenario}: {} with {count} {} ({client} client), repeat {repeat}/{}",
+                            c.name(),
+                            scenario.count_name(),
+                            options.repeat
+                        ));
+                    }
+                    let (run, refused) = run_one(c, options, client, count, repeat, &exe)?;
+                    syscalls_not_counted = syscalls_not_counted.or(refused);
+                    round.push(run);
+                    if let Some(bar) = &progress {
+                        bar.inc(1);
+                    }
                 }
-                let (run, refused) = run_one(c, options, count, repeat, &exe)?;
-                syscalls_not_counted = syscalls_not_counted.or(refused);
-                round.push(run);
-                if let Some(bar) = &progress {
-                    bar.inc(1);
+                // Against the reference of the same repeat and client:
+                // drift between repeats then cancels out.
+                let reference = round
+                    .iter()
+                    .find(|r| {
+                        r.server == Reference::Echo.name() && r.errors == 0 && r.throughput > 0.0
+                    })
+                    .map(|r| r.throughput);
+                for r in &mut round {
+                    r.vs_reference = reference.map(|t| r.throughput / t);
                 }
+                runs.extend(round);
             }
-            // Against the reference of the same repeat: drift between
-            // repeats then cancels out.
-            let reference = round
-                .iter()
-                .find(|r| r.server == Reference::Echo.name() && r.errors == 0 && r.throughput > 0.0)
-                .map(|r| r.throughput);
-            for r in &mut round {
-                r.vs_reference = reference.map(|t| r.throughput / t);
-            }
-            runs.extend(round);
         }
     }
     if let Some(bar) = progress {
@@ -98,6 +103,7 @@ pub fn run(options: &ValidOptions) -> io::Result<Results> {
         cores: server::cores(),
         cpu,
         cpu_flags,
+        clients: options.clients.clone(),
         client_threads: options.client_threads,
         server_cpus: options.server_cpus.clone(),
         client_cpus: options.client_cpus.clone(),
@@ -126,12 +132,13 @@ pub fn run(options: &ValidOptions) -> io::Result<Results> {
 fn run_one(
     c: &Contender,
     options: &Options,
+    client: ClientShape,
     count: usize,
     repeat: usize,
     exe: &Path,
 ) -> io::Result<(Run, Option<String>)> {
     let scenario = options.scenario;
-    let mut run = Run::new(c.name(), count, repeat, options.client_threads);
+    let mut run = Run::new(c.name(), client, count, repeat, options.client_threads);
     let counters = Counters::read();
     if let Contender::Idle(model) = c {
         let extra: Vec<String> = match (model, options.pool_threads) {
@@ -174,6 +181,7 @@ fn run_one(
     };
     let mut plan = Plan::new(scenario, addr, speaks, count, options.params.secs);
     plan.params = options.params;
+    plan.client = client;
     plan.threads = options.client_threads;
     plan.cpus = options.client_cpus.clone();
     plan.server_pid = c.pid();

@@ -4,6 +4,7 @@
 
 use std::fmt::{self, Write as _};
 
+use super::engine::ClientShape;
 use super::latency::Percentiles;
 use super::report::Results;
 use super::scenario::Scenario;
@@ -87,9 +88,8 @@ impl Results {
         }
         let _ = writeln!(
             out,
-            "load generator: {} thread{}{}; CPU: {}{}",
-            self.client_threads,
-            if self.client_threads == 1 { "" } else { "s" },
+            "load generator: {}{}; CPU: {}{}",
+            self.describe_clients(),
             match (&self.server_cpus, &self.client_cpus) {
                 (None, None) => String::new(),
                 (s, c) => format!(
@@ -126,8 +126,9 @@ impl Results {
         let (cw, sw) = (cost.chars().count().max(10), calls.chars().count().max(9));
         let _ = writeln!(
             out,
-            "{:<12} {:>6} {:>11} {:>13} {:>7} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>cw$} {:>sw$} {:>6}",
+            "{:<12} {:<7} {:>6} {:>11} {:>13} {:>7} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>cw$} {:>sw$} {:>6}",
             "server",
+            "client",
             "conns",
             unit,
             "min-max",
@@ -155,8 +156,9 @@ impl Results {
             };
             let _ = writeln!(
                 out,
-                "{:<12} {:>6} {:>11} {:>13} {:>7} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>cw$} {:>sw$} {:>6}",
+                "{:<12} {:<7} {:>6} {:>11} {:>13} {:>7} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>cw$} {:>sw$} {:>6}",
                 r.server,
+                r.client.name(),
                 r.count,
                 figure(r.throughput),
                 format!(
@@ -234,11 +236,13 @@ impl Results {
             if self.scenario != Scenario::Churn && r.served_at_once < counted {
                 let _ = writeln!(
                     out,
-                    "{} ({} {}): {} of {counted} connections had an answer before the deadline \
-                     (fewest of the repeats); the rest waited, and made one exchange each after it",
+                    "{} ({} {}, {} client): {} of {counted} connections had an answer before the \
+                     deadline (fewest of the repeats); the rest waited, and made one exchange each \
+                     after it",
                     r.server,
                     r.count,
                     self.scenario.count_name(),
+                    r.client,
                     r.served_at_once
                 );
             }
@@ -262,6 +266,32 @@ impl Results {
                 );
             }
         }
+    }
+
+    /// What drove the runs: the engine's threads, the threads client's.
+    fn describe_clients(&self) -> String {
+        let engine = format!(
+            "the engine, {} event-loop thread{}",
+            self.client_threads,
+            if self.client_threads == 1 { "" } else { "s" }
+        );
+        let threads = if self.scenario == Scenario::Stream {
+            "threads, two per connection (a writer, a reader)"
+        } else {
+            "threads, one per connection"
+        };
+        // Idle and the references' own runs have only the engine.
+        if self.clients.is_empty() || self.scenario == Scenario::Idle {
+            return engine;
+        }
+        self.clients
+            .iter()
+            .map(|c| match c {
+                ClientShape::Engine => engine.clone(),
+                ClientShape::Threads => threads.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" and ")
     }
 
     fn describe_load(&self) -> String {

@@ -51,7 +51,7 @@ pub mod config;
 mod conn;
 mod counters;
 mod event;
-mod kernel;
+pub(crate) mod kernel;
 pub mod listener;
 mod log;
 mod loops;

@@ -48,6 +48,7 @@ use super::echo::Peer;
 use super::scenario::Scenario;
 use super::syscalls;
 
+mod blocking;
 mod clock;
 mod conn;
 mod exchange;
@@ -56,11 +57,12 @@ mod plan;
 mod tests;
 mod worker;
 
+pub use blocking::MAX_CONNECTIONS as MAX_THREADS_CONNECTIONS;
 pub use clock::ProcessClock;
 use clock::tight_timers;
 use conn::{Shared, Spec, Tally, specs};
+pub use plan::{ClientShape, Plan, Speaks, WINDOW, default_threads};
 use plan::{Go, Setup};
-pub use plan::{Plan, Speaks, WINDOW, default_threads};
 use worker::Worker;
 
 /// What one run measured.
@@ -144,9 +146,20 @@ pub fn run(plan: &Plan) -> io::Result<Outcome> {
         _ => None,
     };
     let shared = Arc::new(Shared::new(plan));
-    let specs = specs(plan);
-    let threads = plan.threads.clamp(1, specs.len());
-    let crew = Crew::start(&shared, specs, threads, plan.cpus.clone())?;
+    let (crew, threads) = match plan.client {
+        ClientShape::Engine => {
+            let specs = specs(plan);
+            let threads = plan.threads.clamp(1, specs.len());
+            let crew = Crew::start(&shared, specs, threads, plan.cpus.clone())?;
+            (Load::Engine(crew), threads)
+        }
+        ClientShape::Threads => {
+            let (scenario, cpus) = (plan.scenario, plan.cpus.clone());
+            let crew = blocking::Crew::start(&shared, scenario, plan.count, cpus)?;
+            let per = if scenario == Scenario::Stream { 2 } else { 1 };
+            (Load::Threads(crew), plan.count * per)
+        }
+    };
     crew.ready()?;
     let server = plan.server_pid.map(ProcessClock::of);
     let counter = syscalls.as_ref().and_then(|s| s.as_ref().ok());
@@ -203,6 +216,9 @@ fn check(plan: &Plan) -> io::Result<()> {
     let invalid = |what: &str| Err(io::Error::new(ErrorKind::InvalidInput, what.to_string()));
     if plan.count == 0 {
         return invalid("at least one connection is needed");
+    }
+    if plan.client == ClientShape::Threads {
+        blocking::check(plan.scenario, plan.count).or_else(|e| invalid(&e))?;
     }
     match (plan.scenario, plan.speaks) {
         (Scenario::Idle, _) => invalid("idle holds connections open: see engine::hold"),
@@ -279,6 +295,28 @@ pub fn hold(addr: SocketAddr, count: usize, threads: usize) -> io::Result<Held> 
 // ---------------------------------------------------------------------
 // The threads
 // ---------------------------------------------------------------------
+
+/// The load generator of a run, whichever its shape.
+enum Load {
+    Engine(Crew),
+    Threads(blocking::Crew),
+}
+
+impl Load {
+    fn ready(&self) -> io::Result<Vec<Setup>> {
+        match self {
+            Load::Engine(crew) => crew.ready(),
+            Load::Threads(crew) => crew.ready(),
+        }
+    }
+
+    fn go(self, start: Instant) -> io::Result<Vec<Tally>> {
+        match self {
+            Load::Engine(crew) => crew.go(start),
+            Load::Threads(crew) => crew.go(start),
+        }
+    }
+}
 
 /// The load generator's threads, between set-up and the end of a run.
 struct Crew {

@@ -41,6 +41,39 @@ pub enum Speaks {
     Prime,
 }
 
+/// The shape of the load generator: what drives the connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientShape {
+    /// A few threads, each an epoll loop driving its share of the
+    /// connections in turn (as wrk does): the load's share of the CPU is
+    /// small and fixed.
+    Engine,
+    /// Blocking sockets: a thread per direction per connection (stream),
+    /// a thread per connection in a closed loop (pingpong), as `nc` and
+    /// most hand-written clients are.
+    Threads,
+}
+
+impl ClientShape {
+    /// Both, in the order their rows come.
+    pub const ALL: [ClientShape; 2] = [ClientShape::Engine, ClientShape::Threads];
+
+    /// The name on the command line and in the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientShape::Engine => "engine",
+            ClientShape::Threads => "threads",
+        }
+    }
+}
+
+impl std::fmt::Display for ClientShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The load generator's thread count when none is given: half the cores
 /// (at least one), so that the server has at least as many cores left as
 /// the load generator can use.
@@ -62,7 +95,9 @@ pub struct Plan {
     pub count: usize,
     /// The load's knobs.
     pub params: Params,
-    /// Load-generator threads, each an event loop.
+    /// What drives the connections.
+    pub client: ClientShape,
+    /// Load-generator threads, each an event loop (the engine only).
     pub threads: usize,
     /// CPUs the load generator's threads are pinned to, if any.
     pub cpus: Option<Vec<usize>>,
@@ -92,6 +127,7 @@ impl Plan {
             speaks,
             count,
             params: Params::new(scenario, secs),
+            client: ClientShape::Engine,
             threads: default_threads(),
             cpus: None,
             server_pid: None,
