@@ -1,9 +1,20 @@
 //! One client of a ring: its session and socket, and the operations the
 //! ring has in flight for it. The session says what the client needs
 //! (answers to send, input wanted or not); this file turns that into
-//! submissions (one multishot receive, one send at a time, cancellations)
-//! and takes their completions back. It is freed only once none of its
-//! operations is left: a send in flight reads the session's buffer.
+//! submissions (a receive, one send at a time, cancellations) and takes
+//! their completions back. It is freed only once none of its operations
+//! is left: a send in flight reads the session's buffer.
+//!
+//! How it receives depends on what it is owed. A client owed nothing (a
+//! quiet one, an idle one, one between requests) has a *multishot*
+//! receive: one submission, a completion for every arrival, and no buffer
+//! held while nothing comes. A client owed answers (a stream, whose
+//! writer does not wait for them) has a *one-shot* receive of no more than
+//! the room left under its cap: it stops by itself, so that the cap holds
+//! with nothing cancelled and nothing that raced a cancellation copied
+//! aside, however fast the client writes. A multishot receive is cancelled
+//! only when answers pile past the cap while it is armed: once as a
+//! stream starts, not on every buffer of it.
 
 use std::io;
 use std::net::TcpStream;
@@ -11,11 +22,11 @@ use std::os::fd::AsRawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::time::Instant;
 
-use io_uring::{cqueue, opcode, types};
+use io_uring::{cqueue, opcode, squeue, types};
 
 use super::ops::{self, Completion, Kind};
 use super::ring::Ring;
-use super::shared::{GROUP, RingEvents, bump};
+use super::shared::{Group, RingEvents, bump};
 use crate::server::compute::Offloader;
 use crate::server::registry::Outcome;
 use crate::server::session::{Session, Spares, ToTest};
@@ -54,26 +65,62 @@ impl Serving<'_> {
     }
 }
 
-/// Where a client's multishot receive stands. One byte, like the rest of
-/// a client's own state: ten thousand idle clients hold it each.
+/// Where a client's receive stands, and which kind its next is. One
+/// byte, like the rest of a client's own state: ten thousand idle clients
+/// hold it each.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Recv {
-    /// None in flight.
+    /// None in flight; the next is multishot.
     Off,
-    /// It ended for want of buffers; armed again once some come back.
-    Parked,
-    /// In flight, armed without a limit, or with one (`Limited`, which
-    /// kernels before 6.17 refuse).
+    /// A multishot receive in flight.
     Armed,
-    Limited,
-    /// In flight, and so is a cancellation of it.
+    /// A multishot receive in flight, and a cancellation of it: its
+    /// answers passed the cap, so it writes faster than it reads, and it
+    /// receives one-shot from now on.
     Cancelling,
-    CancellingLimited,
+    /// None in flight; the next is one-shot.
+    Streaming,
+    /// A one-shot receive in flight.
+    Once,
+    /// It ended for want of buffers; armed again, of the same kind, once
+    /// some come back.
+    Parked,
+    ParkedStreaming,
 }
 
 impl Recv {
-    fn limited(self) -> bool {
-        matches!(self, Recv::Limited | Recv::CancellingLimited)
+    /// Whether its receives are one-shot.
+    fn streaming(self) -> bool {
+        matches!(
+            self,
+            Recv::Cancelling | Recv::Streaming | Recv::Once | Recv::ParkedStreaming
+        )
+    }
+
+    /// None in flight any more: the next is of the same kind.
+    fn ended(self) -> Recv {
+        if self.streaming() {
+            Recv::Streaming
+        } else {
+            Recv::Off
+        }
+    }
+
+    pub(super) fn is_parked(self) -> bool {
+        matches!(self, Recv::Parked | Recv::ParkedStreaming)
+    }
+
+    /// Parked, or back from it.
+    fn parked(self) -> Recv {
+        if self.streaming() {
+            Recv::ParkedStreaming
+        } else {
+            Recv::Parked
+        }
+    }
+
+    pub(super) fn unparked(self) -> Recv {
+        self.ended()
     }
 }
 
@@ -83,8 +130,6 @@ pub(super) enum RecvEnd {
     Fine,
     /// It ran out of provided buffers: park the client.
     Parked,
-    /// The kernel refused its limit: receive without one from now on.
-    LimitRefused,
 }
 
 pub(super) struct Client {
@@ -154,17 +199,13 @@ impl Client {
             with.ring.push(Kind::Send, id, send.build());
         }
         if self.session.wants_input(cap) {
-            if self.recv == Recv::Off {
-                self.arm_recv(id, with.ring, cap);
+            if matches!(self.recv, Recv::Off | Recv::Streaming) {
+                self.arm_recv(id, with, cap);
             }
-        } else if matches!(self.recv, Recv::Armed | Recv::Limited) && self.session.blocked(cap) {
+        } else if self.recv == Recv::Armed && self.session.blocked(cap) {
             // Over the cap, or waiting for a number: stop the receive.
             // What arrives before it stops is kept, not lost.
-            self.recv = if self.recv.limited() {
-                Recv::CancellingLimited
-            } else {
-                Recv::Cancelling
-            };
+            self.recv = Recv::Cancelling;
             self.ops += 1;
             bump(&with.events.paused);
             let cancel = ops::cancel(Kind::Recv, id);
@@ -176,22 +217,30 @@ impl Client {
         Ok(self.session.finished())
     }
 
-    fn arm_recv(&mut self, id: ClientId, ring: &mut Ring, cap: usize) {
-        let limit = ring.recv_limit;
-        self.recv = if limit { Recv::Limited } else { Recv::Armed };
+    /// Arms a receive: multishot, or one-shot of no more than the room
+    /// under the cap once it has outrun the cap.
+    fn arm_recv(&mut self, id: ClientId, with: &mut Serving<'_>, cap: usize) {
         self.ops += 1;
-        let headroom = cap.saturating_sub(self.session.pending()).max(1);
-        // One submission, a completion for every arrival, each in a buffer
-        // the kernel takes from the ring's group.
-        let mut e = opcode::RecvMulti::new(types::Fd(self.socket.as_raw_fd()), GROUP).build();
-        if limit {
-            // The receive ends by itself once the headroom has arrived (the
-            // last buffer may overshoot it): the byte protocol answers at
-            // most a byte per byte, so its answers stay under the cap plus
-            // one buffer without any cancellation racing new data.
-            ops::set_recv_limit(&mut e, headroom.min(u32::MAX as usize) as u32);
+        let fd = types::Fd(self.socket.as_raw_fd());
+        if !self.recv.streaming() {
+            self.recv = Recv::Armed;
+            // One submission, a completion for every arrival, each in a
+            // buffer the kernel takes from the multishot group.
+            let e = opcode::RecvMulti::new(fd, Group::Multishot as u16).build();
+            with.ring.push(Kind::Recv, id, e);
+            return;
         }
-        ring.push(Kind::Recv, id, e);
+        self.recv = Recv::Once;
+        bump(&with.events.once);
+        // The byte protocol answers at most a byte per byte: its answers
+        // stay under the cap.
+        let room = cap.saturating_sub(self.session.pending());
+        let room = room.clamp(1, u32::MAX as usize) as u32;
+        let e = opcode::Recv::new(fd, std::ptr::null_mut(), room)
+            .buf_group(Group::Once as u16)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT);
+        with.ring.push(Kind::RecvOnce, id, e);
     }
 
     /// A receive completion: its data (if any) is taken in, and its end
@@ -204,16 +253,16 @@ impl Client {
         with: &mut Serving<'_>,
     ) -> Result<RecvEnd, Outcome> {
         let (id, res, flags, last) = (c.id, c.res, c.flags, c.last());
-        let limited = self.recv.limited();
+        let group = group_of(c.kind);
         if last {
-            self.recv = Recv::Off;
+            self.recv = self.recv.ended();
         }
         let len = res.max(0) as usize;
         let mut taken: Result<ToTest, Outcome> = Ok(None);
         if cqueue::buffer_more(flags) {
             bump(&with.events.shared_buffers);
         }
-        match with.ring.data(flags, len) {
+        match with.ring.data(group, flags, len) {
             None => {}
             Some(Err(lost)) => taken = Err(lost.into()),
             Some(Ok(_)) if self.closing => with.state.counters.bytes_in(len),
@@ -227,29 +276,25 @@ impl Client {
                 })));
             }
         }
-        with.ring.recycle(flags, len);
+        with.ring.recycle(group, flags, len);
         with.offload(taken?, id);
         if !last || self.closing {
             return Ok(RecvEnd::Fine);
         }
         match res {
-            // Ended by its limit; `progress` arms the next.
+            // A one-shot receive; `progress` arms the next.
             r if r > 0 => Ok(RecvEnd::Fine),
+            // Stopped for the cap (or for a number being tested).
+            e if e == -libc::ECANCELED => Ok(RecvEnd::Fine),
             0 => {
                 self.session.input_ended();
                 Ok(RecvEnd::Fine)
             }
             e if e == -libc::ENOBUFS => {
                 // The data waits in the socket until buffers come back.
-                self.recv = Recv::Parked;
+                self.recv = self.recv.parked();
                 Ok(RecvEnd::Parked)
             }
-            e if e == -libc::ECANCELED => Ok(RecvEnd::Fine),
-            // Before Linux 6.17 a receive takes no limit: the cap is then
-            // kept by cancelling, and what races the cancel is kept. Every
-            // receive armed with one before the first refusal came back is
-            // refused too; each is armed again, without.
-            e if e == -libc::EINVAL && limited => Ok(RecvEnd::LimitRefused),
             e => Err(io::Error::from_raw_os_error(-e).into()),
         }
     }
@@ -293,5 +338,14 @@ impl Client {
             self.session.forget_buffers();
         }
         self.session.end(outcome, self.socket, spares);
+    }
+}
+
+/// The provided-buffer group a receive of `kind` takes from.
+pub(super) fn group_of(kind: Kind) -> Group {
+    if kind == Kind::RecvOnce {
+        Group::Once
+    } else {
+        Group::Multishot
     }
 }

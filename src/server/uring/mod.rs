@@ -12,21 +12,35 @@
 //!
 //! - **Accept**: one multishot accept on ring 0 takes every connection
 //!   as it comes (`acceptor`: who gets them, and how the cap is kept).
-//! - **Receive**: a multishot receive per client yields a completion for
-//!   every arrival until it ends (at its byte limit, or when the buffers
-//!   run out) and is armed again. It names no buffer: the kernel takes
-//!   one from the ring's provided-buffer group when data comes
-//!   (`bufring`), so an idle client holds no read buffer, as in `event`.
+//! - **Receive**: a client that has never outrun its cap has a
+//!   *multishot* receive: one submission yields a completion for every
+//!   arrival until it ends (when the buffers run out, or it is cancelled)
+//!   and is armed again. It names no buffer: the kernel takes one from
+//!   the ring's multishot group when data comes (`bufring`), so an idle
+//!   client holds no read buffer, as in `event`. Those buffers are large
+//!   and shared between receives (consumed incrementally, Linux 6.12+),
+//!   so that a stream's receive takes as much as `event` reads at once and
+//!   small ones do not use up the ring.
+//! - **Backpressure**: once a client's unsent answers pass
+//!   [`UringSettings::outbound_cap`], its multishot receive is cancelled
+//!   (what arrives before the cancellation lands is kept, not lost), and
+//!   from then on the client receives *one-shot*: a single receive of no
+//!   more than the room left under the cap, taken whole from a second
+//!   group of buffers, armed again only once its answers have drained
+//!   below half the cap. It stops by itself, so the cap holds with
+//!   nothing cancelled and nothing copied aside, however fast the client
+//!   writes: a client whose writer never waits for its answers (a
+//!   blocking thread per direction, as most hand-written clients are)
+//!   reaches the cap all the time, and with a multishot receive it paid a
+//!   cancellation, and a copy of what raced it, on every buffer. Waiting,
+//!   a one-shot receive holds no buffer either. It is not the default for
+//!   every client because a multishot receive stays armed between
+//!   requests, where a one-shot one must be armed (and the socket polled)
+//!   anew for each (BENCHMARKS.md compares them).
 //! - **Send**: one send per answer buffer (two for a long one: the first
 //!   part wakes the reader, which then takes the rest itself), one in
 //!   flight per client, so that bytes go out in order (`client`, over the
 //!   shared session).
-//! - **Backpressure**: once a client's unsent answers pass
-//!   [`UringSettings::outbound_cap`], the ring stops its receive and
-//!   re-arms it only once they drain below half of it, by cancelling it;
-//!   where buffers are taken whole (before Linux 6.12), each receive is
-//!   armed with a limit of the room left instead (Linux 6.17+), so that it
-//!   stops by itself (see `Ring::recv_limit` for why not with both).
 //! - **Timeouts and the stop**: no timer thread; a multishot timeout op in
 //!   each ring ticks, and each tick closes who ran out of a timeout. An
 //!   eventfd read in each ring wakes it for the shutdown, a computed
@@ -100,8 +114,15 @@ fn run_tuned(
     listener.set_nonblocking(false)?;
     let compute = ComputePool::for_server(state, settings.rings)?;
     let handle = compute.as_ref().map(ComputePool::handle);
-    let result = start(listener, state, settings, handle, tuning, events)
-        .and_then(|threads| loops::join(threads, "ring"));
+    let result = start(
+        listener,
+        state,
+        settings,
+        handle,
+        tuning,
+        Arc::clone(&events),
+    )
+    .and_then(|threads| loops::join(threads, "ring"));
     if let Some(compute) = compute {
         compute.stop();
     }

@@ -44,6 +44,8 @@ pub(super) enum Kind {
     Wake = 9,
     /// The pause after an `accept` that ran out of descriptors.
     Backoff = 10,
+    /// A client's one-shot receive, sized to the room under its cap.
+    RecvOnce = 11,
 }
 
 /// A completion, decoded: what it completes, for which client, its
@@ -74,8 +76,8 @@ pub(super) fn encode(kind: Kind, id: ClientId) -> u64 {
 /// make (zero included).
 pub(super) fn decode(user_data: u64) -> Option<(Kind, ClientId)> {
     use Kind::*;
-    const KINDS: [Kind; 10] = [
-        Accept, Tick, Recv, Send, Cancel, Ctl, Handoff, MsgSent, Wake, Backoff,
+    const KINDS: [Kind; 11] = [
+        Accept, Tick, Recv, Send, Cancel, Ctl, Handoff, MsgSent, Wake, Backoff, RecvOnce,
     ];
     let kind = *KINDS.get(((user_data >> 56) as usize).checked_sub(1)?)?;
     const ID_BITS: u32 = 32 + GENERATION_BITS;
@@ -129,29 +131,9 @@ impl Ops {
     }
 }
 
-/// Sets `sqe->optlen` of a multishot receive: the most bytes it receives
-/// in all before it ends (Linux 6.17+; older kernels refuse it with
-/// `EINVAL`). io-uring 0.7.16's `RecvMulti` has no setter for it;
-/// `squeue::Entry` is `#[repr(C)]` over the kernel's 64-byte
-/// `io_uring_sqe`, where `optlen` (a union with `file_index`) sits at byte
-/// 44. A unit test checks that offset against `SetSockOpt`, the one
-/// builder that writes it.
-pub(super) fn set_recv_limit(entry: &mut squeue::Entry, limit: u32) {
-    const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
-    // SAFETY: within the 64-byte entry; a plain integer field.
-    unsafe {
-        (entry as *mut squeue::Entry)
-            .cast::<u8>()
-            .add(44)
-            .cast::<u32>()
-            .write_unaligned(limit)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use io_uring::types;
 
     #[test]
     fn user_data_round_trips_and_names_a_generation() {
@@ -174,18 +156,5 @@ mod tests {
             generation: 6,
         };
         assert_ne!(encode(Kind::Recv, id), encode(Kind::Recv, later));
-    }
-
-    #[test]
-    fn the_receive_limit_lands_on_optlen() {
-        let raw = |e: &squeue::Entry| {
-            // SAFETY: an Entry is 64 plain bytes (checked above).
-            unsafe { *(e as *const squeue::Entry).cast::<[u8; 64]>() }
-        };
-        let with =
-            opcode::SetSockOpt::new(types::Fd(3), 1, 2, std::ptr::null(), 0xDEAD_BEEF).build();
-        let mut without = opcode::SetSockOpt::new(types::Fd(3), 1, 2, std::ptr::null(), 0).build();
-        set_recv_limit(&mut without, 0xDEAD_BEEF);
-        assert_eq!(raw(&with), raw(&without));
     }
 }

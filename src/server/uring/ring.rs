@@ -1,5 +1,7 @@
-//! One ring and its buffers: the io_uring instance, its provided buffers
-//! (`bufring`), what it has in flight (`ops`), and its own operations: the
+//! One ring and its buffers: the io_uring instance, its two groups of
+//! provided buffers (`bufring`; multishot receives share one, one-shot
+//! receives take the other's whole), what it has in flight (`ops`), and
+//! its own operations: the
 //! read of its eventfd that wakes it, the tick that drives its timeouts,
 //! the pause after an accept error. What a ring does *for its clients* is
 //! the serving loop's (`serve`).
@@ -13,7 +15,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::bufring::BufRing;
 use super::ops::{self, Kind, Ops};
-use super::shared::{GROUP, Pool, Tuning};
+use super::shared::{Group, Pool, Tuning};
 use crate::server::kernel;
 use crate::server::slots::ClientId;
 use crate::shutdown::EventFd;
@@ -39,6 +41,7 @@ pub(super) struct Ring {
     // the memory below (after a failure; normally nothing is left).
     pub(super) uring: IoUring,
     bufs: BufRing,
+    once: BufRing,
     pub(super) ops: Ops,
     fixed: ManuallyDrop<Box<Fixed>>,
     wake: std::sync::Arc<EventFd>,
@@ -48,16 +51,14 @@ pub(super) struct Ring {
     /// Buffers given back since the last look: as many parked receives
     /// may go again.
     pub(super) recycled: usize,
-    /// Receives are armed with a limit: asked for, taken by the kernel
-    /// (Linux 6.17+), and only with buffers taken whole. A receive that
-    /// ends at its limit has data in its last completion, which the kernel
-    /// posts after the other completions of its batch; where buffers are
-    /// shared incrementally, another receive's bytes may then come first
-    /// from the same buffer, and where each one's bytes lie could not be
-    /// told (they are found by adding up what came before). There the cap
-    /// is kept by cancelling instead.
-    pub(super) recv_limit: bool,
-    /// Its buffers are consumed incrementally (Linux 6.12+).
+    /// Its multishot buffers are consumed incrementally (Linux 6.12+).
+    /// Only multishot receives take from them: the kernel posts each of
+    /// their completions with data as it happens, so the completions of a
+    /// buffer come in the order its bytes were taken, and each one's bytes
+    /// are found by adding up what came before. A one-shot receive's
+    /// completion is posted with its batch, later: sharing these buffers
+    /// it could be read out of order, so it takes a whole buffer of the
+    /// other group.
     pub(super) incremental: bool,
 }
 
@@ -72,9 +73,14 @@ impl Ring {
     ) -> io::Result<Self> {
         let uring = kernel::io_uring(SQ_ENTRIES, CQ_ENTRIES)?;
         let (bufs, incremental) = provided_buffers(&uring, tuning)?;
+        let Pool { count, size } = tuning.once;
+        let mut once = BufRing::new(count, size, Group::Once as u16)?;
+        once.register(&uring.submitter(), false)
+            .map_err(refused(count, size))?;
         Ok(Ring {
             uring,
             bufs,
+            once,
             ops: Ops::default(),
             fixed: ManuallyDrop::new(Box::new(Fixed {
                 wake: 0,
@@ -86,7 +92,6 @@ impl Ring {
             tick_multishot: true,
             wake_armed: false,
             recycled: 0,
-            recv_limit: tuning.recv_limit && !incremental,
             incremental,
         })
     }
@@ -113,7 +118,7 @@ impl Ring {
         if self.uring.submission().is_full() {
             // This push submits before the wait does: the buffers given
             // back since the last one must be there for its receives.
-            self.bufs.publish();
+            self.publish();
         }
         self.ops
             .push(&mut self.uring, entry.user_data(ops::encode(kind, id)));
@@ -128,7 +133,7 @@ impl Ring {
     ) -> io::Result<()> {
         // Before any wait: a client handed over before this ring's first
         // wait has no completion of its own to wake it.
-        self.bufs.publish();
+        self.publish();
         let all_queued = self.ops.flush(&mut self.uring);
         let waited = if exiting {
             // Bounded, so that a completion that never comes cannot keep
@@ -160,14 +165,27 @@ impl Ring {
         Ok(())
     }
 
-    /// The data a receive completion carries, if any (valid until
-    /// [`recycle`](Ring::recycle)d); an error if its bytes cannot be where
-    /// the buffer's earlier completions left off (past the buffer's end),
-    /// which would mean the kernel filled it in another order than its
-    /// completions came: the client's input is then lost, and it must end.
-    pub(super) fn data(&self, flags: u32, len: usize) -> Option<io::Result<&[u8]>> {
+    fn publish(&self) {
+        self.bufs.publish();
+        self.once.publish();
+    }
+
+    fn group(&self, group: Group) -> &BufRing {
+        match group {
+            Group::Multishot => &self.bufs,
+            Group::Once => &self.once,
+        }
+    }
+
+    /// The data a receive completion from `group` carries, if any (valid
+    /// until [`recycle`](Ring::recycle)d); an error if its bytes cannot be
+    /// where the buffer's earlier completions left off (past the buffer's
+    /// end), which would mean the kernel filled it in another order than
+    /// its completions came: the client's input is then lost, and it must
+    /// end.
+    pub(super) fn data(&self, group: Group, flags: u32, len: usize) -> Option<io::Result<&[u8]>> {
         let bid = cqueue::buffer_select(flags)?;
-        Some(self.bufs.get(bid, len).ok_or_else(|| {
+        Some(self.group(group).get(bid, len).ok_or_else(|| {
             io::Error::other(format!(
                 "a receive of {len} bytes does not fit where provided buffer {bid} was left off"
             ))
@@ -176,9 +194,13 @@ impl Ring {
 
     /// The completion's `len` bytes have been dealt with: its buffer, if
     /// it carries one, goes back unless the kernel goes on filling it.
-    pub(super) fn recycle(&mut self, flags: u32, len: usize) {
+    pub(super) fn recycle(&mut self, group: Group, flags: u32, len: usize) {
+        let bufs = match group {
+            Group::Multishot => &mut self.bufs,
+            Group::Once => &mut self.once,
+        };
         if let Some(bid) = cqueue::buffer_select(flags)
-            && self.bufs.taken(bid, len, cqueue::buffer_more(flags))
+            && bufs.taken(bid, len, cqueue::buffer_more(flags))
         {
             self.recycled += 1;
         }
@@ -253,7 +275,8 @@ impl Ring {
 
     /// Unregisters the buffers, for a ring whose operations are all over.
     pub(super) fn unregister(&mut self) -> io::Result<()> {
-        self.bufs.unregister(&self.uring.submitter())
+        self.bufs.unregister(&self.uring.submitter())?;
+        self.once.unregister(&self.uring.submitter())
     }
 }
 
@@ -263,15 +286,10 @@ impl Ring {
 /// the same space, so that a batch of many clients' small receives does
 /// not run the ring dry. Whether incrementally.
 fn provided_buffers(uring: &IoUring, tuning: &Tuning) -> io::Result<(BufRing, bool)> {
-    let refused = |count: u16, size: u32| {
-        move |e: io::Error| {
-            let says = format!("cannot register {count} provided buffers of {size} bytes: {e}");
-            io::Error::new(e.kind(), says)
-        }
-    };
     let Pool { count, size } = tuning.buffers;
+    let group = Group::Multishot as u16;
     if tuning.incremental {
-        let mut bufs = BufRing::new(count, size, GROUP)?;
+        let mut bufs = BufRing::new(count, size, group)?;
         match bufs.register(&uring.submitter(), true) {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
             registered => {
@@ -282,10 +300,18 @@ fn provided_buffers(uring: &IoUring, tuning: &Tuning) -> io::Result<(BufRing, bo
         }
     }
     let (count, size) = (count.saturating_mul(4), size / 4);
-    let mut bufs = BufRing::new(count, size, GROUP)?;
+    let mut bufs = BufRing::new(count, size, group)?;
     bufs.register(&uring.submitter(), false)
         .map_err(refused(count, size))?;
     Ok((bufs, false))
+}
+
+/// A registration of `count` buffers of `size` bytes refused, said so.
+fn refused(count: u16, size: u32) -> impl Fn(io::Error) -> io::Error {
+    move |e: io::Error| {
+        let says = format!("cannot register {count} provided buffers of {size} bytes: {e}");
+        io::Error::new(e.kind(), says)
+    }
 }
 
 impl Drop for Ring {
@@ -299,5 +325,6 @@ impl Drop for Ring {
         // kernel may still write into the buffers after we are gone, so
         // they are never freed.
         self.bufs.leak();
+        self.once.leak();
     }
 }

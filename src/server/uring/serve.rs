@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::acceptor::Acceptor;
-use super::client::{Client, Recv, RecvEnd, Serving};
+use super::client::{self, Client, RecvEnd, Serving};
 use super::ops::{self, Completion, Kind};
 use super::ring::Ring;
 use super::shared::{Shared, bump};
@@ -167,7 +167,6 @@ impl RingLoop {
 
     fn handle(&mut self, user_data: u64, res: i32, flags: u32) {
         let Some((kind, id)) = ops::decode(user_data) else {
-            self.ring.recycle(flags, res.max(0) as usize);
             return;
         };
         let c = Completion {
@@ -199,14 +198,15 @@ impl RingLoop {
             }
             Kind::Wake => self.ring.on_wake(exiting),
             Kind::Ctl => self.ring.ops.done(),
-            Kind::Recv | Kind::Send | Kind::Cancel => {
+            Kind::Recv | Kind::RecvOnce | Kind::Send | Kind::Cancel => {
                 if last {
                     self.ring.ops.done();
                 }
                 if self.clients.get(id).is_none() {
                     // Cannot happen while ops are counted, but a buffer
                     // must never be lost.
-                    self.ring.recycle(flags, res.max(0) as usize);
+                    let group = client::group_of(kind);
+                    self.ring.recycle(group, flags, res.max(0) as usize);
                     return;
                 }
                 self.step(id, |client, with| {
@@ -214,7 +214,7 @@ impl RingLoop {
                         client.ops -= 1;
                     }
                     match kind {
-                        Kind::Recv => client.on_recv(c, with).map(Some),
+                        Kind::Recv | Kind::RecvOnce => client.on_recv(c, with).map(Some),
                         Kind::Send => client.on_send(res, with).map(|()| None),
                         _ => Ok(None), // 0, ENOENT or EALREADY: nothing to do
                     }
@@ -249,16 +249,6 @@ impl RingLoop {
             Ok(Some(RecvEnd::Parked)) => {
                 self.parked.push_back(id);
                 bump(&self.shared.events.parked);
-            }
-            Ok(Some(RecvEnd::LimitRefused)) => {
-                if self.ring.recv_limit {
-                    tracing::debug!("ring {}: multishot receive takes no limit here", self.id);
-                }
-                self.ring.recv_limit = false;
-                self.shared
-                    .events
-                    .limit_refused
-                    .store(true, Ordering::Relaxed);
             }
             Err(outcome) => self.close(id, outcome),
         }
@@ -336,9 +326,9 @@ impl RingLoop {
             && let Some(id) = self.parked.pop_front()
         {
             if let Some(client) = self.clients.get_mut(id)
-                && client.recv == Recv::Parked
+                && client.recv.is_parked()
             {
-                client.recv = Recv::Off;
+                client.recv = client.recv.unparked();
                 self.progress(id);
                 budget -= 1;
             }

@@ -1,7 +1,6 @@
 //! The cases only this model has: a provided-buffer ring that runs dry,
-//! the cap kept with and without a limit on the receive, a burst that
-//! finds the server full, the hand-off between rings, and a ring that
-//! fails.
+//! the cap kept by one-shot receives, a burst that finds the server full,
+//! the hand-off between rings, and a ring that fails.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown as Half, TcpStream};
@@ -147,9 +146,10 @@ fn a_dry_buffer_ring_parks_receives_and_loses_nothing() {
         return;
     }
     // Two buffers of 64 bytes (or eight of 16) for eight clients sending
-    // 4 KiB each at once.
+    // 4 KiB each at once, and two for their one-shot receives.
     let tuning = Tuning {
         buffers: Pool { count: 2, size: 64 },
+        once: Pool { count: 2, size: 64 },
         ..Tuning::default()
     };
     let server = serve(uring(1, 64 << 10), tuning);
@@ -285,11 +285,11 @@ fn without_incremental_buffers_each_receive_takes_a_buffer_whole() {
     assert_eq!(events.shared_buffers.load(Ordering::Relaxed), 0);
 }
 
-/// A client sends 1 MiB and reads nothing until the server holds a cap's
+/// A client sends 32 MiB and reads nothing until the server holds a cap's
 /// worth of answers for it; then it reads everything. Returns the most
 /// answer bytes held for it, and what its rings did.
 fn flood_into_a_non_reader(tuning: Tuning, cap: usize) -> (Summary, Arc<RingEvents>) {
-    const TOTAL: usize = 1 << 20;
+    const TOTAL: usize = 32 << 20;
     let server = serve(uring(1, cap), tuning);
     let mut c = connect(server.addr);
     greeted(&mut c);
@@ -315,77 +315,39 @@ fn flood_into_a_non_reader(tuning: Tuning, cap: usize) -> (Summary, Arc<RingEven
 }
 
 #[test]
-fn with_a_limit_on_the_receive_the_cap_holds_without_cancelling() {
+fn a_flood_is_held_to_the_cap_by_one_shot_receives_cancelled_once_at_most() {
     if !runs_here() {
         return;
     }
-    // A limit is used only with buffers taken whole.
-    let tuning = Tuning {
-        incremental: false,
-        ..Tuning::default()
-    };
-    let cap = 8 << 10;
-    let (summary, events) = flood_into_a_non_reader(tuning, cap);
-    let bound = (cap + buffer_size(&tuning, &events)) as u64;
-    assert!(
-        summary.max_buffered <= bound,
-        "{} > {bound}",
-        summary.max_buffered
-    );
-    if events.limit_refused.load(Ordering::Relaxed) {
-        eprintln!("this kernel takes no limit on a receive (before Linux 6.17): cancelled instead");
-    } else {
-        assert_eq!(
-            events.paused.load(Ordering::Relaxed),
-            0,
-            "a receive was cancelled"
-        );
-    }
-}
-
-#[test]
-fn with_incremental_buffers_the_cap_is_kept_by_cancelling_not_by_a_limit() {
-    if !runs_here() {
-        return;
-    }
-    let tuning = Tuning::default();
-    let cap = 8 << 10;
-    let (summary, events) = flood_into_a_non_reader(tuning, cap);
-    let bound = (cap + buffer_size(&tuning, &events)) as u64;
-    assert!(
-        summary.max_buffered <= bound,
-        "{} > {bound}",
-        summary.max_buffered
-    );
-    if !events.whole_buffers.load(Ordering::Relaxed) {
-        assert!(events.paused.load(Ordering::Relaxed) > 0, "never cancelled");
+    for incremental in [true, false] {
+        let tuning = Tuning {
+            incremental,
+            ..Tuning::default()
+        };
+        let cap = 8 << 10;
+        let (summary, events) = flood_into_a_non_reader(tuning, cap);
+        // Answers past the cap come from one multishot buffer at most,
+        // before the one cancellation lands; what arrives meanwhile waits
+        // as unread input.
+        let bound = (cap + buffer_size(&tuning, &events)) as u64;
         assert!(
-            !events.limit_refused.load(Ordering::Relaxed),
-            "a receive was armed with a limit"
+            summary.max_buffered <= bound,
+            "{} > {bound}",
+            summary.max_buffered
         );
+        // The first receive is multishot; once answers pile up past the
+        // cap it is cancelled, and every receive after it is one-shot,
+        // sized to the room under the cap: what the multishot receive took
+        // before its cancellation landed is at most a few of its buffers,
+        // and the rest of 32 MiB through a cap of 8 KiB takes thousands of
+        // them, none cancelled.
+        let (paused, once) = (
+            events.paused.load(Ordering::Relaxed),
+            events.once.load(Ordering::Relaxed),
+        );
+        assert_eq!(paused, 1, "cancellations");
+        assert!(once >= 1024, "{once} one-shot receives");
     }
-}
-
-#[test]
-fn without_a_limit_the_cap_holds_by_cancelling_and_nothing_is_lost() {
-    if !runs_here() {
-        return;
-    }
-    let tuning = Tuning {
-        recv_limit: false,
-        ..Tuning::default()
-    };
-    let cap = 8 << 10;
-    let (summary, events) = flood_into_a_non_reader(tuning, cap);
-    // Answers past the cap come from one buffer at most; what arrives
-    // while the cancellation is on its way waits as unread input.
-    let bound = (cap + buffer_size(&tuning, &events)) as u64;
-    assert!(
-        summary.max_buffered <= bound,
-        "{} > {bound}",
-        summary.max_buffered
-    );
-    assert!(events.paused.load(Ordering::Relaxed) > 0, "never cancelled");
 }
 
 #[test]
